@@ -1,0 +1,57 @@
+"""Shared fixtures. Tests use a scratch variant store (AXLAB_DATA) and the cached default model."""
+import os
+import tempfile
+
+os.environ.setdefault("AXLAB_DATA", tempfile.mkdtemp(prefix="axlab-test-data-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from axlab.testing import ARCHS, tiny_model, tiny_split, tiny_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request):
+    return request.param
+
+
+@pytest.fixture
+def tiny(arch):
+    return tiny_model(arch)
+
+
+@pytest.fixture(scope="session")
+def split():
+    return tiny_split(24)
+
+
+@pytest.fixture
+def batch(tokenizer, split):
+    return dict(tokenizer(split.texts[:6], padding=True, return_tensors="pt"))
+
+
+@pytest.fixture(scope="session")
+def default_bundle():
+    """The real default model (built once by `axlab prepare`, cached)."""
+    from axlab.default_model import prepare
+    from axlab.loading import load_model
+    prepare()
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def default_splits():
+    from axlab.data import load_dataset
+    return load_dataset("rotten_tomatoes")
+
+
+def logits(model, batch, **kw):
+    with torch.no_grad():
+        return model(**batch, **kw).logits
