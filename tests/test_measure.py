@@ -1,0 +1,57 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from axlab.measure import evaluate, latency, measure, predict_logits, size_report
+from axlab.surgery import remove_heads_
+
+
+def test_predict_logits_keeps_order(tiny, tokenizer, split):
+    out = predict_logits(tiny, tokenizer, split.texts, batch_size=5, progress=False)
+    for i in (0, 7, len(split) - 1):
+        with torch.no_grad():
+            one = tiny(**tokenizer([split.texts[i]], return_tensors="pt")).logits[0]
+        torch.testing.assert_close(out[i], one, atol=1e-5, rtol=0)
+
+
+def test_evaluate_matches_manual(tiny, tokenizer, split):
+    from sklearn.metrics import f1_score
+    ev = evaluate(tiny, tokenizer, split, progress=False)
+    pred = predict_logits(tiny, tokenizer, split.texts, progress=False).argmax(-1).numpy()
+    y = np.array(split.labels)
+    assert ev["accuracy"] == pytest.approx(float((pred == y).mean()))
+    assert ev["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert ev["n"] == len(split)
+
+
+def test_size_report_matches_saved_file(tiny, tmp_path):
+    rep = size_report(tiny)
+    tiny.save_pretrained(tmp_path, safe_serialization=True)
+    on_disk = (tmp_path / "model.safetensors").stat().st_size
+    assert abs(rep["size_bytes"] - on_disk) / on_disk < 0.01
+    assert rep["params"] == sum(p.numel() for p in tiny.parameters())
+
+
+def test_size_shrinks_when_pruned_but_not_when_zeroed(tiny):
+    base = size_report(tiny)
+    pruned = copy.deepcopy(tiny)
+    remove_heads_(pruned, 0, [0, 1])
+    assert size_report(pruned)["size_bytes"] < base["size_bytes"]
+    zeroed = copy.deepcopy(tiny)
+    with torch.no_grad():
+        for p in zeroed.parameters():
+            p[p.abs() < p.abs().median()] = 0
+    rep = size_report(zeroed)
+    assert rep["size_bytes"] == base["size_bytes"]        # a dense export still writes zeros
+    assert rep["nonzero"] < 0.6 * base["nonzero"]
+
+
+def test_latency_and_measure_record(tiny, tokenizer, split):
+    lat = latency(tiny, tokenizer, split.texts, batch_size=4, n_runs=3, warmup=1)
+    assert lat["median_ms"] > 0 and lat["p90_ms"] >= lat["median_ms"] and lat["runs"] == 3
+    m = measure(tiny, tokenizer, split, latency_runs=(3, 2), progress=False).to_dict()
+    for key in ("accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_bytes", "params", "nonzero"):
+        assert m[key] is not None
+    assert m["split"] == "test"
