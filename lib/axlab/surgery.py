@@ -6,6 +6,11 @@ A layer that loses all its heads gets an :class:`EmptyAttention` (output = the o
 projection's bias, exactly what gating every head to 0 gives). A layer that loses all
 FFN neurons keeps zero-width linears (output = the down-projection's bias).
 
+A dropped layer becomes a :class:`SkippedLayer` (identity; it keeps its slot so layer
+indices, gates and importance grids still refer to the original layers). Vocabulary
+pruning swaps the word embeddings for a :class:`RemappedEmbedding`: the tokenizer is
+unchanged, a buffer maps old ids to rows of a smaller table, unknown ids to [UNK].
+
 ``layout(model)`` describes the shapes; ``apply_layout(fresh_model, layout)`` reshapes a
 freshly built model so an exported state dict loads into it (transformers 5 ignores
 ``config.pruned_heads``).
@@ -18,7 +23,8 @@ from torch import nn
 
 from . import registry
 
-__all__ = ["EmptyAttention", "remove_heads_", "remove_ffn_neurons_", "layout", "apply_layout", "slice_linear"]
+__all__ = ["EmptyAttention", "SkippedLayer", "RemappedEmbedding", "remove_heads_", "remove_ffn_neurons_",
+           "skip_layer_", "remap_vocab_", "is_skipped", "layout", "apply_layout", "slice_linear"]
 
 
 class EmptyAttention(nn.Module):
@@ -41,6 +47,69 @@ class EmptyAttention(nn.Module):
         if self.bias is None:
             return hidden_states.new_zeros(b, t, 0), None
         return self.bias.expand(b, t, -1), None
+
+
+class _NoParams(nn.Module):
+    """A parameter-free stand-in for a removed Linear (keeps ``in_features``/``out_features``)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+
+
+class SkippedLayer(nn.Module):
+    """A dropped transformer layer: returns its input hidden states unchanged.
+
+    It has no parameters. It mirrors the attribute paths the registry uses (attention
+    module, FFN up/down) with parameter-free stand-ins so code that walks layers (head
+    layouts, importance grids, layout()) sees "no heads, FFN width 0".
+    """
+
+    axlab_skipped = True
+
+    def __init__(self, layer: int, spec: registry.ArchSpec, hidden: int):
+        super().__init__()
+        attn = _NoParams(hidden, 0)
+        attn.axlab_layer, attn.axlab_head_ids, attn.axlab_topk = layer, [], None
+        _build_path(self, spec.attn_self, attn)
+        _build_path(self, spec.ffn_in, _NoParams(hidden, 0))
+        _build_path(self, spec.ffn_out, _NoParams(0, hidden))
+        self.axlab_layer = layer
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states                                  # (B, T, D)
+
+
+class RemappedEmbedding(nn.Module):
+    """Word embeddings restricted to the tokens a task uses; the tokenizer stays unchanged.
+
+    ``old_to_new`` (int32, size = original vocabulary) maps each original id to a row of
+    ``weight`` (n_kept, D); ids that were not kept map to the row of [UNK].
+    """
+
+    def __init__(self, old_vocab: int, n_kept: int, dim: int, padding_idx: int | None = None):
+        super().__init__()
+        self.register_buffer("old_to_new", torch.zeros(old_vocab, dtype=torch.int32))
+        self.weight = nn.Parameter(torch.zeros(n_kept, dim))
+        self.padding_idx = padding_idx
+        self.num_embeddings, self.embedding_dim = n_kept, dim
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids: (B, T) original ids -> (B, T, D)
+        return nn.functional.embedding(self.old_to_new[input_ids].long(), self.weight)
+
+
+def _build_path(root: nn.Module, path: str, leaf: nn.Module) -> None:
+    parts = path.split(".")
+    for p in parts[:-1]:
+        if not hasattr(root, p):
+            root.add_module(p, nn.Module())
+        root = getattr(root, p)
+    root.add_module(parts[-1], leaf)
+
+
+def is_skipped(model: nn.Module, layer: int) -> bool:
+    return bool(getattr(registry.layers(model)[layer], "axlab_skipped", False))
 
 
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
@@ -66,7 +135,7 @@ def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
 def remove_heads_(model: nn.Module, layer: int, heads: list[int]) -> None:
     """Remove original heads ``heads`` of ``layer`` from ``model`` (in place)."""
     spec = registry.spec_for(model)
-    if isinstance(registry.attention_module(model, layer), EmptyAttention):
+    if is_skipped(model, layer) or isinstance(registry.attention_module(model, layer), EmptyAttention):
         return
     parts = registry.attention_parts(model, layer)
     mod = parts.module
@@ -99,6 +168,8 @@ def remove_heads_(model: nn.Module, layer: int, heads: list[int]) -> None:
 
 def remove_ffn_neurons_(model: nn.Module, layer: int, neurons: list[int]) -> None:
     """Remove FFN neurons (current indices) of ``layer`` (in place)."""
+    if is_skipped(model, layer):
+        return
     spec = registry.spec_for(model)
     ffn = registry.ffn_parts(model, layer)
     drop = set(int(i) for i in neurons)
@@ -108,27 +179,77 @@ def remove_ffn_neurons_(model: nn.Module, layer: int, neurons: list[int]) -> Non
     _set_path(lay, spec.ffn_out, slice_linear(ffn.down, keep, 1))
 
 
+def skip_layer_(model: nn.Module, layer: int) -> None:
+    """Replace ``layer`` by a :class:`SkippedLayer` (identity), in place."""
+    if is_skipped(model, layer):
+        return
+    cfg = model.config
+    hidden = getattr(cfg, "hidden_size", None) or cfg.dim
+    registry.layers(model)[layer] = SkippedLayer(layer, registry.spec_for(model), hidden)
+
+
+def remap_vocab_(model: nn.Module, keep_ids: list[int], unk_id: int) -> None:
+    """Keep only the rows ``keep_ids`` (original ids) of the word embeddings, in place.
+
+    ``unk_id`` must be among ``keep_ids``; every other original id maps to it. A model
+    whose embeddings are already remapped is remapped again on the original id space.
+    """
+    emb = registry.word_embeddings(model)
+    if isinstance(emb, RemappedEmbedding):
+        old_map, old_weight = emb.old_to_new.long(), emb.weight.detach()
+        full = old_weight[old_map]                                 # (V_orig, D) rows as the model sees them
+    else:
+        full = emb.weight.detach()                                 # (V_orig, D)
+    old_vocab, dim = full.shape
+    keep = sorted(set(int(i) for i in keep_ids) | {int(unk_id)})
+    new = RemappedEmbedding(old_vocab, len(keep), dim, padding_idx=getattr(emb, "padding_idx", None))
+    keep_t = torch.as_tensor(keep, dtype=torch.long)
+    with torch.no_grad():
+        new.weight.copy_(full.index_select(0, keep_t))
+        mapping = torch.full((old_vocab,), keep.index(int(unk_id)), dtype=torch.int32)
+        mapping[keep_t] = torch.arange(len(keep), dtype=torch.int32)
+        new.old_to_new.copy_(mapping)
+    new.weight.requires_grad_(emb.weight.requires_grad)
+    registry.base_model(model).embeddings.word_embeddings = new
+
+
 def layout(model: nn.Module) -> dict:
-    """Shapes that differ from the config: heads kept per layer and FFN widths."""
+    """Shapes that differ from the config: heads kept per layer, FFN widths, skipped layers, vocabulary."""
     n_layers = len(registry.layers(model))
     mods = [registry.attention_module(model, i) for i in range(n_layers)]
     heads = [list(m.axlab_head_ids) for m in mods]
     ffn = [registry.ffn_parts(model, i).up.out_features for i in range(n_layers)]
     topk = {str(i): getattr(m, "axlab_topk", None) for i, m in enumerate(mods)}
-    return {"heads": heads, "ffn": ffn, "topk": {k: v for k, v in topk.items() if v is not None}}
+    out = {"heads": heads, "ffn": ffn, "topk": {k: v for k, v in topk.items() if v is not None}}
+    skipped = [i for i in range(n_layers) if is_skipped(model, i)]
+    if skipped:
+        out["skipped"] = skipped
+    emb = registry.word_embeddings(model)
+    if isinstance(emb, RemappedEmbedding):
+        out["vocab"] = {"original": int(emb.old_to_new.numel()), "kept": int(emb.weight.shape[0])}
+    return out
 
 
 def apply_layout(model: nn.Module, lay: dict) -> nn.Module:
     """Reshape a freshly built model to ``lay`` (weights are loaded afterwards)."""
     n_heads = registry.n_heads_config(model)
+    for i in lay.get("skipped", []):
+        skip_layer_(model, int(i))
     for i, kept in enumerate(lay.get("heads", [])):
         drop = [h for h in range(n_heads) if h not in set(kept)]
         if drop:
             remove_heads_(model, i, drop)
     for i, width in enumerate(lay.get("ffn", [])):
+        if is_skipped(model, i):
+            continue
         cur = registry.ffn_parts(model, i).up.out_features
         if width < cur:
             remove_ffn_neurons_(model, i, list(range(width, cur)))
     for i, k in lay.get("topk", {}).items():
         registry.attention_module(model, int(i)).axlab_topk = int(k)
+    if "vocab" in lay:
+        emb = registry.word_embeddings(model)
+        registry.base_model(model).embeddings.word_embeddings = RemappedEmbedding(
+            int(lay["vocab"]["original"]), int(lay["vocab"]["kept"]), emb.weight.shape[1],
+            padding_idx=getattr(emb, "padding_idx", None))
     return model
