@@ -1,0 +1,53 @@
+"""axlab workbench: home page. Run with `streamlit run app.py`.
+
+The pages in pages/ are Streamlit's multipage folder; each calls ui.sidebar.sidebar()
+so the sidebar (model, data, workspace, saved variants) is the same everywhere.
+"""
+
+import streamlit as st
+
+from ui.sidebar import sidebar
+
+st.set_page_config(page_title="axlab workbench", page_icon=":material/compress:", layout="wide")
+sidebar()
+
+st.title("axlab workbench")
+st.markdown(
+    "Make a fine-tuned transformer **smaller, faster and more accurate** on one task. Look inside it, remove "
+    "what the task does not need, quantize what is left, and compare every variant's accuracy, latency and size "
+    "side by side before exporting the one you want.")
+st.markdown(
+    "The default model is already loaded: **MiniLM-L6** (6 layers x 12 attention heads) fine-tuned on "
+    "**Rotten Tomatoes** movie reviews (fresh vs rotten). Nothing is downloaded; every step runs on this CPU.")
+
+st.subheader("The path from load to export")
+steps = [
+    ("pages/1_Model_and_data.py", "1. Model & data", ":material/database:",
+     "The default model, a hub id, a local folder, or your own CSV of labelled texts."),
+    ("pages/2_Attention.py", "2. Attention", ":material/visibility:",
+     "What each head looks at, attention rollout, and per-head statistics."),
+    ("pages/3_Heads.py", "3. Heads", ":material/leaderboard:",
+     "How much each head matters to the task, by three methods, and whether they agree."),
+    ("pages/4_Prune.py", "4. Prune", ":material/content_cut:",
+     "Remove heads by hand or by budget, or let the AxFormer search decide."),
+    ("pages/5_Quantize.py", "5. Quantize", ":material/compress:",
+     "int8 for speed, or 2-8 bit weights with rounding or GPFQ for size."),
+    ("pages/6_Compare.py", "6. Compare", ":material/compare:",
+     "Every variant's accuracy, latency and size; the Pareto front; before/after views."),
+    ("pages/7_Export.py", "7. Export", ":material/ios_share:",
+     "A reloadable folder, an ONNX file, and a self-contained report."),
+]
+cols = st.columns(2)
+for i, (page, label, icon, text) in enumerate(steps):
+    with cols[i % 2]:
+        with st.container(border=True):
+            st.page_link(page, label=label, icon=icon)
+            st.caption(text)
+
+with st.expander("How the workbench keeps your work"):
+    st.markdown(
+        "Every variant is a **recipe**: the base model plus a list of steps (remove these heads, quantize to int8, "
+        "...). The recipe and its measurements are saved, not the model, so a browser refresh or an app restart "
+        "loses nothing, and any variant can be rebuilt exactly. The base model is loaded once and never changed. "
+        "Your variants belong to your **workspace** (its name is in the page address); open the sidebar's "
+        "workspace box to share one with a colleague on purpose.")

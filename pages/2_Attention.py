@@ -1,0 +1,75 @@
+"""Attention: what each head looks at, rollout, and per-head statistics."""
+
+import streamlit as st
+
+from ui import jobs
+from ui.common import intro, pick_model
+from ui.sidebar import sidebar
+from ui.state import analysis_results, bundle_and_splits, current, feature, show_error
+
+st.set_page_config(page_title="Attention - axlab", page_icon=":material/visibility:", layout="wide")
+sidebar()
+intro("Attention",
+      "Each layer of the model has several **attention heads**. A head lets every token gather information from "
+      "other tokens; its weights (a row per token, summing to 1) show where it looks. Heads specialise: some look "
+      "at the next or previous word, some at [CLS] or [SEP], some spread over the whole sentence.",
+      "- **What a head is.** In each layer the hidden vectors are projected into several small query/key/value "
+      "spaces. Each of these is a head: it computes its own attention pattern and its own output, and the outputs "
+      "are concatenated and mixed by the output projection. MiniLM-L6 has 6 layers x 12 heads of size 32.\n"
+      "- **Model view.** One small map per (layer, head), rows = the token that looks, columns = where it looks.\n"
+      "- **Rollout** (Abnar & Zuidema 2020) multiplies the head-averaged attention of every layer, plus the "
+      "residual connection, to estimate how much each input token flows into each position at the top.\n"
+      "- **Statistics** over many sentences: entropy (spread), mean distance (local vs global), and the share of "
+      "attention on [CLS], [SEP] and punctuation. Heads that mostly attend to [SEP] often act as a 'no-op' and "
+      "are good pruning candidates (SG-Trans observes lower layers are more local, higher more global).")
+
+bundle, splits = bundle_and_splits()
+if bundle is None:
+    st.stop()
+source, dataset, ws = current()
+maps = feature("attention_maps", "attention_for", "rollout")
+viz = feature("viz", "model_view", "head_heatmap", "rollout_figure", "layer_head_heatmap")
+if maps is None or viz is None:
+    st.stop()
+
+model, model_name = pick_model(bundle, splits, key="attn_model")
+text = st.text_input("Sentence", value=splits.validation.texts[0], key="attn_text")
+try:
+    result = maps.attention_for(model, bundle.tokenizer, text)
+except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+    show_error(e)
+    st.stop()
+
+t_model, t_head, t_roll, t_stats = st.tabs(["Model view", "Single head", "Rollout", "Statistics"])
+with t_model:
+    st.caption("Every head of every layer for this sentence; removed heads are blank.")
+    st.plotly_chart(viz.model_view(result), key="model_view")
+with t_head:
+    c1, c2 = st.columns(2)
+    layer = c1.slider("Layer", 0, result.n_layers - 1, 0, key="attn_layer")
+    head = c2.slider("Head", 0, result.n_heads - 1, 0, key="attn_head")
+    try:
+        st.plotly_chart(viz.head_heatmap(result, layer, head), key="head_heatmap")
+    except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+        show_error(e)
+with t_roll:
+    st.caption("How much each input token (columns) flows into each position (rows) after all layers.")
+    st.plotly_chart(viz.rollout_figure(result), key="rollout")
+with t_stats:
+    hs = feature("head_stats", "head_statistics")
+    if hs is not None:
+        n = st.slider("Validation sentences", 20, len(splits.validation), min(200, len(splits.validation)), step=20,
+                      key="stats_n")
+        key = ("head_stats", source, dataset, model_name, n)
+        store = analysis_results()
+        if key not in store and st.button("Compute statistics", key="stats_go", type="primary"):
+            jobs.start(ws, "head_stats", "Head statistics",
+                       lambda p: store.__setitem__(key, hs.head_statistics(model, bundle.tokenizer, splits.validation,
+                                                                           n=n, progress=p)))
+        try:
+            jobs.collect(ws, "head_stats")
+        except Exception as e:  # noqa: BLE001
+            show_error(e)
+        if key in store:
+            for name, matrix in store[key].items():
+                st.plotly_chart(viz.layer_head_heatmap(matrix, name.replace("_", " ")), key=f"stat-{name}")

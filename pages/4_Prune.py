@@ -1,0 +1,168 @@
+"""Prune: remove heads by hand, by budget, or by the AxFormer search."""
+
+import json
+
+import streamlit as st
+
+from axlab.progress import Stopped
+from ui import jobs
+from ui.common import create_variant, intro, measure_settings
+from ui.sidebar import sidebar
+from ui.state import analysis_results, bundle_and_splits, current, feature, show_error
+
+st.set_page_config(page_title="Prune - axlab", page_icon=":material/content_cut:", layout="wide")
+sidebar()
+intro("Prune",
+      "Pruning **physically removes** parts of the model the task does not need: whole attention heads, FFN "
+      "neurons, whole blocks. The matrices get smaller, so the model gets smaller and faster on any hardware. "
+      "Every pruned model is saved as a recipe of removals applied to the unchanged base model.",
+      "- **Heads by budget** removes the given fraction of heads with the lowest importance (Heads page).\n"
+      "- **AxFormer** (Nagarajan et al.) goes from the top layer down and tries, in order, removing the whole FFN "
+      "block, groups of FFN neurons, the whole attention block and single heads; a change is kept only if the "
+      "validation loss does not get worse. Removing what hurts the task can *raise* accuracy. It can also switch "
+      "layers to top-k hard attention. The log shows every decision.\n"
+      "- **Why unstructured sparsity does not speed up dense kernels.** Zeroing individual weights leaves the "
+      "matrix shapes unchanged: a dense matrix multiply still reads and multiplies every zero, and the saved "
+      "file still stores them. Only structured removal (rows/columns, heads, neurons), or sparse kernels and "
+      "compressed formats built for a given sparsity pattern, turn zeros into speed or size.")
+
+bundle, splits = bundle_and_splits()
+if bundle is None:
+    st.stop()
+source, dataset, ws = current()
+prune = feature("prune", "heads_by_budget")
+if prune is None:
+    st.stop()
+from axlab.variants import Step  # noqa: E402
+
+measure_settings()
+n_layers, n_heads = bundle.n_layers, bundle.n_heads
+store = analysis_results()
+imps = {k[3:]: v for k, v in store.items() if k[:3] == ("importance", source, dataset)}
+
+
+def head_grid_figure(selected: dict, title: str):
+    """Importance heatmap (if any) with the heads to remove marked."""
+    viz = feature("viz", "layer_head_heatmap")
+    if viz is None:
+        return None
+    import numpy as np
+    if imps:
+        first = next(iter(imps.values()))                                   # (L, H) tensor
+        base = first.detach().numpy().astype(float) if hasattr(first, "detach") else np.asarray(first, float)
+    else:
+        base = np.zeros((n_layers, n_heads))
+    fig = viz.layer_head_heatmap(base, title)
+    xs = [h for layer, hs in selected.items() for h in hs]
+    ys = [int(layer) for layer, hs in selected.items() for _ in hs]
+    if xs:
+        fig.add_scatter(x=xs, y=ys, mode="markers", marker=dict(symbol="x", size=14, color="black"),
+                        name="remove", showlegend=True)
+    return fig
+
+
+def save_button(recipe: list, default_name: str, key: str, notes: str = "", model=None):
+    name = st.text_input("Variant name", value=default_name, key=f"{key}_name")
+    if st.button("Create variant", type="primary", key=f"{key}_go"):
+        try:
+            create_variant(bundle, splits, recipe, name, model=model, notes=notes)
+        except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+            show_error(e)
+
+
+t_budget, t_hand, t_search, t_unstr = st.tabs(["Heads by budget", "Heads by hand", "AxFormer search",
+                                               "Unstructured sparsity"])
+
+with t_budget:
+    imp_mod = feature("importance", "head_importance")
+    if imp_mod is not None:
+        if not imps:
+            st.caption("No importance computed yet for this model and data: compute the gradient score on 200 "
+                       "validation examples here, or choose a method on the Heads page.")
+            if st.button("Compute importance (gradient, 200 examples)", key="prune_imp"):
+                n = min(200, len(splits.validation))
+                key = ("importance", source, dataset, "gradient", n)
+                jobs.start(ws, "importance", "Importance (gradient)",
+                           lambda p: store.__setitem__(key, imp_mod.head_importance(
+                               bundle.model, bundle.tokenizer, splits.validation.head(n), progress=p)))
+            try:
+                jobs.collect(ws, "importance")
+            except Exception as e:  # noqa: BLE001
+                show_error(e)
+            imps = {k[3:]: v for k, v in store.items() if k[:3] == ("importance", source, dataset)}
+        if imps:
+            labels = {f"{m} ({n} examples)": (m, n) for (m, n) in imps}
+            which = st.selectbox("Importance", list(labels), key="budget_imp")
+            fraction = st.slider("Fraction of heads to remove", 0.05, 0.9, 0.25, step=0.05, key="budget_frac")
+            heads = prune.heads_by_budget(imps[labels[which]], fraction)
+            n_removed = sum(len(h) for h in heads.values())
+            st.markdown(f"Removes **{n_removed}** of {n_layers * n_heads} heads: "
+                        + ", ".join(f"layer {layer}: {hs}" for layer, hs in heads.items()))
+            fig = head_grid_figure(heads, "importance (x = removed)")
+            if fig is not None:
+                st.plotly_chart(fig, key="budget_fig")
+            recipe = [Step("prune_heads", heads={str(k): v for k, v in heads.items()})]
+            save_button(recipe, f"heads-{int(round(fraction * 100))}%", "budget",
+                        notes=f"heads by budget {fraction:.2f} on {which}")
+
+with t_hand:
+    st.caption("Pick heads to remove; the heatmap shows importance (if computed) with your choice marked.")
+    options = [f"L{layer}.H{head}" for layer in range(n_layers) for head in range(n_heads)]
+    picked = st.multiselect("Heads to remove", options, key="hand_heads")
+    heads = {}
+    for p in picked:
+        layer, head = p[1:].split(".H")
+        heads.setdefault(int(layer), []).append(int(head))
+    fig = head_grid_figure(heads, "importance (x = removed)")
+    if fig is not None:
+        st.plotly_chart(fig, key="hand_fig")
+    if heads:
+        save_button([Step("prune_heads", heads={str(k): sorted(v) for k, v in sorted(heads.items())})],
+                    f"hand-{len(picked)}-heads", "hand")
+
+with t_search:
+    ax = feature("axformer", "search")
+    if ax is not None:
+        c1, c2 = st.columns(2)
+        tol = c1.number_input("Tolerance (allowed validation-loss increase per step)", 0.0, 0.5, 0.0, step=0.01,
+                              key="ax_tol")
+        hard = c2.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
+        if st.button("Run the search", type="primary", key="ax_go"):
+            def work(progress):
+                return ax.search(bundle.model, bundle.tokenizer, splits, tolerance=tol, progress=progress,
+                                 hard_attention=hard)
+            jobs.start(ws, "search", "AxFormer search", work)
+        try:
+            res = jobs.collect(ws, "search")
+            if res is not None:
+                st.session_state.search_result = {"recipe": res.recipe, "log": getattr(res, "log", None),
+                                                  "source": source, "dataset": dataset}
+                st.session_state.search_model = res.model
+        except Stopped:
+            st.warning("The search was stopped.", icon=":material/stop_circle:")
+        except Exception as e:  # noqa: BLE001
+            show_error(e)
+        res = st.session_state.get("search_result")
+        if res and res["source"] == source and res["dataset"] == dataset:
+            st.subheader("Decision log")
+            log = res["log"]
+            try:
+                import pandas as pd
+                st.dataframe(pd.DataFrame(log), hide_index=True, key="ax_log")
+            except Exception:  # noqa: BLE001
+                st.write(log)
+            with st.expander("Recipe found"):
+                st.code(json.dumps(res["recipe"], indent=1), language="json")
+            save_button(res["recipe"], "axformer", "search", notes=f"AxFormer search, tolerance {tol}",
+                        model=st.session_state.get("search_model"))
+
+with t_unstr:
+    c1, c2, c3 = st.columns(3)
+    sparsity = c1.slider("Sparsity", 0.1, 0.95, 0.5, step=0.05, key="un_sparsity")
+    criterion = c2.selectbox("Score", ["magnitude", "data"], key="un_crit",
+                             help="data: |weight| x input norm on validation data (AdaptCL-style)")
+    scope = c3.selectbox("Scope", ["global", "layer"], key="un_scope")
+    st.caption("The zeros shrink neither the file nor the latency of a dense model: compare the size and latency "
+               "columns on the Compare page.")
+    save_button([Step("unstructured", sparsity=sparsity, criterion=criterion, scope=scope)],
+                f"sparse-{int(round(sparsity * 100))}%", "unstr")

@@ -1,0 +1,87 @@
+"""Compare: every variant's accuracy, latency and size; the Pareto front; before/after views."""
+
+import streamlit as st
+
+from ui.common import intro
+from ui.sidebar import sidebar
+from ui.state import bundle_and_splits, feature, show_error, variant_model, variant_store, workspace_variants
+
+st.set_page_config(page_title="Compare - axlab", page_icon=":material/compare:", layout="wide")
+sidebar()
+intro("Compare",
+      "Every variant was measured on the same test examples: accuracy, macro-F1, latency at batch 1 and 32, and "
+      "the size of the file an export would write. The **Pareto front** holds the variants that no other variant "
+      "beats on both accuracy and cost: the only ones worth choosing from.",
+      "- **Ratios** are to the base model: speed-up = base latency / variant latency, compression = base size / "
+      "variant size.\n- **Latency** is the median of many single-sentence runs on this machine's CPU threads; it "
+      "is noisy when other programs run. Re-measure before drawing conclusions from small differences.\n"
+      "- **Before/after** shows where two variants look and which words drive their prediction for the same "
+      "sentence: a good variant keeps the important words.")
+
+bundle, splits = bundle_and_splits()
+if bundle is None:
+    st.stop()
+variants = workspace_variants()
+if not variants:
+    st.info("No variants yet. Create one on the Prune or Quantize page; the base model is measured with it.",
+            icon=":material/info:")
+    st.stop()
+compare = feature("compare", "variants_table", "tradeoff_figure")
+if compare is None:
+    st.stop()
+
+df = compare.variants_table(variants)
+st.subheader(f"{len(variants)} variants")
+st.dataframe(df, hide_index=True, key="cmp_table")
+c1, c2 = st.columns(2)
+with c1:
+    st.plotly_chart(compare.tradeoff_figure(df, x="latency_b1_ms"), key="cmp_latency")
+with c2:
+    st.plotly_chart(compare.tradeoff_figure(df, x="size_bytes"), key="cmp_size")
+
+with st.expander("Delete a variant"):
+    victim = st.selectbox("Variant", [v.name for v in variants if v.recipe] or ["-"], key="cmp_del_pick")
+    if st.button("Delete", key="cmp_del") and victim != "-":
+        variant_store().delete(next(v.id for v in variants if v.name == victim))
+        st.rerun()
+
+st.subheader("Before / after")
+names = [v.name for v in variants]
+c1, c2 = st.columns(2)
+a_name = c1.selectbox("Before", names, index=0, key="cmp_a")
+b_name = c2.selectbox("After", names, index=len(names) - 1, key="cmp_b")
+text = st.text_input("Sentence", value=splits.test.texts[0], key="cmp_text")
+by_name = {v.name: v for v in variants}
+models = {}
+with st.spinner("Rebuilding the two variants from their recipes..."):
+    for n in (a_name, b_name):
+        models[n] = variant_model(bundle, splits, by_name[n].recipe)
+maps = feature("attention_maps", "attention_for")
+viz = feature("viz", "model_view", "attribution_html")
+attr = feature("attributions", "compare_attributions")
+if maps is not None and viz is not None:
+    t_attn, t_attr = st.tabs(["Attention", "Attribution"])
+    with t_attn:
+        cols = st.columns(2)
+        for col, n in zip(cols, (a_name, b_name)):
+            with col:
+                st.markdown(f"**{n}**")
+                try:
+                    st.plotly_chart(viz.model_view(maps.attention_for(models[n], bundle.tokenizer, text)),
+                                    key=f"cmp_attn_{n}_{col is cols[0]}")
+                except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+                    show_error(e)
+    with t_attr:
+        if attr is not None:
+            if st.button("Explain both", key="cmp_explain"):
+                try:
+                    res = attr.compare_attributions({a_name: models[a_name], b_name: models[b_name]},
+                                                    bundle.tokenizer, text)
+                except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+                    show_error(e)
+                else:
+                    cols = st.columns(2)
+                    for col, (n, a) in zip(cols, res.items()):
+                        with col:
+                            st.markdown(f"**{n}**: p({a.label or a.target}) = {a.output:.3f} ({a.method})")
+                            st.html(viz.attribution_html(a.tokens, a.scores))

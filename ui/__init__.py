@@ -1,0 +1,1 @@
+"""App-only helpers for the axlab workbench (the only code that imports streamlit)."""

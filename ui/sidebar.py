@@ -1,0 +1,66 @@
+"""The sidebar every page shows: current model and dataset, workspace, saved variants."""
+
+from __future__ import annotations
+
+import re
+
+import streamlit as st
+
+
+from . import jobs
+from .common import fmt_bytes
+from .state import current, current_splits, init_state, load_base, workspace_variants
+
+__all__ = ["sidebar"]
+
+
+def _workspace_box() -> None:
+    ss = st.session_state
+    with st.sidebar.expander(f"Workspace: `{ss.workspace}`"):
+        st.caption("Your variants are saved under this workspace name (kept in the page address, so a refresh "
+                   "keeps them). Another browser session sees them only if it uses the same name.")
+        name = st.text_input("Use a shared workspace name", value="", key="ws_input", placeholder="e.g. team-demo")
+        if st.button("Switch workspace", key="ws_switch"):
+            if re.match(r"^[A-Za-z0-9_.-]{1,40}$", name or ""):
+                ss.workspace = name
+                st.query_params["ws"] = name
+                st.rerun()
+            else:
+                st.error("Use 1-40 letters, digits, '-', '_' or '.'.")
+
+
+def sidebar() -> None:
+    """Initialise session state (pages can be opened directly) and draw the shared sidebar."""
+    init_state()
+    source, dataset, ws = current()
+    sb = st.sidebar
+    sb.markdown("### axlab workbench")
+    try:
+        bundle = load_base(source, st.session_state.allow_pickle)
+        sb.markdown(f"**Model:** `{source}`  \n{bundle.arch}, {bundle.n_layers} layers x {bundle.n_heads} heads, "
+                    f"{len(bundle.labels)} labels")
+    except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+        sb.markdown(f"**Model:** `{source}`")
+        sb.warning(getattr(e, "message", str(e)), icon=":material/warning:")
+    try:
+        splits = current_splits()
+        sizes = splits.sizes
+        sb.markdown(f"**Data:** `{splits.name}`  \n{sizes['train']:,} train / {sizes['validation']:,} val / "
+                    f"{sizes['test']:,} test")
+    except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+        sb.markdown(f"**Data:** `{dataset}`")
+        sb.warning(getattr(e, "message", str(e)), icon=":material/warning:")
+    _workspace_box()
+    variants = workspace_variants()
+    sb.markdown(f"**Saved variants** ({len(variants)})")
+    if variants:
+        sb.dataframe(
+            [{"name": v.name, "acc": round(v.measurements.get("accuracy", float("nan")), 3),
+              "ms": round(v.measurements.get("latency_b1_ms") or float("nan"), 1),
+              "size": fmt_bytes(v.measurements.get("size_bytes"))} for v in variants],
+            hide_index=True, width="stretch")
+    else:
+        sb.caption("None yet: prune or quantize to make one.")
+    job = jobs.get(ws, "variant")
+    if job is not None and not job.finished:
+        sb.info(f"Working: {job.label} ({job.fraction:.0%})", icon=":material/hourglass_top:")

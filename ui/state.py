@@ -1,0 +1,214 @@
+"""Session state, workspaces and cached loaders shared by every page.
+
+What is shared between browser sessions (``st.cache_resource``): base models, datasets and
+rebuilt variant models. They are never mutated: every change goes through a recipe, and
+``axlab.variants.apply_recipe`` works on a private copy. What is private to a session:
+``st.session_state`` (current model source, dataset, workspace name). The workspace name
+lives in the URL (``?ws=...``), so a browser refresh keeps the same variant list; two
+sessions see each other's variants only if they pick the same workspace name on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import streamlit as st
+
+from axlab.errors import AxlabError
+
+__all__ = ["init_state", "current", "load_base", "load_splits", "current_splits", "bundle_and_splits", "analysis_results", "variant_store", "variant_model",
+           "feature", "save_upload", "show_error", "DEFAULT_SOURCE", "DEFAULT_DATASET", "workspace_variants",
+           "recipe_key"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "default"
+DEFAULT_DATASET = "rotten_tomatoes"
+_WS_OK = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+# session_state key -> URL query parameter (kept in the URL so a refresh restores it)
+_URL_KEYS = {"workspace": "ws", "source": "model", "dataset": "data"}
+
+
+def init_state() -> None:
+    """Fill session state from the URL (or defaults) and write it back to the URL.
+
+    Every page calls this first (through the sidebar), because a page opened directly
+    does not run app.py.
+    """
+    ss = st.session_state
+    qp = st.query_params
+    if "workspace" not in ss:
+        ws = qp.get("ws", "")
+        ss.workspace = ws if _WS_OK.match(ws or "") else secrets.token_hex(4)
+    if "source" not in ss:
+        ss.source = qp.get("model", DEFAULT_SOURCE) or DEFAULT_SOURCE
+    if "dataset" not in ss:
+        ss.dataset = qp.get("data", DEFAULT_DATASET) or DEFAULT_DATASET
+    ss.setdefault("allow_pickle", False)
+    ss.setdefault("data_columns", (None, None))   # (text, label) column names of a user file
+    ss.setdefault("measure_n", 2000)          # test examples used when measuring a variant
+    ss.setdefault("latency_runs", 30)         # batch-1 latency runs per variant
+    for key, param in _URL_KEYS.items():
+        if qp.get(param) != ss[key]:
+            qp[param] = ss[key]
+
+
+def current() -> tuple[str, str, str]:
+    """(model source, dataset, workspace) of this session."""
+    ss = st.session_state
+    return ss.source, ss.dataset, ss.workspace
+
+
+# --- cached, shared, never mutated ----------------------------------------------------
+
+@st.cache_resource(show_spinner="Loading the model (once per source)...", max_entries=4)
+def load_base(source: str, allow_pickle: bool = False):
+    """The base model bundle for ``source``; shared by all sessions, never mutated."""
+    from axlab.loading import load_model
+    return load_model(source, allow_pickle=allow_pickle)
+
+
+@st.cache_resource(show_spinner="Loading the dataset...", max_entries=4)
+def load_splits(dataset: str, text_column: str | None = None, label_column: str | None = None):
+    from axlab.data import load_dataset
+    return load_dataset(dataset, text_column=text_column, label_column=label_column)
+
+
+def current_splits():
+    """The current session's splits (raises AxlabError)."""
+    ss = st.session_state
+    return load_splits(ss.dataset, *ss.data_columns)
+
+
+def bundle_and_splits():
+    """The current base bundle and splits, or (None, None) after showing the error."""
+    source, dataset, _ = current()
+    try:
+        bundle = load_base(source, st.session_state.allow_pickle)
+        splits = current_splits()
+    except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+        show_error(e)
+        st.page_link("pages/1_Model_and_data.py", label="Choose another model or dataset", icon=":material/tune:")
+        return None, None
+    return bundle, splits
+
+
+@st.cache_resource
+def analysis_results() -> dict:
+    """Analysis results (importance, statistics) shared by sessions, keyed by what they depend on."""
+    return {}
+
+
+@st.cache_resource
+def variant_store():
+    """One store (SQLite under the user's data dir; AXLAB_DATA overrides) for all sessions."""
+    from axlab.variants import VariantStore
+    return VariantStore()
+
+
+def workspace_variants(all_bases: bool = False):
+    source, dataset, ws = current()
+    store = variant_store()
+    if all_bases:
+        return store.list(workspace=ws)
+    return store.list(workspace=ws, base=source, dataset=dataset)
+
+
+def recipe_key(recipe: list) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _ModelCache:
+    """A small LRU of rebuilt variant models keyed by (base, dataset, recipe JSON)."""
+
+    def __init__(self, size: int = 6):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key, model):
+        with self.lock:
+            self.items[key] = model
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+@st.cache_resource
+def _model_cache() -> _ModelCache:
+    return _ModelCache()
+
+
+def variant_model(bundle, splits, recipe: list, progress=False, dataset: str | None = None):
+    """The model for ``recipe`` applied to ``bundle`` (rebuilt once, then cached; never mutated)."""
+    if not recipe:
+        return bundle.model
+    from axlab.variants import apply_recipe
+    key = (bundle.source, dataset or splits.key, json.dumps(recipe, sort_keys=True))
+    model = _model_cache().get(key)
+    if model is None:
+        model = apply_recipe(bundle.model, recipe, tokenizer=bundle.tokenizer, splits=splits, progress=progress)
+        _model_cache().put(key, model)
+    return model
+
+
+def remember_model(bundle, splits, recipe: list, model) -> None:
+    """Put an already built variant model (e.g. the result of a search) into the cache."""
+    _model_cache().put((bundle.source, splits.key, json.dumps(recipe, sort_keys=True)), model)
+
+
+# --- library parts that may not have landed yet ---------------------------------------
+
+def feature(module: str, *names: str):
+    """``axlab.<module>`` if it is importable and has ``names``; else show st.info and return None."""
+    try:
+        mod = importlib.import_module(f"axlab.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != f"axlab.{module}":
+            raise
+        st.info(f"This feature is not available yet (the library part `axlab.{module}` is not installed).",
+                icon=":material/construction:")
+        return None
+    missing = [n for n in names if not hasattr(mod, n)]
+    if missing:
+        st.info(f"This feature is not available yet (`axlab.{module}` has no {', '.join(missing)}).",
+                icon=":material/construction:")
+        return None
+    return mod
+
+
+def save_upload(uploaded) -> Path:
+    """Save an uploaded file under the data dir by content hash; returns its path."""
+    from axlab.paths import data_dir
+    raw = uploaded.getvalue()
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    suffix = Path(uploaded.name).suffix.lower() or ".csv"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(uploaded.name).stem)[:40] or "upload"
+    path = data_dir("uploads") / f"{stem}-{digest}{suffix}"
+    if not path.exists():
+        path.write_bytes(raw)
+    return path
+
+
+def show_error(e: Exception) -> None:
+    """An AxlabError as st.error: what is wrong and how to fix it (no traceback)."""
+    if isinstance(e, AxlabError):
+        st.error(f"**{e.message}**\n\nHow to fix: {e.hint}" if e.hint else f"**{e.message}**", icon=":material/error:")
+    else:
+        log.exception("unexpected error in the app")
+        st.error(f"**Something went wrong:** {type(e).__name__}: {e}\n\nThe rest of the workbench still works; "
+                 "please report this with the steps that led to it.", icon=":material/error:")
