@@ -64,8 +64,12 @@ def axlab_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     k_top = getattr(module, "axlab_topk", None)
     if axlab is not None and axlab.topk is not None and layer in axlab.topk:
         k_top = axlab.topk[layer]
-    if k_top is not None and k_top < scores.size(-1):
-        kth = torch.topk(scores, int(k_top), dim=-1).values[..., -1:]     # (B, H, Tq, 1)
+    if k_top is not None:
+        # sym_min instead of a Python branch on the length: under torch.export / ONNX the
+        # length is symbolic, and a branch would freeze the example's case into the graph
+        # (TopK then fails on inputs shorter than k). With k >= length nothing is masked.
+        k_eff = torch.sym_min(int(k_top), scores.size(-1))
+        kth = torch.topk(scores, k_eff, dim=-1).values[..., -1:]          # (B, H, Tq, 1)
         scores = scores.masked_fill(scores < kth, torch.finfo(scores.dtype).min)
     weights = nn.functional.softmax(scores, dim=-1)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
