@@ -1,0 +1,39 @@
+"""Claims about the real default model (built once by `axlab prepare`, then cached)."""
+import copy
+import json
+import time
+
+import torch
+
+from axlab.cli import main
+from axlab.default_model import default_model_dir, prepare
+from axlab.measure import tokenize
+from conftest import logits
+
+
+def test_card_and_cache(default_bundle):
+    t0 = time.perf_counter()
+    card = prepare()                      # second call: from the cache
+    assert card["cached"] is True and time.perf_counter() - t0 < 5
+    assert card["test"]["accuracy"] >= 0.83
+    assert card["split_sizes"] == {"train": 9752, "validation": 1000, "test": 2000}
+    assert len(card["data_sha256"]) == 64 and card["seed"] == 0
+    on_disk = json.loads((default_model_dir() / "axlab_card.json").read_text())
+    assert on_disk["test"] == card["test"]
+    assert default_bundle.labels == ["rotten", "fresh"]
+
+
+def test_default_axlab_attention_equals_eager(default_bundle, default_splits):
+    m = default_bundle.model
+    stock = copy.deepcopy(m)
+    stock.set_attn_implementation("eager")
+    batch = tokenize(default_bundle.tokenizer, default_splits.test.texts[:16])
+    torch.testing.assert_close(logits(m, batch), logits(stock, batch), atol=1e-5, rtol=0)
+
+
+def test_cli_eval_default_json(default_bundle, capsys):
+    assert main(["eval", "default", "--json", "--limit", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_bytes", "params", "nonzero"):
+        assert out[key] is not None, key
+    assert out["accuracy"] > 0.75 and out["hardware"]["cpu"]
