@@ -14,6 +14,16 @@ from axlab.variants import apply_recipe
 from conftest import logits
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster, and robust on a shared machine (thread pools contend)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+
 def _ffn_masked(model, masks: dict):
     """Hooks that zero FFN activations entering the down projection: the 'mask' equivalent."""
     handles = []
