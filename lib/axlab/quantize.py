@@ -1,0 +1,514 @@
+"""Quantization: int8 dynamic (PyTorch), weight-only k-bit round-to-nearest, and the
+modules that store quantized weights for real.
+
+Three module types replace ``nn.Linear`` / ``nn.Embedding``; each keeps only plain
+tensors in its ``state_dict`` so a safetensors save/load round-trips:
+
+* :class:`Int8Linear` - int8 weights + per-output-channel scales; runs on an int8 kernel
+  (torch.ao dynamic quantized linear: activations quantized on the fly). The kernel is
+  built from the stored tensors by :func:`int8_backend`, the one place that touches
+  torch.ao, so the backend is replaceable.
+* :class:`QuantLinear` - weight-only k-bit (2..8): packed codes + per-channel or
+  per-group scales; computes with the dequantized weight (cached). RTN and GPFQ both
+  produce it.
+* :class:`QuantEmbedding` - per-row k-bit embedding table (8 bits by default).
+
+``quant_layout(model)`` records which modules are quantized and how;
+``apply_quant_layout(fresh_model, layout)`` puts empty modules of the right shapes in
+place so ``load_state_dict(saved, strict=True)`` restores the variant exactly.
+
+Recipe ops: ``quantize_int8``, ``quantize_rtn``, ``quantize_gpfq`` (the last in terms of
+:mod:`axlab.gpfq`). ``layer_errors`` / ``error_figure`` compare methods layer by layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import registry
+from .errors import AxlabError
+from .packing import code_range, pack_codes, packed_nbytes, unpack_codes
+from .variants import RecipeContext, register_transform
+
+__all__ = ["Int8Linear", "QuantLinear", "QuantEmbedding", "int8_backend", "int8_dynamic", "rtn",
+           "quantize_codes", "dequantize_codes", "layer_group_size", "target_linears", "quant_layout", "apply_quant_layout",
+           "is_quantized", "layer_errors", "error_figure", "calibration_texts", "QUANT_MODULES"]
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# rounding
+
+
+def _check_bits(bits) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise AxlabError(f"bits must be an integer from 2 to 8, got {bits!r}.",
+                         "Use e.g. bits=4 (8 is near-lossless, 2 is aggressive).")
+    return bits
+
+
+def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """(out, in) -> (out, G, g) with g = group_size (or in for per-channel)."""
+    out_f, in_f = w.shape
+    g = in_f if group_size is None else group_size
+    if g <= 0 or in_f % g:
+        raise AxlabError(f"group_size {group_size} does not divide the layer's {in_f} inputs.",
+                         "Pick a group size that divides every layer's input width (e.g. 32 or 64), or None.")
+    return w.reshape(out_f, in_f // g, g)
+
+
+def layer_group_size(in_features: int, group_size: int | None) -> int | None:
+    """The group size a layer uses: ``group_size``, or per-channel (None) when it does not
+    divide the layer's input width (pruned layers can have any width)."""
+    if group_size is None:
+        return None
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise AxlabError(f"group_size must be a positive integer or None, got {group_size!r}.",
+                         "Use e.g. group_size=64, or None for one scale per output channel.")
+    if in_features % group_size:
+        log.info("group size %d does not divide %d inputs: per-channel scales for this layer", group_size, in_features)
+        return None
+    return group_size
+
+
+def quantize_codes(w: torch.Tensor, bits: int, group_size: int | None = None,
+                   scale_search: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest: ``w`` (out, in) -> codes (out, in) int8 and scales (out, G).
+
+    Symmetric scaling with the full signed code range: ``scale = 2*max|w| / (2**bits - 1)``
+    per output channel (or per group of ``group_size`` inputs), ``code = clamp(round(w / scale))``.
+    ``scale_search`` shrinks each scale by a factor in [0.5, 1] chosen to minimise the
+    squared weight error (data-free).
+    """
+    lo, hi = code_range(bits)
+    wg = _grouped(w.detach().float(), group_size)                           # (out, G, g)
+    base = (2 * wg.abs().amax(-1, keepdim=True) / (2 ** bits - 1)).clamp_min(1e-12)   # (out, G, 1)
+    if scale_search:
+        best_err, best = None, base
+        for a in torch.linspace(0.5, 1.0, 21):
+            s = base * a
+            err = ((torch.clamp(torch.round(wg / s), lo, hi) * s - wg) ** 2).sum(-1, keepdim=True)
+            if best_err is None:
+                best_err, best = err, s
+            else:
+                better = err < best_err
+                best_err, best = torch.where(better, err, best_err), torch.where(better, s, best)
+        base = best
+    codes = torch.clamp(torch.round(wg / base), lo, hi).to(torch.int8)
+    return codes.reshape(w.shape), base.squeeze(-1)
+
+
+def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """codes (out, in), scale (out, G) -> float weight (out, in)."""
+    out_f, in_f = codes.shape
+    g = in_f // scale.shape[1] if scale.shape[1] else in_f
+    return (codes.float().reshape(out_f, -1, max(g, 1)) * scale.unsqueeze(-1)).reshape(out_f, in_f)
+
+
+# ----------------------------------------------------------------------------------------
+# modules
+
+
+def int8_backend(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """Build the int8 kernel for a Linear from its stored tensors: ``fn(x) -> y``.
+
+    Uses torch.ao's dynamic quantized Linear (fbgemm/x86/oneDNN int8 GEMM, activations
+    quantized per batch). torch.ao is deprecated; swap this one function to move to
+    another backend. Falls back to a dequantized fp32 matmul if the kernel is missing.
+    """
+    w = weight_int8.float() * scale.unsqueeze(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+            qw = torch.quantize_per_channel(w, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+            mod = DynLinear(weight_int8.shape[1], weight_int8.shape[0], bias_=bias is not None, dtype=torch.qint8)
+            mod.set_weight_bias(qw, None if bias is None else bias.detach().float())
+        return mod
+    except (RuntimeError, ImportError, AttributeError) as e:  # pragma: no cover - backend missing
+        log.warning("int8 kernel unavailable (%s); using a dequantized fp32 matmul", e)
+        return lambda x: F.linear(x, w, bias)
+
+
+class Int8Linear(nn.Module):
+    """int8 weights (per-output-channel symmetric scales) on an int8 dynamic kernel.
+
+    state_dict: ``weight_int8`` (out, in) int8, ``weight_scale`` (out,) float32, ``bias`` (out,).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._kernel = None
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear) -> "Int8Linear":
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None)
+        w = lin.weight.detach().float()
+        scale = (w.abs().amax(1) / 127).clamp_min(1e-12)                      # (out,)
+        m.weight_int8.copy_(torch.clamp(torch.round(w / scale.unsqueeze(1)), -127, 127).to(torch.int8))
+        m.weight_scale.copy_(scale)
+        if lin.bias is not None:
+            m.bias.copy_(lin.bias.detach())
+        return m
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._kernel = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight (out, in), for inspection and export."""
+        return self.weight_int8.float() * self.weight_scale.unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_int8.numel() == 0:           # zero-width layer (pruned): output = bias
+            return F.linear(x, self.weight, self.bias)
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+            return F.linear(x, self.weight, self.bias)
+        if self._kernel is None:
+            self._kernel = int8_backend(self.weight_int8, self.weight_scale, self.bias)
+        shape = x.shape
+        y = self._kernel(x.reshape(-1, shape[-1]).float().contiguous())
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+class QuantLinear(nn.Module):
+    """Weight-only k-bit Linear: packed codes + scales; computes with the dequantized weight.
+
+    state_dict: ``packed`` (flat uint8, or int8 at 8 bits), ``scale`` (out, G) float32,
+    ``bias`` (out,) float32. G = 1 per channel, in / group_size per group.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int | None = None,
+                 bias: bool = True, method: str = "rtn"):
+        super().__init__()
+        code_range(bits)
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size, self.method = bits, group_size, method
+        n_groups = 1 if group_size is None else in_features // group_size
+        dtype = torch.int8 if bits == 8 else torch.uint8
+        self.register_buffer("packed", torch.zeros(packed_nbytes(in_features * out_features, bits), dtype=dtype))
+        self.register_buffer("scale", torch.ones(out_features, n_groups))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._w = None
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, bits: int,
+                   group_size: int | None = None, method: str = "rtn") -> "QuantLinear":
+        out_f, in_f = codes.shape
+        m = cls(in_f, out_f, bits, group_size, bias is not None, method)
+        m.packed.copy_(pack_codes(codes, bits))
+        m.scale.copy_(scale.reshape(out_f, -1))
+        if bias is not None:
+            m.bias.copy_(bias.detach())
+        return m
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._w = None
+
+    def codes(self) -> torch.Tensor:
+        """The signed integer codes, (out, in) int8."""
+        n = self.in_features * self.out_features
+        return unpack_codes(self.packed, self.bits, n).reshape(self.out_features, self.in_features)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight (out, in), cached."""
+        if self._w is None:
+            self._w = dequantize_codes(self.codes(), self.scale) if self.packed.numel() else \
+                torch.zeros(self.out_features, self.in_features)
+        return self._w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        g = "per-channel" if self.group_size is None else f"group {self.group_size}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, {g}, {self.method}"
+
+
+class QuantEmbedding(nn.Module):
+    """Embedding table with per-row symmetric k-bit codes (8 bits by default).
+
+    state_dict: ``packed`` (flat), ``scale`` (num_embeddings, 1) float32.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 8, padding_idx: int | None = None):
+        super().__init__()
+        code_range(bits)
+        self.num_embeddings, self.embedding_dim, self.bits, self.padding_idx = \
+            num_embeddings, embedding_dim, bits, padding_idx
+        dtype = torch.int8 if bits == 8 else torch.uint8
+        self.register_buffer("packed", torch.zeros(packed_nbytes(num_embeddings * embedding_dim, bits), dtype=dtype))
+        self.register_buffer("scale", torch.ones(num_embeddings, 1))
+        self._codes = None
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, bits: int = 8) -> "QuantEmbedding":
+        m = cls(emb.num_embeddings, emb.embedding_dim, bits, emb.padding_idx)
+        codes, scale = quantize_codes(emb.weight, bits)
+        m.packed.copy_(pack_codes(codes, bits))
+        m.scale.copy_(scale)
+        return m
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._codes = None
+
+    def codes(self) -> torch.Tensor:
+        if self._codes is None:
+            n = self.num_embeddings * self.embedding_dim
+            self._codes = unpack_codes(self.packed, self.bits, n).reshape(self.num_embeddings, self.embedding_dim)
+        return self._codes
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.codes().float() * self.scale
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # (B, T) -> (B, T, D): gather int8 rows, then scale each row
+        return self.codes()[ids].float() * self.scale[ids]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, per-row"
+
+
+QUANT_MODULES = (Int8Linear, QuantLinear, QuantEmbedding)
+
+
+# ----------------------------------------------------------------------------------------
+# which modules, and replacing them
+
+
+def _set_module(root: nn.Module, path: str, value: nn.Module) -> None:
+    parts = path.split(".")
+    for p in parts[:-1]:
+        root = getattr(root, p)
+    setattr(root, parts[-1], value)
+
+
+def target_linears(model: nn.Module, scope: str = "encoder") -> list[str]:
+    """Names of the Linear layers to quantize, in forward order.
+
+    ``scope="encoder"``: every Linear inside the transformer layers (q, k, v, o, FFN up and
+    down, whatever their pruned shapes); ``"all"`` adds the pooler and classifier.
+    Zero-width layers (all heads or FFN neurons pruned) are skipped: nothing to store.
+    """
+    if scope not in ("encoder", "all"):
+        raise AxlabError(f"Unknown scope '{scope}'.", "Use scope='encoder' or scope='all'.")
+    enc = {id(m) for m in registry.layers(model).modules()}
+    names = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and mod.weight.numel() > 0 and (scope == "all" or id(mod) in enc):
+            names.append(name)
+    return names
+
+
+def _embedding_name(model: nn.Module) -> str:
+    emb = registry.word_embeddings(model)
+    for name, mod in model.named_modules():
+        if mod is emb:
+            return name
+    raise AxlabError("Could not find the word embeddings.", "Use a supported architecture.")  # pragma: no cover
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, QUANT_MODULES) for m in model.modules())
+
+
+def _quantize_embeddings_(model: nn.Module, bits: int) -> None:
+    emb = registry.word_embeddings(model)
+    if isinstance(emb, QuantEmbedding):
+        return
+    _set_module(model, _embedding_name(model), QuantEmbedding.from_embedding(emb, bits))
+
+
+def int8_dynamic(model: nn.Module, embeddings: bool = False, scope: str = "all") -> nn.Module:
+    """A copy of ``model`` with its Linear layers on int8 weights + int8 dynamic kernels.
+
+    Like ``torch.ao.quantization.quantize_dynamic`` with per-channel weights (all Linear
+    layers by default, as quantize_dynamic does), but stored as plain tensors.
+    ``embeddings=True`` also stores the word embeddings in 8 bits per row.
+    """
+    model = copy.deepcopy(model)
+    for name in target_linears(model, scope):
+        _set_module(model, name, Int8Linear.from_linear(model.get_submodule(name)))
+    if embeddings:
+        _quantize_embeddings_(model, 8)
+    model.eval()
+    return model
+
+
+def rtn(model: nn.Module, bits: int, group_size: int | None = None, embeddings: bool = False,
+        embedding_bits: int = 8, scale_search: bool = False, scope: str = "encoder") -> nn.Module:
+    """A copy of ``model`` with weight-only k-bit round-to-nearest Linear layers.
+
+    Per output channel (``group_size=None``) or per group of ``group_size`` inputs;
+    ``scale_search`` picks each scale by minimising weight MSE instead of max scaling.
+    """
+    _check_bits(bits)
+    model = copy.deepcopy(model)
+    for name in target_linears(model, scope):
+        lin = model.get_submodule(name)
+        gs = layer_group_size(lin.in_features, group_size)
+        codes, scale = quantize_codes(lin.weight, bits, gs, scale_search)
+        _set_module(model, name, QuantLinear.from_codes(codes, scale, lin.bias, bits, gs, "rtn"))
+    if embeddings:
+        _quantize_embeddings_(model, _check_bits(embedding_bits))
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------------------
+# layout: rebuild the module structure before load_state_dict
+
+
+def quant_layout(model: nn.Module) -> dict:
+    """JSON description of the quantized modules: ``{"modules": {name: {...}}}``."""
+    mods = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Int8Linear):
+            mods[name] = {"kind": "int8_linear", "in_features": m.in_features, "out_features": m.out_features,
+                          "bias": m.bias is not None}
+        elif isinstance(m, QuantLinear):
+            mods[name] = {"kind": "quant_linear", "in_features": m.in_features, "out_features": m.out_features,
+                          "bias": m.bias is not None, "bits": m.bits, "group_size": m.group_size, "method": m.method}
+        elif isinstance(m, QuantEmbedding):
+            mods[name] = {"kind": "quant_embedding", "num_embeddings": m.num_embeddings,
+                          "embedding_dim": m.embedding_dim, "bits": m.bits, "padding_idx": m.padding_idx}
+    return {"version": 1, "modules": mods}
+
+
+def apply_quant_layout(model: nn.Module, layout: dict) -> nn.Module:
+    """Replace the modules named in ``layout`` with empty quantized modules (in place).
+
+    Apply ``surgery.apply_layout`` first (pruned shapes), then this, then
+    ``model.load_state_dict(saved, strict=True)``.
+    """
+    if not isinstance(layout, dict) or "modules" not in layout:
+        raise AxlabError("Not a quantization layout.", "Pass the dict returned by quant_layout(model).")
+    for name, spec in layout["modules"].items():
+        kind = spec.get("kind")
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise AxlabError(f"The model has no module '{name}' named in the quantization layout.",
+                             "Apply the pruning layout (surgery.apply_layout) first, to the same base model.") from None
+        if kind == "int8_linear":
+            new = Int8Linear(spec["in_features"], spec["out_features"], spec["bias"])
+        elif kind == "quant_linear":
+            new = QuantLinear(spec["in_features"], spec["out_features"], spec["bits"], spec["group_size"],
+                              spec["bias"], spec.get("method", "rtn"))
+        elif kind == "quant_embedding":
+            new = QuantEmbedding(spec["num_embeddings"], spec["embedding_dim"], spec["bits"], spec.get("padding_idx"))
+        else:
+            raise AxlabError(f"Unknown quantized module kind '{kind}' for '{name}'.",
+                             "The layout was written by a newer axlab; upgrade axlab.")
+        _set_module(model, name, new)
+    return model
+
+
+# ----------------------------------------------------------------------------------------
+# calibration data and per-layer error
+
+
+def calibration_texts(splits, n: int = 256, seed: int = 0) -> list[str]:
+    """``n`` texts drawn (seeded) from the training split, for calibration."""
+    texts = list(splits.train.texts)
+    if not texts:
+        raise AxlabError("The training split is empty, so there is no calibration data.",
+                         "Use a dataset with a training split.")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(texts), generator=g)[:n].tolist()
+    return [texts[i] for i in idx]
+
+
+@torch.no_grad()
+def layer_errors(original: nn.Module, quantized: dict[str, nn.Module], tokenizer, texts: list[str],
+                 batch_size: int = 32, names: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Per-layer relative output error ``||X W + b - (X~ Q + b~)|| / ||X W + b||``.
+
+    X are the layer inputs in ``original``, X~ in each quantized model, on the same
+    tokens (padding excluded). Returns ``{method: {layer name: error}}``.
+    """
+    from .measure import iter_batches
+    names = names or target_linears(original, "all")
+    out = {}
+    for method, qmodel in quantized.items():
+        num = {n: 0.0 for n in names}
+        den = {n: 0.0 for n in names}
+        for _, batch in iter_batches(tokenizer, texts, batch_size):
+            mask = batch["attention_mask"].bool()                          # (B, T)
+            ys = {}
+            for tag, m in (("ref", original), ("q", qmodel)):
+                hooks = []
+                for n in names:
+                    def hook(mod, inp, outp, n=n, tag=tag):
+                        ys[(tag, n)] = outp[mask] if outp.dim() == 3 else outp  # (tokens, out); returns None
+                    hooks.append(m.get_submodule(n).register_forward_hook(hook))
+                try:
+                    m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                finally:
+                    for h in hooks:
+                        h.remove()
+            for n in names:
+                if ("ref", n) in ys and ("q", n) in ys:
+                    num[n] += float(((ys[("ref", n)] - ys[("q", n)]) ** 2).sum())
+                    den[n] += float((ys[("ref", n)] ** 2).sum())
+        out[method] = {n: (num[n] / den[n]) ** 0.5 if den[n] > 0 else 0.0 for n in names}
+    return out
+
+
+def error_figure(errors: dict[str, dict[str, float]], title: str = "Per-layer relative error"):
+    """Plotly grouped bars: one bar per method for each layer (log scale)."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for method, per_layer in errors.items():
+        names = list(per_layer)
+        short = [n.replace("bert.encoder.layer.", "L").replace("roberta.encoder.layer.", "L")
+                 .replace("electra.encoder.layer.", "L").replace("distilbert.transformer.layer.", "L") for n in names]
+        fig.add_bar(name=method, x=short, y=[per_layer[n] for n in names])
+    fig.update_layout(title=title, barmode="group", yaxis_type="log", yaxis_title="||XW - X~Q|| / ||XW||",
+                      xaxis_title="layer", legend_title="method")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# recipe ops
+
+
+@register_transform("quantize_int8")
+def _op_int8(model: nn.Module, ctx: RecipeContext, embeddings: bool = False, scope: str = "all") -> nn.Module:
+    return int8_dynamic(model, embeddings=embeddings, scope=scope)
+
+
+@register_transform("quantize_rtn")
+def _op_rtn(model: nn.Module, ctx: RecipeContext, bits: int = 4, group_size: int | None = None,
+            embeddings: bool = False, embedding_bits: int = 8, scale_search: bool = False,
+            scope: str = "encoder") -> nn.Module:
+    return rtn(model, bits, group_size, embeddings, embedding_bits, scale_search, scope)
+
+
+@register_transform("quantize_gpfq")
+def _op_gpfq(model: nn.Module, ctx: RecipeContext, bits: int = 4, n_calibration: int = 256, seed: int = 0,
+             **params) -> nn.Module:
+    from .gpfq import gpfq
+    if ctx.tokenizer is None:
+        raise AxlabError("Step 'quantize_gpfq' needs the tokenizer.", "Pass tokenizer= to apply_recipe.")
+    texts = calibration_texts(ctx.require_splits("quantize_gpfq"), n_calibration, seed)
+    return gpfq(model, ctx.tokenizer, texts, bits, progress=ctx.progress, **params)
