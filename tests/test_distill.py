@@ -1,0 +1,75 @@
+"""Distillation on tiny models: the loss, bounded steps, recovery towards the teacher, zeros kept, replay."""
+import pytest
+import torch
+
+from axlab import prune
+from axlab.data import Splits
+from axlab.distill import DistillConfig, distill, kd_loss
+from axlab.errors import AxlabError
+from axlab.testing import tiny_model, tiny_split
+from axlab.variants import RecipeContext, apply_step
+from conftest import logits
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_kd_loss_terms():
+    s = torch.tensor([[1.0, -1.0], [0.5, 0.2]])
+    y = torch.tensor([0, 1])
+    assert kd_loss(s, s, y, 2.0, 1.0).abs() < 1e-7                       # KL of identical logits is 0
+    torch.testing.assert_close(kd_loss(s, s * 3, y, 1.0, 0.0), torch.nn.functional.cross_entropy(s, y))
+    assert kd_loss(s, -s, y, 2.0, 1.0) > 0
+
+
+def test_distill_moves_student_towards_teacher(tokenizer, batch):
+    teacher = tiny_model("bert", seed=0)
+    with torch.no_grad():                       # a random tiny model's logits are all alike; spread them
+        teacher.classifier.weight *= 30
+    student = prune.prune_heads(teacher, {0: [0, 1], 1: [2]})
+    with torch.no_grad():                       # and damage the student so there is something to recover
+        student.classifier.weight.copy_(torch.randn_like(student.classifier.weight) * 3)
+    train = tiny_split(64, seed=7)
+    gap = lambda m: (logits(m, batch) - logits(teacher, batch)).pow(2).mean()  # noqa: E731
+    out = distill(student, teacher, tokenizer, train, steps=12, batch_size=16, alpha=1.0, lr=1e-3,
+                  hidden_weight=1.0)
+    assert out.axlab_distill_stats["steps"] == 12
+    assert gap(out) < gap(student)
+    assert out.axlab_recipe[-1]["op"] == "distill" and out.axlab_recipe[0]["op"] == "prune_heads"
+    # the student's input is untouched and its pruned shape is kept
+    assert student.classifier.weight.grad is None
+    assert out.bert.encoder.layer[0].attention.self.query.out_features == 32
+
+
+def test_distill_keeps_unstructured_zeros(tokenizer):
+    teacher = tiny_model("bert", seed=0)
+    student = prune.unstructured(teacher, 0.5)
+    out = distill(student, teacher, tokenizer, tiny_split(32), steps=3, batch_size=16, lr=1e-3)
+    assert abs(prune.sparsity_report(out)["encoder_sparsity"] - 0.5) < 0.01
+
+
+def test_distill_op_replays_with_base_in_context(tokenizer, batch):
+    teacher = tiny_model("bert", seed=0)
+    student = prune.prune_heads(teacher, {1: [0]})
+    sp = tiny_split(32)
+    out = distill(student, teacher, tokenizer, sp, steps=2, batch_size=16)
+    ctx = RecipeContext(tokenizer=tokenizer, splits=Splits("t", ["a", "b"], sp, sp, sp, 0, "x", "x"))
+    ctx.base = teacher
+    import copy
+    replay = apply_step(copy.deepcopy(student), out.axlab_recipe[-1], ctx)
+    torch.testing.assert_close(logits(replay, batch), logits(out, batch), atol=1e-6, rtol=0)
+    ctx_nobase = RecipeContext(tokenizer=tokenizer, splits=ctx.splits)
+    if not hasattr(ctx_nobase, "base") or ctx_nobase.base is None:
+        with pytest.raises(AxlabError):
+            apply_step(copy.deepcopy(student), out.axlab_recipe[-1], ctx_nobase)
+
+
+def test_bad_config():
+    for kw in ({"steps": 0}, {"temperature": 0}, {"alpha": 2}, {"hidden_weight": -1}):
+        with pytest.raises(ValueError):
+            DistillConfig(**kw)
