@@ -179,6 +179,7 @@ def test_results_are_cached_by_model_and_data(tokenizer, split, tmp_path, monkey
     assert len(calls) == 5 and torch.equal(model.state_dict()["classifier.weight"], before)
 
 
+@pytest.mark.slow
 def test_real_top_heads_hurt_more_than_bottom_heads(default_bundle, default_splits):
     """Michel et al. on the real model: gating off the 12 most important heads (of 72) raises
     held-out validation loss more than gating off the 12 least important."""
