@@ -194,3 +194,17 @@ def test_error_figure_has_one_trace_per_method(tokenizer, split):
     fig = Q.error_figure(errs)
     assert len(fig.data) == 2 and len(fig.data[0].x) == len(errs["rtn 3"])
     assert copy.deepcopy(fig) is not None
+
+
+def test_cli_quantize_json(tmp_path, capsys):
+    import json
+
+    from axlab.cli import main
+    from axlab.testing import save_tiny
+    folder = save_tiny(tmp_path / "tiny")
+    rc = main(["quantize", str(folder), "--method", "rtn", "--bits", "3", "--limit", "16", "--no-latency", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "rtn" and out["bits"] == 3 and out["recipe"][0]["op"] == "quantize_rtn"
+    assert out["size_bytes"] < size_report(tiny_model("bert"))["size_bytes"]
+    assert main(["quantize", str(folder), "--method", "rtn", "--bits", "9", "--limit", "4", "--no-latency"]) == 2

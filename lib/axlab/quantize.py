@@ -506,9 +506,14 @@ def _op_rtn(model: nn.Module, ctx: RecipeContext, bits: int = 4, group_size: int
 
 @register_transform("quantize_gpfq")
 def _op_gpfq(model: nn.Module, ctx: RecipeContext, bits: int = 4, n_calibration: int = 256, seed: int = 0,
-             **params) -> nn.Module:
-    from .gpfq import gpfq
+             avg_bits: float | None = None, candidates: tuple = (2, 3, 4, 8), **params) -> nn.Module:
+    """GPFQ on ``n_calibration`` seeded training texts. ``avg_bits`` turns on mixed precision
+    (bits per layer from measured sensitivity, see gpfq.choose_bits)."""
+    from .gpfq import choose_bits, gpfq
     if ctx.tokenizer is None:
         raise AxlabError("Step 'quantize_gpfq' needs the tokenizer.", "Pass tokenizer= to apply_recipe.")
     texts = calibration_texts(ctx.require_splits("quantize_gpfq"), n_calibration, seed)
+    if avg_bits is not None and params.get("bits_per_layer") is None:
+        params["bits_per_layer"] = choose_bits(model, ctx.tokenizer, texts[:64], avg_bits, candidates,
+                                               scope=params.get("scope", "encoder"), progress=ctx.progress)
     return gpfq(model, ctx.tokenizer, texts, bits, progress=ctx.progress, **params)
