@@ -193,6 +193,11 @@ def test_figures_show_real_tokens_only(tokenizer):
     assert viz.rollout_figure(res, kind="heatmap").data[0].z.shape == (len(res.tokens[0]),) * 2
     grid = viz.layer_head_heatmap(np.array([[1.0, np.nan], [0.5, 0.25]]), "t")
     assert grid.data[0].text[0][1] == "" and grid.data[0].text[1][0] == "0.50"
+    ent = viz.sentence_entropy(res, 0)
+    assert np.isnan(ent[1, 3]) and np.isfinite(ent[0]).all()
+    assert ent[0, 0] == pytest.approx(np.mean([-(w * np.log(w)).sum() for w in res.head(0, 0).astype(float)]))
+    picker = viz.head_picker(ent)
+    assert sorted(map(tuple, picker.data[0].customdata)) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
     figs = viz.statistics_figures({"entropy": np.ones((2, 4)), "cls_share": np.zeros((2, 4))})
     assert set(figs) == {"entropy", "cls_share"}
 

@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from .attention_maps import AttentionResult, rollout
 
-__all__ = ["head_heatmap", "model_view", "rollout_figure", "layer_head_heatmap", "importance_figure",
+__all__ = ["head_heatmap", "model_view", "head_picker", "sentence_entropy", "rollout_figure", "layer_head_heatmap", "importance_figure",
            "statistics_figures", "agreement_figure", "attribution_html", "attribution_compare_html", "save_html"]
 
 _BLUES = "Blues"
@@ -75,6 +75,34 @@ def model_view(result: AttentionResult, index: int = 0, *, cell_px: int = 70) ->
     fig.update_layout(title="Model view: every layer (rows) and head (columns)", height=cell_px * n_layers + 80,
                       width=cell_px * n_heads + 80, margin=dict(l=10, r=30, t=70, b=10))
     return fig
+
+
+def head_picker(matrix, title: str = "Pick a head", *, zlabel: str = "", colorscale: str = "Viridis") -> go.Figure:
+    """A layers x heads grid of clickable squares (a scatter, so Streamlit's ``on_select`` works).
+
+    Each point carries ``customdata = [layer, head]``; with
+    ``event = st.plotly_chart(fig, on_select="rerun")`` the chosen head is
+    ``event.selection.points[0]["customdata"]``. Removed heads (NaN) are left out.
+    """
+    z = matrix.detach().cpu().numpy() if hasattr(matrix, "detach") else np.asarray(matrix, dtype=float)
+    layer, head = np.nonzero(np.isfinite(z))
+    fig = go.Figure(go.Scatter(
+        x=head, y=layer, mode="markers", customdata=np.stack([layer, head], axis=1),
+        marker=dict(symbol="square", size=26, color=z[layer, head], colorscale=colorscale, showscale=True,
+                    colorbar=dict(title=zlabel)),
+        hovertemplate="layer %{customdata[0]}, head %{customdata[1]}<br>%{marker.color:.3f}<extra></extra>"))
+    fig.update_layout(title=title, clickmode="event+select", height=80 + 34 * z.shape[0] + 60,
+                      xaxis=dict(title="head", dtick=1, range=[-0.6, z.shape[1] - 0.4]),
+                      yaxis=dict(title="layer", dtick=1, autorange="reversed"), margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def sentence_entropy(result: AttentionResult, index: int = 0) -> np.ndarray:
+    """(n_layers, n_heads) mean attention entropy for one text: a colour for :func:`head_picker`."""
+    w = result.stack(index).astype(np.float64)                          # (L, H, T, T)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -(w * np.where(w > 0, np.log(w), 0.0)).sum(-1)           # (L, H, T)
+    return ent.mean(-1)                                                 # NaN stays NaN for removed heads
 
 
 def rollout_figure(result: AttentionResult, index: int = 0, *, kind: str = "bar", row: int = 0,

@@ -1,0 +1,102 @@
+"""Time the "look inside" analyses on the default model and record what they find.
+
+    python bench/bench_analysis.py [--threads N] [--quick] [--out bench/results/analysis.json]
+
+Measures (caching off, so every figure is a real computation):
+  * gradient importance (Michel et al.) over 1,000 validation reviews;
+  * head statistics over 1,000 validation reviews;
+  * ablation of each of the 72 heads alone over 500 validation reviews;
+  * captum integrated gradients over the gates on 500 validation reviews;
+  * attention maps + rollout and token attributions for one sentence;
+and the Spearman rank agreement between the three importance methods on the same 500
+reviews. Timings on a shared machine are noisy: the load average is recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from axlab.attention_maps import attention_for, rollout
+from axlab.attributions import token_attributions
+from axlab.data import load_dataset
+from axlab.head_stats import head_statistics
+from axlab.importance import agreement, head_ablation, head_importance, rank_heads
+from axlab.loading import load_model
+from axlab.measure import hardware_info
+
+SENTENCE = "A gorgeous, witty and moving film, though the middle drags."
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - t0, 2)
+
+
+def top(imp, k=5) -> list[list[int]]:
+    return [[int(r.layer), int(r.head)] for r in rank_heads(imp).head(k).itertuples()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--quick", action="store_true", help="10x fewer examples (smoke run)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "analysis.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scale = 10 if args.quick else 1
+    bundle = load_model("default")
+    model, tok = bundle.model, bundle.tokenizer
+    val = load_dataset("rotten_tomatoes").validation
+    v1000, v500 = val.head(1000 // scale), val.head(500 // scale)
+    res: dict = {"model": "default", "n_layers": bundle.n_layers, "n_heads": bundle.n_heads,
+                 "load_avg_before": os.getloadavg(), "hardware": hardware_info(), "timings_s": {}}
+    t = res["timings_s"]
+
+    grad, t[f"gradient_importance_{len(v1000)}"] = timed(
+        lambda: head_importance(model, tok, v1000, method="gradient", progress=False, cache_results=False))
+    stats, t[f"head_statistics_{len(v1000)}"] = timed(
+        lambda: head_statistics(model, tok, v1000, progress=False, cache_results=False))
+    abl, t[f"ablation_72_heads_{len(v500)}"] = timed(
+        lambda: head_ablation(model, tok, v500, progress=False, cache_results=False))
+    cap, t[f"captum_ig_gates_{len(v500)}_8steps"] = timed(
+        lambda: head_importance(model, tok, v500, method="captum", n_steps=8, progress=False, cache_results=False))
+    grad500 = head_importance(model, tok, v500, method="gradient", progress=False, cache_results=False)
+    att, t["attention_one_sentence"] = timed(lambda: attention_for(model, tok, SENTENCE))
+    roll = rollout(att)
+    attr, t["token_attributions_one_sentence_50steps"] = timed(lambda: token_attributions(model, tok, SENTENCE))
+    res["load_avg_after"] = os.getloadavg()
+
+    res["ablation"] = {"n": abl.n, "base_loss": round(abl.base_loss, 4), "base_accuracy": round(abl.base_accuracy, 4),
+                       "max_loss_increase": round(float(abl.loss_increase.max()), 4),
+                       "max_accuracy_drop": round(float(abl.accuracy_drop.max()), 4),
+                       "heads_whose_removal_lowers_loss": int((abl.loss_increase < 0).sum()),
+                       "top5": top(abl.loss_increase)}
+    res["top5"] = {"gradient_1000": top(grad), "gradient_500": top(grad500), "ablation_500": top(abl.loss_increase),
+                   "captum_500": top(cap)}
+    res["spearman_500"] = agreement({"gradient": grad500, "ablation": abl.loss_increase,
+                                     "captum": cap}).round(3).to_dict()
+    res["head_statistics_layer_means"] = {k: [round(float(x), 3) for x in np.nanmean(v, axis=1)]
+                                          for k, v in stats.items()}
+    res["rollout_cls"] = {tok_: round(float(v), 3) for tok_, v in zip(att.tokens[0], roll[0])}
+    res["attribution"] = {"label": attr.label, "p": round(attr.output, 4), "delta": attr.delta,
+                          "scores": {tok_: round(float(s), 4) for tok_, s in zip(attr.tokens, attr.scores)}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps({"timings_s": t, "spearman_500": res["spearman_500"], "ablation": res["ablation"]},
+                                indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
