@@ -18,6 +18,8 @@ freshly built model so an exported state dict loads into it (transformers 5 igno
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -118,7 +120,9 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     b = linear.bias.detach().clone() if linear.bias is not None else None
     if dim == 0 and b is not None:
         b = b.index_select(0, index).clone()
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+    with warnings.catch_warnings():  # a zero-width Linear (block removed) warns that init is a no-op
+        warnings.simplefilter("ignore", UserWarning)
+        new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
     new.weight = nn.Parameter(w, requires_grad=linear.weight.requires_grad)
     if b is not None:
         new.bias = nn.Parameter(b, requires_grad=linear.bias.requires_grad)

@@ -1,0 +1,142 @@
+"""Pruning side by side on the default model (MiniLM-L6 fine-tuned on Rotten Tomatoes).
+
+    python bench/bench_prune.py                 # writes bench/results/prune.json
+    python bench/bench_prune.py --threads 2 --seeds 0 1 2 --distill-steps 150
+
+What it measures (decisions on validation, every figure on the 2,000 test reviews):
+1. baseline vs the AxFormer search result (accuracy, latency at batch 1 and 32, size),
+   the search time and decision counts; the AxFormer recipe is cached for reuse
+   (``axlab.axformer.cached_search``), so a rerun skips the search and reports the
+   original search time;
+2. 40% of heads removed by gradient importance vs 40% at random (mean of several seeds);
+3. vocabulary pruning to the training texts' tokens: out-of-vocabulary rate on test, size;
+4. optionally, AxFormer + a short distillation from the unpruned teacher.
+
+Latency is measured in alternating rounds (baseline, variant, baseline, ...) and the median
+of the round medians is reported, which damps drift on a shared machine; still, timings on
+a shared machine are noisy and are reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from axlab import prune, surgery
+from axlab.axformer import SearchConfig, cached_search
+from axlab.data import load_dataset
+from axlab.importance import head_importance
+from axlab.loading import load_model
+from axlab.measure import evaluate, hardware_info, latency, size_report
+
+
+def paired_latency(models: dict, tok, texts, batch_size: int, rounds: int, runs: int, threads: int) -> dict:
+    per = {k: [] for k in models}
+    for r in range(rounds):
+        for name, m in models.items():
+            per[name].append(latency(m, tok, texts, batch_size, n_runs=runs, warmup=3, seed=r, threads=threads)["median_ms"])
+    return {k: {"median_ms": statistics.median(v), "round_medians_ms": [round(x, 3) for x in v]} for k, v in per.items()}
+
+
+def row(model, tok, test) -> dict:
+    ev = evaluate(model, tok, test)
+    return {"accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "loss": ev["loss"], **size_report(model)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "prune.json"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--fraction", type=float, default=0.4)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
+    ap.add_argument("--distill-steps", type=int, default=0)
+    ap.add_argument("--refresh", action="store_true", help="rerun the AxFormer search even if cached")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    bundle = load_model("default")
+    splits = load_dataset("rotten_tomatoes")
+    model, tok, test = bundle.model, bundle.tokenizer, splits.test
+    out: dict = {"model": "default (MiniLM-L6 fine-tuned on rotten_tomatoes)", "dataset": splits.key,
+                 "test_n": len(test), "validation_n": len(splits.validation), "threads": args.threads,
+                 "hardware": hardware_info(),
+                 "note": ("All decisions (AxFormer search, head importance) used the validation split; every "
+                          "accuracy here is on test. Timings were taken on a shared 2-core machine with other "
+                          "jobs running: they are noisy.")}
+    base = row(model, tok, test)
+    out["baseline"] = base
+    print(f"baseline: {base['accuracy']:.4f}", file=sys.stderr)
+
+    # 1. AxFormer
+    t0 = time.time()
+    res = cached_search(model, tok, splits, config=SearchConfig(), refresh=args.refresh, progress=False)
+    ax = row(res.model, tok, test)
+    lay = surgery.layout(res.model)
+    out["axformer"] = {**ax, "search": res.summary(), "wall_s_this_run": round(time.time() - t0, 1),
+                       "recipe": res.recipe,
+                       "layout": {"heads_per_layer": [len(h) for h in lay["heads"]], "ffn_per_layer": lay["ffn"],
+                                  "topk": lay["topk"]}}
+    print(f"axformer: {ax['accuracy']:.4f} search {res.seconds:.0f}s cached={res.cached}", file=sys.stderr)
+    lat_models = {"baseline": model, "axformer": res.model}
+    if args.distill_steps:
+        from axlab.distill import distill
+        t0 = time.time()
+        dist = distill(res.model, model, tok, splits.train, steps=args.distill_steps, progress=False)
+        out["axformer_distilled"] = {**row(dist, tok, test), "steps": args.distill_steps,
+                                     "distill_s": round(time.time() - t0, 1)}
+        print(f"axformer+distill: {out['axformer_distilled']['accuracy']:.4f}", file=sys.stderr)
+
+    # 2. 40% heads: gradient vs random
+    t0 = time.time()
+    imp = head_importance(model, tok, splits.validation, method="gradient", progress=False)
+    grad_model = prune.prune_heads(model, prune.heads_by_budget(imp, args.fraction))
+    grad = row(grad_model, tok, test)
+    rand = []
+    for s in args.seeds:
+        r = row(prune.prune_heads(model, prune.random_heads(model, args.fraction, seed=s)), tok, test)
+        rand.append({"seed": s, "accuracy": r["accuracy"]})
+    out["heads_40"] = {"fraction": args.fraction, "gradient": grad,
+                       "random": rand, "random_mean_accuracy": statistics.mean(r["accuracy"] for r in rand),
+                       "gradient_minus_random_points": 100 * (grad["accuracy"] - statistics.mean(r["accuracy"] for r in rand)),
+                       "seconds": round(time.time() - t0, 1)}
+    lat_models["heads_40_gradient"] = grad_model
+    print(f"heads 40%: gradient {grad['accuracy']:.4f} random mean {out['heads_40']['random_mean_accuracy']:.4f}",
+          file=sys.stderr)
+
+    # 3. vocabulary pruning
+    vmodel, vrep = prune.prune_vocab(model, tok, splits.train.texts, eval_texts=test.texts)
+    out["vocab"] = {**vrep, **{k: v for k, v in row(vmodel, tok, test).items() if k in ("accuracy", "size_bytes", "params")}}
+
+    # latency, alternating rounds
+    for bs, runs in ((1, 40), (32, 6)):
+        lat = paired_latency(lat_models, tok, test.texts, bs, args.rounds, runs, args.threads)
+        for name, v in lat.items():
+            key = {"baseline": out["baseline"], "axformer": out["axformer"],
+                   "heads_40_gradient": out["heads_40"]["gradient"]}[name]
+            key[f"latency_b{bs}_ms"] = v["median_ms"]
+            key[f"latency_b{bs}_rounds_ms"] = v["round_medians_ms"]
+    a, b = out["axformer"], out["baseline"]
+    out["axformer_vs_baseline"] = {
+        "accuracy_delta_points": round(100 * (a["accuracy"] - b["accuracy"]), 2),
+        "size_ratio": a["size_bytes"] / b["size_bytes"], "params_ratio": a["params"] / b["params"],
+        "speedup_b1": b["latency_b1_ms"] / a["latency_b1_ms"], "speedup_b32": b["latency_b32_ms"] / a["latency_b32_ms"],
+        "search_minutes": res.seconds / 60,
+        "targets": {"search_under_15_min": res.seconds < 900,
+                    "accuracy_at_least_baseline_minus_0.5": a["accuracy"] >= b["accuracy"] - 0.005,
+                    "smaller": a["size_bytes"] < b["size_bytes"]}}
+    out["bench_seconds"] = round(time.time() - t_start, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    print(json.dumps(out["axformer_vs_baseline"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
