@@ -205,3 +205,12 @@ def test_real_top_heads_hurt_more_than_bottom_heads(default_bundle, default_spli
     top, bottom = loss_without(ranked.head(12)), loss_without(ranked.tail(12))
     assert top > bottom
     assert top > base
+
+
+def test_int8_variant_needs_ablation(tokenizer, split):
+    q = torch.ao.quantization.quantize_dynamic(tiny_model("bert"), {torch.nn.Linear}, dtype=torch.qint8)
+    for method in ("gradient", "captum"):
+        with pytest.raises(AxlabError, match="ablation"):
+            head_importance(q, tokenizer, split.head(4), method=method, cache_results=False, progress=False)
+    imp = head_importance(q, tokenizer, split.head(4), method="ablation", cache_results=False, progress=False)
+    assert imp.shape == (2, 4) and torch.isfinite(imp).all()

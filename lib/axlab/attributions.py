@@ -24,6 +24,7 @@ from torch import nn
 
 from . import registry
 from .errors import AxlabError
+from .importance import uses_int8_kernels
 from .measure import MAX_LENGTH, tokenize
 
 __all__ = ["Attribution", "token_attributions", "compare_attributions"]
@@ -67,12 +68,6 @@ def _baseline_ids(tokenizer, input_ids: torch.Tensor) -> tuple[torch.Tensor, lis
     base = input_ids.clone()
     base[0, [i for i, s in enumerate(special) if not s]] = pad
     return base, special
-
-
-def _int8_kernels(model: nn.Module) -> bool:
-    """Does the model use torch's quantized kernels, which have no (correct) backward?"""
-    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
-               for m in model.modules())
 
 
 def _label(model: nn.Module, target: int) -> str | None:
@@ -146,10 +141,10 @@ def token_attributions(model: nn.Module, tokenizer, text: str, target: int | Non
             base_p = float(torch.softmax(model(input_ids=base_ids, attention_mask=mask).logits, -1)[0, target])
         used = method
         scores = None
-        if method == "integrated_gradients" and _int8_kernels(model):
+        if method == "integrated_gradients" and uses_int8_kernels(model):
             raise AxlabError("Integrated gradients need gradients, and this model runs torch int8 kernels "
                              "that have none.", "Use method='occlusion' (or 'auto', which picks it).")
-        if method == "integrated_gradients" or (method == "auto" and not _int8_kernels(model)):
+        if method == "integrated_gradients" or (method == "auto" and not uses_int8_kernels(model)):
             try:
                 scores, base_p = _integrated_gradients(model, input_ids, mask, base_ids, target, n_steps)
                 used = "integrated_gradients"

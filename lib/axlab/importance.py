@@ -36,7 +36,7 @@ from .measure import MAX_LENGTH, iter_batches
 from .progress import Progress, as_progress
 
 __all__ = ["head_importance", "gradient_importance", "ablation_importance", "captum_importance", "head_ablation",
-           "AblationResult", "rank_heads", "agreement", "METHODS"]
+           "AblationResult", "rank_heads", "agreement", "uses_int8_kernels", "METHODS"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,18 @@ def _present_mask(model: nn.Module) -> torch.Tensor:
     for i in range(n_layers):
         present[i, list(registry.attention_module(model, i).axlab_head_ids)] = True
     return present
+
+
+def uses_int8_kernels(model: nn.Module) -> bool:
+    """Does the model run torch's quantized kernels, which have no (correct) backward?"""
+    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+               for m in model.modules())
+
+
+def _check_differentiable(model: nn.Module, method: str) -> None:
+    if uses_int8_kernels(model):
+        raise AxlabError(f"The '{method}' importance needs gradients, and this model runs torch int8 kernels "
+                         "that have none.", "Use method='ablation' for this variant, or measure the fp32 model.")
 
 
 def _check_split(split: Split) -> None:
@@ -72,8 +84,13 @@ def _batches(tokenizer, split: Split, batch_size: int, max_length: int = MAX_LEN
 
 def gradient_importance(model: nn.Module, tokenizer, split: Split, *, batch_size: int = 32,
                         progress: Progress = None) -> torch.Tensor:
-    """Michel et al.: E_x |d L(x) / d gate_h|, gates = 1, accumulated per example batch."""
+    """Michel et al.: E_x |d L(x) / d gate_h|, gates = 1.
+
+    The absolute value is taken per batch of ``batch_size`` examples (as the authors'
+    released bertology code does), then averaged over examples.
+    """
     _check_split(split)
+    _check_differentiable(model, "gradient")
     n_layers, n_heads = _grid(model)
     gates = torch.ones(n_layers, n_heads, requires_grad=True)
     total = torch.zeros(n_layers, n_heads)
@@ -203,6 +220,7 @@ def captum_importance(model: nn.Module, tokenizer, split: Split, *, batch_size: 
     from captum.attr import IntegratedGradients
 
     _check_split(split)
+    _check_differentiable(model, "captum")
     if n_steps < 2:
         raise ValueError(f"n_steps must be at least 2, got {n_steps}")
     n_layers, n_heads = _grid(model)
