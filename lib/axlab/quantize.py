@@ -204,7 +204,14 @@ class QuantLinear(nn.Module):
         self.register_buffer("packed", torch.zeros(packed_nbytes(in_features * out_features, bits), dtype=dtype))
         self.register_buffer("scale", torch.ones(out_features, n_groups))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._w = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # the dequantized weight, computed eagerly (not inside forward) so that a traced or
+        # exported graph sees one constant weight rather than the unpacking ops
+        with torch.no_grad():
+            self._w = dequantize_codes(self.codes(), self.scale) if self.packed.numel() else \
+                torch.zeros(self.out_features, self.in_features)
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, bits: int,
@@ -215,11 +222,12 @@ class QuantLinear(nn.Module):
         m.scale.copy_(scale.reshape(out_f, -1))
         if bias is not None:
             m.bias.copy_(bias.detach())
+        m._refresh()
         return m
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._w = None
+        self._refresh()
 
     def codes(self) -> torch.Tensor:
         """The signed integer codes, (out, in) int8."""
@@ -229,9 +237,6 @@ class QuantLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight (out, in), cached."""
-        if self._w is None:
-            self._w = dequantize_codes(self.codes(), self.scale) if self.packed.numel() else \
-                torch.zeros(self.out_features, self.in_features)
         return self._w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,7 +261,11 @@ class QuantEmbedding(nn.Module):
         dtype = torch.int8 if bits == 8 else torch.uint8
         self.register_buffer("packed", torch.zeros(packed_nbytes(num_embeddings * embedding_dim, bits), dtype=dtype))
         self.register_buffer("scale", torch.ones(num_embeddings, 1))
-        self._codes = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        n = self.num_embeddings * self.embedding_dim
+        self._codes = unpack_codes(self.packed, self.bits, n).reshape(self.num_embeddings, self.embedding_dim)
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, bits: int = 8) -> "QuantEmbedding":
@@ -264,16 +273,15 @@ class QuantEmbedding(nn.Module):
         codes, scale = quantize_codes(emb.weight, bits)
         m.packed.copy_(pack_codes(codes, bits))
         m.scale.copy_(scale)
+        m._refresh()
         return m
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._codes = None
+        self._refresh()
 
     def codes(self) -> torch.Tensor:
-        if self._codes is None:
-            n = self.num_embeddings * self.embedding_dim
-            self._codes = unpack_codes(self.packed, self.bits, n).reshape(self.num_embeddings, self.embedding_dim)
+        """The unpacked int8 codes (num_embeddings, embedding_dim), cached."""
         return self._codes
 
     @property

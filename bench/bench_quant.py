@@ -1,0 +1,130 @@
+"""Quantization side by side on the default model (MiniLM-L6 fine-tuned on Rotten Tomatoes).
+
+    python bench/bench_quant.py                         # writes bench/results/quant.json (+ quant_errors.html)
+    python bench/bench_quant.py --bits 3 4 --calibration 256 --no-onnx
+
+One run measures, on the 2,000 test reviews:
+1. fp32, torch int8 dynamic (Linear layers; and + 8-bit embeddings), ONNX Runtime int8
+   (the export's quantized graph): accuracy, latency at batch 1 and 32, size;
+2. weight-only RTN (per-channel max scaling, the baseline) and GPFQ (scale search, bias
+   correction, calibration texts from the training split) at each bit width; GPFQ with
+   mixed precision at an average of 3 bits; sizes are the packed sizes an export writes;
+3. per-layer relative error ||XW - X~Q|| / ||XW|| of RTN vs GPFQ at 3 bits (plotly HTML).
+
+Weight-only k-bit layers compute with their dequantized weights (no k-bit CPU kernel), so
+their latency equals fp32 and is not measured. Timings on a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from axlab import quantize as Q
+from axlab.data import load_dataset
+from axlab.gpfq import choose_bits, gpfq
+from axlab.loading import load_model
+from axlab.measure import evaluate, hardware_info, latency, size_report
+
+
+def row(model_or_pred, tok, test, *, size_of=None, size_bytes=None, lat=False, args=None, **extra) -> dict:
+    ev = evaluate(model_or_pred, tok, test)
+    out = {"accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "loss": ev["loss"], **extra}
+    if size_of is not None:
+        out["size_bytes"] = size_report(size_of)["size_bytes"]
+    if size_bytes is not None:
+        out["size_bytes"] = int(size_bytes)
+    if lat:
+        b1 = latency(model_or_pred, tok, test.texts, 1, n_runs=args.latency_runs, threads=args.threads)
+        b32 = latency(model_or_pred, tok, test.texts, 32, n_runs=max(args.latency_runs // 5, 3), warmup=2,
+                      threads=args.threads)
+        out.update(latency_b1_ms=b1["median_ms"], latency_b32_ms=b32["median_ms"])
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8])
+    ap.add_argument("--calibration", type=int, default=512, help="GPFQ calibration texts (training split)")
+    ap.add_argument("--mixed-avg-bits", type=float, default=3.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latency-runs", type=int, default=100)
+    ap.add_argument("--limit", type=int, default=None, help="first N test reviews (default all 2,000)")
+    ap.add_argument("--no-onnx", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quant.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    bundle = load_model("default")
+    model, tok = bundle.model, bundle.tokenizer
+    splits = load_dataset("rotten_tomatoes")
+    test = splits.test.head(args.limit)
+    calib = Q.calibration_texts(splits, args.calibration)
+    res = {"hardware": hardware_info(), "n_test": len(test), "calibration_texts": len(calib), "timing_note":
+           "latency on a shared 2-core machine: noisy", "rows": {}}
+    rows = res["rows"]
+
+    def log(name):
+        r = rows[name]
+        sys.stderr.write(f"{name:>22}: acc {r['accuracy']:.4f}  size {r.get('size_bytes', 0) / 1e6:.1f} MB"
+                         + (f"  b1 {r['latency_b1_ms']:.1f} ms" if "latency_b1_ms" in r else "") + "\n")
+
+    rows["fp32"] = row(model, tok, test, size_of=model, lat=True, args=args); log("fp32")
+    for name, kw in (("torch int8 dynamic", {}), ("torch int8 + emb8", {"embeddings": True})):
+        q = Q.int8_dynamic(model, **kw)
+        rows[name] = row(q, tok, test, size_of=q, lat=True, args=args); log(name)
+    if not args.no_onnx:
+        try:
+            from axlab.onnx_export import export_onnx
+            with tempfile.TemporaryDirectory() as d:
+                r = export_onnx(model, tok, Path(d) / "model.onnx", int8=True)
+                rows["onnx fp32"] = row(r.predictor, tok, test, size_bytes=r.size_bytes, lat=True, args=args,
+                                        parity_max_abs_diff=r.parity_max_abs_diff); log("onnx fp32")
+                rows["onnx int8"] = row(r.int8_predictor, tok, test, size_bytes=r.int8_size_bytes, lat=True,
+                                        args=args); log("onnx int8")
+        except Exception as e:  # the ONNX path belongs to the export module; report, do not fail the bench
+            res["onnx_error"] = f"{type(e).__name__}: {e}"
+
+    errs_models = {}
+    for bits in args.bits:
+        q = Q.rtn(model, bits)
+        rows[f"rtn {bits}-bit"] = row(q, tok, test, size_of=q, bits=bits); log(f"rtn {bits}-bit")
+        t0 = time.perf_counter()
+        g = gpfq(model, tok, calib, bits, progress=False)
+        secs = time.perf_counter() - t0
+        rep = g.axlab_gpfq_report.layers
+        rows[f"gpfq {bits}-bit"] = row(g, tok, test, size_of=g, bits=bits, quantize_seconds=secs,
+                                       mean_rel_error=sum(r["rel_error"] for r in rep) / len(rep),
+                                       mean_rtn_rel_error=sum(r["rtn_rel_error"] for r in rep) / len(rep))
+        log(f"gpfq {bits}-bit")
+        if bits == 3:
+            errs_models = {"rtn 3-bit": q, "gpfq 3-bit": g}
+    if args.mixed_avg_bits:
+        t0 = time.perf_counter()
+        bpl = choose_bits(model, tok, calib[:128], args.mixed_avg_bits, progress=False)
+        g = gpfq(model, tok, calib, 3, bits_per_layer=bpl, progress=False)
+        name = f"gpfq mixed {args.mixed_avg_bits:g}-bit avg"
+        rows[name] = row(g, tok, test, size_of=g, quantize_seconds=time.perf_counter() - t0, bits_per_layer=bpl)
+        log(name)
+    if errs_models:
+        errs = Q.layer_errors(model, errs_models, tok, calib[:128], names=Q.target_linears(model))
+        res["layer_errors_3bit"] = errs
+        html = Path(args.out).with_name("quant_errors.html")
+        Q.error_figure(errs, "Per-layer relative error at 3 bits: RTN vs GPFQ").write_html(html, include_plotlyjs=True)
+    fp = rows["fp32"]["accuracy"]
+    for r in rows.values():
+        r["delta_vs_fp32_points"] = round(100 * (r["accuracy"] - fp), 2)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    sys.stderr.write(f"wrote {args.out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
