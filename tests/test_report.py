@@ -1,0 +1,67 @@
+"""The comparison report: self-contained HTML (no network needed), JSON and Markdown with provenance."""
+import json
+import re
+
+import pytest
+
+from axlab.data import Splits
+from axlab.errors import ExportError
+from axlab.report import external_references, write_report
+from axlab.testing import tiny_split
+from test_compare import synthetic_variants
+
+
+@pytest.fixture
+def splits():
+    s = tiny_split(30)
+    return Splits("tiny", ["neg", "pos"], s, s.head(10), s.head(20), 0, "ab" * 32, "/somewhere/tiny.csv")
+
+
+def test_report_files_are_complete_and_offline(tmp_path, splits):
+    vs = synthetic_variants()
+    paths = write_report(vs, tmp_path / "r", splits=splits, title="Tiny <comparison>")
+    page = paths["html"].read_text()
+    # offline: no tag loads anything from the network, and plotly.js is inlined exactly once
+    assert external_references(page) == []
+    assert not re.search(r"<script[^>]+src=", page)
+    assert page.count("plotly.js v") == 1 and len(page) > 1_000_000
+    assert page.count('class="plotly-graph-div"') == 3
+    assert "Tiny &lt;comparison&gt;" in page                      # escaped
+    for v in ("pruned", "base", "quant"):
+        assert v in page
+    assert '"op": "prune_heads"' in page or "&quot;op&quot;: &quot;prune_heads&quot;" in page
+
+    data = json.loads(paths["json"].read_text())
+    assert [v["name"] for v in data["variants"]] == ["pruned", "base", "quant"]
+    assert data["variants"][0]["recipe"] == vs[0].recipe
+    assert data["data"]["file_sha256"] == splits.file_hash and set(data["data"]["split_sha256"]) == {
+        "train", "validation", "test"}
+    assert len(set(data["data"]["split_sha256"].values())) == 3   # the splits differ, so do their hashes
+    assert data["versions"]["torch"] and data["versions"]["transformers"] and data["hardware"]["cpu"]
+    assert len(data["table"]) == 5 and set(data["pareto_front_accuracy_vs"]) == {"latency_b1_ms", "latency_b32_ms",
+                                                                                 "size_mb"}
+    md = paths["md"].read_text()
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| name |")]
+    assert len(table_rows) == 5
+    assert splits.file_hash in md
+
+
+def test_external_reference_checker_catches_cdn_and_css():
+    assert external_references('<script src="https://cdn.plot.ly/plotly-2.js"></script>')
+    assert external_references('<link rel="stylesheet" href="//fonts.example.com/a.css">')
+    assert external_references("<style>@import url(https://x.org/a.css);</style>")
+    assert external_references('<div style="background: url(http://x.org/a.png)"></div>')
+    assert not external_references('<script>var s = "https://plotly.com/";</script><a href="#top">top</a>')
+
+
+def test_report_refuses_to_overwrite(tmp_path, splits):
+    vs = synthetic_variants()
+    write_report(vs, tmp_path, splits=splits)
+    before = (tmp_path / "report.json").read_text()
+    with pytest.raises(ExportError, match="already holds"):
+        write_report(vs[:1], tmp_path)
+    assert (tmp_path / "report.json").read_text() == before
+    write_report(vs[:1], tmp_path, overwrite=True)
+    assert len(json.loads((tmp_path / "report.json").read_text())["variants"]) == 1
+    with pytest.raises(ExportError, match="No variants"):
+        write_report([], tmp_path / "empty")
