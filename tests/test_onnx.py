@@ -13,12 +13,13 @@ from axlab.onnx_export import export_onnx, onnx_predictor
 from axlab.testing import tiny_model
 
 TOL = 1e-4
+WORDS = "good bad film plot actor boring fun the a was very not really story scene .".split()
 
 
 def random_batches(tokenizer, seed=0, n=6):
     """Batches with random sizes and lengths (incl. shorter than the top-k and padded mixes)."""
     rng = np.random.default_rng(seed)
-    words = "good bad film plot actor boring fun the a was very not really story scene .".split()
+    words = WORDS
     out = [tokenize(tokenizer, [" ".join(rng.choice(words, int(rng.integers(0, 2))))])]   # 2-3 tokens
     for _ in range(n):
         b = int(rng.integers(1, 5))
@@ -71,7 +72,9 @@ def test_pruned_hard_attention_parity_and_int8(bert_export, tokenizer):
 def test_other_arch_with_int8_linear_layers(arch, tokenizer, tmp_path):
     # DistilBERT keeps its output projection inside the attention module (other EmptyAttention path);
     # int8_dynamic runs int8 kernels in PyTorch and is exported with its int8 weights dequantized.
-    model = quantize.int8_dynamic(hard_pruned(arch))
+    # plus a pruned vocabulary (remapped ids) and a dropped layer
+    model, _ = prune.prune_vocab(hard_pruned(arch), tokenizer, [" ".join(WORDS[:10])])
+    model = quantize.int8_dynamic(prune.drop_layers(model, [0]))
     res = export_onnx(model, tokenizer, tmp_path / "m.onnx")
     assert res.parity_max_abs_diff <= TOL
     assert res.variant_max_abs_diff < 0.05       # vs the activation-quantizing int8 kernels

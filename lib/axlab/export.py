@@ -405,7 +405,8 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
                 if int8:
                     measurements["onnx_int8"].update(
                         measure_onnx(result_onnx.int8_predictor, tokenizer, split, measure_split))
-                    prog.update(1, "ONNX int8 measured")
+            if int8:
+                prog.update(1, "ONNX int8 written" + (" and measured" if splits is not None else ""))
         _write_variant(model, tokenizer, tmp, recipe=recipe, measurements=measurements, base=base, labels=labels,
                        name=name, dataset=dataset, extra=None)
         load_variant(tmp, verify=True)
