@@ -57,7 +57,7 @@ def head_grid_figure(selected: dict, title: str):
     ys = [int(layer) for layer, hs in selected.items() for _ in hs]
     if xs:
         fig.add_scatter(x=xs, y=ys, mode="markers", marker=dict(symbol="x", size=14, color="black"),
-                        name="remove", showlegend=True)
+                        name="remove", showlegend=False)
     return fig
 
 

@@ -26,12 +26,12 @@ if not variants:
     st.info("No variants yet. Create one on the Prune or Quantize page; the base model is measured with it.",
             icon=":material/info:")
     st.stop()
+st.subheader(f"{len(variants)} variants")
 compare = feature("compare", "variants_table", "tradeoff_figure")
 if compare is None:
     st.stop()
 
 df = compare.variants_table(variants)
-st.subheader(f"{len(variants)} variants")
 st.dataframe(df, hide_index=True, key="cmp_table")
 c1, c2 = st.columns(2)
 with c1:

@@ -115,6 +115,8 @@ def create_variant(bundle, splits, recipe: list, name: str, model=None, notes: s
                                            measurements=meas.to_dict(), hardware=hardware_info(), workspace=ws,
                                            notes=notes))
     v = jobs.run_with_progress(ws, "variant", f"Building and measuring '{name}'", work)
+    from .sidebar import refresh_variants
+    refresh_variants()
     st.success(f"Saved variant **{v.name}**: accuracy {v.measurements['accuracy']:.3f}, "
                f"batch-1 latency {v.measurements.get('latency_b1_ms') or 0:.1f} ms, "
                f"size {fmt_bytes(v.measurements.get('size_bytes'))}. See it on the Compare page.",

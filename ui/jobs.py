@@ -87,14 +87,17 @@ def start(workspace: str, key: str, label: str, fn: Callable[[Callable], Any]) -
 def wait(job: Job, stop_button: bool = True) -> Job:
     """Show a progress bar until ``job`` finishes (the page's script waits; the job does the work)."""
     bar = st.progress(job.fraction, text=f"{job.label}: starting...")
+    stop_slot = st.empty()
     if stop_button and not job.finished:
-        if st.button("Stop", key=f"stop-{job.key}-{id(job)}", icon=":material/stop_circle:"):
+        if stop_slot.button("Stop", key=f"stop-{job.key}-{id(job)}", icon=":material/stop_circle:"):
             job.stop_requested = True
     while not job.finished:
         text = f"{job.label}: {job.message} ({job.done}/{job.total})" if job.total else f"{job.label}..."
         bar.progress(job.fraction, text=text)
         time.sleep(0.25)
-    bar.progress(1.0, text=f"{job.label}: done in {time.time() - job.started:.1f} s")
+    stop_slot.empty()
+    bar.progress(1.0, text=f"{job.label}: {'stopped' if job.stop_requested else 'done'} after "
+                 f"{time.time() - job.started:.1f} s")
     return job
 
 

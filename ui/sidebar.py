@@ -11,7 +11,7 @@ from . import jobs
 from .common import fmt_bytes
 from .state import current, current_splits, init_state, load_base, workspace_variants
 
-__all__ = ["sidebar"]
+__all__ = ["sidebar", "refresh_variants"]
 
 
 def _workspace_box() -> None:
@@ -27,6 +27,24 @@ def _workspace_box() -> None:
                 st.rerun()
             else:
                 st.error("Use 1-40 letters, digits, '-', '_' or '.'.")
+
+
+def refresh_variants() -> None:
+    """(Re)draw the sidebar's list of saved variants, e.g. right after a page saved one."""
+    box = st.session_state.get("_variants_box")
+    if box is None:
+        return
+    variants = workspace_variants()
+    with box.container():
+        st.markdown(f"**Saved variants** ({len(variants)})")
+        if variants:
+            st.dataframe(
+                [{"name": v.name, "acc": round(v.measurements.get("accuracy", float("nan")), 3),
+                  "ms": round(v.measurements.get("latency_b1_ms") or float("nan"), 1),
+                  "size": fmt_bytes(v.measurements.get("size_bytes"))} for v in variants],
+                hide_index=True, width="stretch")
+        else:
+            st.caption("None yet: prune or quantize to make one.")
 
 
 def sidebar() -> None:
@@ -51,16 +69,8 @@ def sidebar() -> None:
         sb.markdown(f"**Data:** `{dataset}`")
         sb.warning(getattr(e, "message", str(e)), icon=":material/warning:")
     _workspace_box()
-    variants = workspace_variants()
-    sb.markdown(f"**Saved variants** ({len(variants)})")
-    if variants:
-        sb.dataframe(
-            [{"name": v.name, "acc": round(v.measurements.get("accuracy", float("nan")), 3),
-              "ms": round(v.measurements.get("latency_b1_ms") or float("nan"), 1),
-              "size": fmt_bytes(v.measurements.get("size_bytes"))} for v in variants],
-            hide_index=True, width="stretch")
-    else:
-        sb.caption("None yet: prune or quantize to make one.")
+    st.session_state["_variants_box"] = sb.empty()
+    refresh_variants()
     job = jobs.get(ws, "variant")
     if job is not None and not job.finished:
         sb.info(f"Working: {job.label} ({job.fraction:.0%})", icon=":material/hourglass_top:")
