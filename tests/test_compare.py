@@ -13,7 +13,8 @@ def synthetic_variants(seed=0):
     def meas():
         return {"accuracy": float(rng.uniform(0.7, 0.9)), "macro_f1": float(rng.uniform(0.7, 0.9)),
                 "latency_b1_ms": float(rng.uniform(1, 10)), "latency_b32_ms": float(rng.uniform(20, 90)),
-                "size_bytes": int(rng.integers(10_000_000, 90_000_000)), "params": int(rng.integers(1e6, 2e7)), "n": 100}
+                "size_bytes": int(rng.integers(10_000_000, 90_000_000)), "params": int(rng.integers(1e6, 2e7)),
+                "n": 100}
 
     base = Variant(name="base", base="default", dataset="rt", recipe=[], measurements=meas())
     pruned = Variant(name="pruned", base="default", dataset="rt", recipe=[{"op": "prune_heads", "params": {}}],
@@ -52,7 +53,8 @@ def test_explicit_base_and_no_base():
 
 def test_pareto_front_matches_brute_force():
     rng = np.random.default_rng(1)
-    df = pd.DataFrame({"latency_b1_ms": rng.integers(1, 20, 60).astype(float), "accuracy": rng.integers(0, 15, 60) / 20})
+    df = pd.DataFrame({"latency_b1_ms": rng.integers(1, 20, 60).astype(float),
+                       "accuracy": rng.integers(0, 15, 60) / 20})
     df.loc[3, "accuracy"] = np.nan
     front = pareto_front(df, "latency_b1_ms", "accuracy")
     for i, r in df.iterrows():

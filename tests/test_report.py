@@ -6,6 +6,7 @@ import pytest
 
 from axlab.data import Splits
 from axlab.errors import ExportError
+from axlab.compare import variants_table
 from axlab.report import external_references, write_report
 from axlab.testing import tiny_split
 from test_compare import synthetic_variants
@@ -65,3 +66,33 @@ def test_report_refuses_to_overwrite(tmp_path, splits):
     assert len(json.loads((tmp_path / "report.json").read_text())["variants"]) == 1
     with pytest.raises(ExportError, match="No variants"):
         write_report([], tmp_path / "empty")
+
+
+def test_report_renders_in_a_browser_with_the_network_blocked(tmp_path, splits):
+    """The real claim: opened from disk with every non-file request blocked, all figures draw."""
+    import shutil
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (bash scripts/setup.sh --test installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    paths = write_report(synthetic_variants(), tmp_path, splits=splits)
+    blocked = []
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-sync", "--disable-component-update"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=args)
+        try:
+            page = browser.new_page()
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                       else (blocked.append(route.request.url), route.abort()))
+            page.goto(paths["html"].as_uri())
+            page.wait_for_function("document.querySelectorAll('.plotly-graph-div .main-svg').length >= 3",
+                                   timeout=60_000)
+            n_points = page.evaluate("document.querySelectorAll('.plotly-graph-div .scatterlayer .point').length")
+        finally:
+            browser.close()
+    assert blocked == []
+    df = variants_table(synthetic_variants())
+    drawable = sum(int((df[x].notna() & df.accuracy.notna()).sum())
+                   for x in ("latency_b1_ms", "latency_b32_ms", "size_mb"))
+    assert n_points == drawable     # every figure drew every measured point

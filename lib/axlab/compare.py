@@ -26,10 +26,12 @@ __all__ = ["RUNTIMES", "COLUMNS", "LABELS", "as_record", "variants_table", "pare
            "figures", "display_table"]
 
 RUNTIMES = {"pytorch": None, "onnxruntime": "onnx", "onnxruntime-int8": "onnx_int8"}
-COLUMNS = ["name", "runtime", "accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_mb", "size_bytes", "params",
-           "accuracy_delta", "speedup_b1", "speedup_b32", "compression", "is_base", "steps", "id", "n", "variant", "recipe"]
+COLUMNS = ["name", "runtime", "accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_mb", "size_bytes",
+           "params", "accuracy_delta", "speedup_b1", "speedup_b32", "compression", "is_base", "steps", "id", "n",
+           "variant", "recipe"]
 LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "latency_b1_ms": "latency, batch 1 (ms, median)",
-          "latency_b32_ms": "latency, batch 32 (ms, median)", "size_mb": "size (MB)", "size_bytes": "size (bytes)", "params": "parameters",
+          "latency_b32_ms": "latency, batch 32 (ms, median)", "size_mb": "size (MB)",
+          "size_bytes": "size (bytes)", "params": "parameters",
           "accuracy_delta": "accuracy - base", "speedup_b1": "speed-up b1 (x)", "speedup_b32": "speed-up b32 (x)",
           "compression": "compression (x)"}
 
@@ -58,7 +60,8 @@ def _row(rec: dict, runtime: str, m: dict, fallback: dict) -> dict:
     label = rec["name"] if runtime == "pytorch" else f"{rec['name']} [{runtime}]"
     return {"name": label, "variant": rec["name"], "runtime": runtime, "accuracy": _num(acc), "macro_f1": _num(f1),
             "latency_b1_ms": _num(m.get("latency_b1_ms")), "latency_b32_ms": _num(m.get("latency_b32_ms")),
-            "size_mb": size / 1e6, "size_bytes": size, "params": _num(m.get("params") if runtime == "pytorch" else None),
+            "size_mb": size / 1e6, "size_bytes": size,
+            "params": _num(m.get("params") if runtime == "pytorch" else None),
             "steps": ", ".join(s.get("op", "?") for s in rec["recipe"]) or "(base)",
             "recipe": json.dumps(rec["recipe"]), "id": rec["id"], "n": _num(m.get("n", fallback.get("n"))),
             "is_base": False}

@@ -164,7 +164,10 @@ def weight_names(model: nn.Module) -> list[str]:
 
 
 def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers as contiguous CPU tensors; shared storage is cloned (safetensors refuses it)."""
+    """Parameters and persistent buffers as contiguous CPU tensors.
+
+    Tensors sharing storage are cloned: safetensors refuses shared tensors.
+    """
     state = model.state_dict()
     out, seen = {}, set()
     for k in weight_names(model):
@@ -201,18 +204,21 @@ def _readme(sidecar: dict) -> str:
     plain = sidecar["plain"]
     steps = ", ".join(s["op"] for s in sidecar["recipe"]) or "none (the base model)"
     how = ("It also loads with plain transformers:\n\n```python\nfrom transformers import "
-           "AutoModelForSequenceClassification\nmodel = AutoModelForSequenceClassification.from_pretrained(folder)\n```\n"
+           "AutoModelForSequenceClassification\n"
+           "model = AutoModelForSequenceClassification.from_pretrained(folder)\n```\n"
            if plain else
            "Its shapes differ from what config.json alone describes (pruned heads or FFN neurons, hard attention "
            "or quantized layers), so load it with axlab, which rebuilds them from axlab_variant.json.\n")
     lines = [f"# {sidecar.get('name') or 'axlab variant'}", "",
              f"An axlab variant of `{sidecar['base']}` exported on {sidecar['created']}.", "",
              f"Recipe steps: {steps}.", "",
-             "```python\nimport axlab.export\nbundle = axlab.export.load_variant(folder)   # model, tokenizer, labels\n```",
+             "```python\nimport axlab.export\n"
+             "bundle = axlab.export.load_variant(folder)   # model, tokenizer, labels\n```",
              "", how]
     m = sidecar.get("measurements") or {}
     if m.get("accuracy") is not None:
-        lines.append(f"Measured accuracy: {m['accuracy']:.4f} on {m.get('n', '?')} examples ({m.get('split', '?')} split).")
+        lines.append(f"Measured accuracy: {m['accuracy']:.4f} on {m.get('n', '?')} examples "
+                     f"({m.get('split', '?')} split).")
     return "\n".join(lines) + "\n"
 
 
@@ -315,7 +321,8 @@ def load_variant(folder: str | Path, *, verify: bool = True):
     folder = Path(folder).expanduser().resolve()
     sidecar = read_sidecar(folder)
     if not (folder / WEIGHTS_FILE).exists():
-        raise ModelLoadError(f"'{folder}' has no {WEIGHTS_FILE}.", "The export is incomplete; export the variant again.")
+        raise ModelLoadError(f"'{folder}' has no {WEIGHTS_FILE}.",
+                             "The export is incomplete; export the variant again.")
     config = AutoConfig.from_pretrained(folder)
     registry.spec_for(config.model_type)
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")

@@ -221,7 +221,8 @@ def export_onnx(model: nn.Module, tokenizer, path: str | Path, int8: bool = Fals
     int8_path = path.with_name(f"{path.stem}_int8{path.suffix or '.onnx'}") if int8 else None
     for p in (path, int8_path):
         if p is not None and p.exists() and not overwrite:
-            raise ExportError(f"'{p}' already exists.", "Choose another path, or pass overwrite=True (CLI: --overwrite).")
+            raise ExportError(f"'{p}' already exists.",
+                              "Choose another path, or pass overwrite=True (CLI: --overwrite).")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     batches = parity_batches(tokenizer)

@@ -87,7 +87,8 @@ def report_data(variants, *, splits=None, hardware: dict | None = None, base: st
             "data": split_hashes(splits),
             "reproduce": ["pip install -e . (axlab " + __version__ + ", versions listed above)",
                           "axlab prepare   # the default model (fixed seed, cached)",
-                          "for each variant: axlab.variants.apply_recipe(base_model, recipe, tokenizer=..., splits=...)",
+                          "for each variant: axlab.variants.apply_recipe(base_model, recipe, tokenizer=..., "
+                          "splits=...)",
                           "then axlab.measure.measure(model, tokenizer, splits.test)"]}
 
 
@@ -109,8 +110,9 @@ pre { background: #f7f7f7; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem;
 
 
 def _kv_table(d: dict) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))}</td></tr>"
-                   for k, v in d.items())
+    def cell(v) -> str:
+        return html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in d.items())
     return f"<table>{rows}</table>"
 
 
