@@ -71,5 +71,10 @@ with t_stats:
         except Exception as e:  # noqa: BLE001
             show_error(e)
         if key in store:
-            for name, matrix in store[key].items():
-                st.plotly_chart(viz.layer_head_heatmap(matrix, name.replace("_", " ")), key=f"stat-{name}")
+            if hasattr(viz, "statistics_figures"):
+                figs = viz.statistics_figures(store[key])
+            else:
+                figs = {n: viz.layer_head_heatmap(m, n.replace("_", " ")) for n, m in store[key].items()}
+            cols = st.columns(2)
+            for i, (name, fig) in enumerate(figs.items()):
+                cols[i % 2].plotly_chart(fig, key=f"stat-{name}")

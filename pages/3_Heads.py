@@ -68,7 +68,11 @@ with left:
 with right:
     st.subheader("Agreement between methods")
     if len(done) >= 2:
-        st.dataframe(imp_mod.agreement(done).round(3), key="imp_agree")
+        table = imp_mod.agreement(done)
+        if viz is not None and hasattr(viz, "agreement_figure"):
+            st.plotly_chart(viz.agreement_figure(table), key="imp_agree_fig")
+        else:
+            st.dataframe(table.round(3), key="imp_agree")
         st.caption("Spearman rank correlation over heads (1 = same ranking).")
     else:
         st.caption(f"Compute a second method on the same {n} examples to see whether they agree.")

@@ -121,22 +121,33 @@ with t_hand:
                     f"hand-{len(picked)}-heads", "hand")
 
 with t_search:
-    ax = feature("axformer", "search")
+    ax = feature("axformer", "search", "SearchConfig")
     if ax is not None:
-        c1, c2 = st.columns(2)
-        tol = c1.number_input("Tolerance (allowed validation-loss increase per step)", 0.0, 0.5, 0.0, step=0.01,
+        c1, c2, c3 = st.columns(3)
+        n_val = c1.slider("Validation examples", 100, len(splits.validation), min(300, len(splits.validation)),
+                          step=100, key="ax_nval", help="Every candidate change is scored on these examples.")
+        tol = c2.number_input("Tolerance (allowed validation-loss increase)", 0.0, 0.5, 0.0, step=0.01,
                               key="ax_tol")
-        hard = c2.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
+        hard = c3.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
         if st.button("Run the search", type="primary", key="ax_go"):
+            config = ax.SearchConfig(n_val=n_val, tolerance=tol)
+            run = getattr(ax, "cached_search", None)
+
             def work(progress):
-                return ax.search(bundle.model, bundle.tokenizer, splits, tolerance=tol, progress=progress,
-                                 hard_attention=hard)
+                if run is not None:
+                    return run(bundle.model, bundle.tokenizer, splits, config=config, hard_attention=hard,
+                               progress=progress)
+                return ax.search(bundle.model, bundle.tokenizer, splits, progress=progress, hard_attention=hard,
+                                 config=config)
             jobs.start(ws, "search", "AxFormer search", work)
         try:
             res = jobs.collect(ws, "search")
             if res is not None:
-                st.session_state.search_result = {"recipe": res.recipe, "log": getattr(res, "log", None),
-                                                  "source": source, "dataset": dataset}
+                import dataclasses
+                st.session_state.search_result = {
+                    "recipe": res.recipe, "source": source, "dataset": dataset, "tol": tol, "n_val": res.n_val,
+                    "log": [dataclasses.asdict(d) if dataclasses.is_dataclass(d) else d for d in res.log],
+                    "summary": (res.base_accuracy, res.final_accuracy, res.base_loss, res.final_loss, res.stopped)}
                 st.session_state.search_model = res.model
         except Stopped:
             st.warning("The search was stopped.", icon=":material/stop_circle:")
@@ -144,16 +155,23 @@ with t_search:
             show_error(e)
         res = st.session_state.get("search_result")
         if res and res["source"] == source and res["dataset"] == dataset:
+            acc0, acc1, loss0, loss1, stopped = res["summary"]
+            c = st.columns(3)
+            c[0].metric("Validation accuracy", f"{acc1:.3f}", f"{acc1 - acc0:+.3f}")
+            c[1].metric("Validation loss", f"{loss1:.4f}", f"{loss1 - loss0:+.4f}", delta_color="inverse")
+            c[2].metric("Changes kept", f"{sum(1 for d in res['log'] if d.get('kept'))} of {len(res['log'])}")
+            if stopped:
+                st.caption("The search was stopped early: this is what it had found by then.")
             st.subheader("Decision log")
-            log = res["log"]
-            try:
-                import pandas as pd
-                st.dataframe(pd.DataFrame(log), hide_index=True, key="ax_log")
-            except Exception:  # noqa: BLE001
-                st.write(log)
+            import pandas as pd
+            log = pd.DataFrame(res["log"])
+            if "target" in log:
+                log["target"] = log["target"].astype(str)
+            st.dataframe(log, hide_index=True, key="ax_log")
             with st.expander("Recipe found"):
                 st.code(json.dumps(res["recipe"], indent=1), language="json")
-            save_button(res["recipe"], "axformer", "search", notes=f"AxFormer search, tolerance {tol}",
+            save_button(res["recipe"], "axformer", "search",
+                        notes=f"AxFormer search, tolerance {res['tol']}, {res['n_val']} validation examples",
                         model=st.session_state.get("search_model"))
 
 with t_unstr:
