@@ -43,10 +43,13 @@ def test_round_trip_in_process(arch, tokenizer, tmp_path, quant):
     elif quant == "int8":
         model = quantize.int8_dynamic(model)
     before = state_copy(model)
+    model.train()
     folder = export_variant(model, tokenizer, tmp_path / "v", recipe=[], measurements={"accuracy": 0.5},
                             base="tiny", labels=["neg", "pos"])
-    for k, v in before.items():  # export does not touch the model
+    assert all(m.training for m in model.modules())      # export does not touch the model
+    for k, v in before.items():
         torch.testing.assert_close(model.state_dict()[k], v, atol=0, rtol=0)
+    model.eval()
     bundle = load_variant(folder)
     torch.testing.assert_close(predict_logits(bundle.model, tokenizer, TEXTS), predict_logits(model, tokenizer, TEXTS),
                                atol=1e-6, rtol=0)

@@ -75,7 +75,10 @@ def test_other_arch_with_int8_linear_layers(arch, tokenizer, tmp_path):
     # plus a pruned vocabulary (remapped ids) and a dropped layer
     model, _ = prune.prune_vocab(hard_pruned(arch), tokenizer, [" ".join(WORDS[:10])])
     model = quantize.int8_dynamic(prune.drop_layers(model, [0]))
+    model.train()
     res = export_onnx(model, tokenizer, tmp_path / "m.onnx")
+    assert all(m.training for m in model.modules())      # the exported model is left as it was
+    model.eval()
     assert res.parity_max_abs_diff <= TOL
     assert res.variant_max_abs_diff < 0.05       # vs the activation-quantizing int8 kernels
     split_like = random_batches(tokenizer, seed=1, n=3)

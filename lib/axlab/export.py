@@ -27,6 +27,7 @@ path that looks complete. An existing target is replaced only with ``overwrite=T
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -45,7 +46,7 @@ from .errors import ExportError, ModelLoadError
 from .progress import Progress, as_progress
 
 __all__ = ["VARIANT_FILE", "FORMAT_VERSION", "PROBE_TEXTS", "export_variant", "load_variant", "read_sidecar",
-           "is_plain", "quant_layout_of", "weight_names", "ExportResult", "export_all", "atomic_folder", "check_target"]
+           "is_plain", "quant_layout_of", "weight_names", "eval_mode", "ExportResult", "export_all", "atomic_folder", "check_target"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,18 @@ class atomic_folder:  # noqa: N801  (used as a context manager, reads like a fun
         os.replace(self.tmp, self.target)
         shutil.rmtree(self.old, ignore_errors=True)
         return False
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run the block with ``model`` in eval mode, then restore every module's training flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +247,6 @@ def _write_variant(model: nn.Module, tokenizer, folder: Path, *, recipe, measure
     from . import __version__
     from .surgery import layout
 
-    model = model.eval()
     cfg = _export_config(model, labels)
     cfg.save_pretrained(folder)
     save_file(_state_tensors(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -277,7 +289,7 @@ def export_variant(model: nn.Module, tokenizer, folder: str | Path, *, recipe: l
     if tokenizer is None and verify:
         raise ExportError("No tokenizer given.", "Pass the variant's tokenizer: the folder must be usable on its own.")
     recipe = recipe if recipe is not None else list(getattr(model, "axlab_recipe", []) or [])
-    with atomic_folder(folder, overwrite) as tmp:
+    with atomic_folder(folder, overwrite) as tmp, eval_mode(model):
         _write_variant(model, tokenizer, tmp, recipe=recipe, measurements=measurements, base=base, labels=labels,
                        name=name, dataset=dataset, extra=extra)
         if verify:
@@ -396,7 +408,7 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
     recipe = recipe if recipe is not None else list(getattr(model, "axlab_recipe", []) or [])
     measurements = dict(measurements or {})
     result_onnx = None
-    with atomic_folder(folder, overwrite) as tmp:
+    with atomic_folder(folder, overwrite) as tmp, eval_mode(model):
         if onnx:
             result_onnx = export_onnx(model, tokenizer, tmp / "onnx" / "model.onnx", int8=int8)
             prog.update(1, "ONNX export and parity check")

@@ -217,6 +217,13 @@ def export_onnx(model: nn.Module, tokenizer, path: str | Path, int8: bool = Fals
     Raises ``ExportError`` if the graph differs from PyTorch by more than ``tolerance``
     on any parity batch (nothing is left at ``path`` then). ``model`` is not modified.
     """
+    from .export import eval_mode
+    with eval_mode(model):
+        return _export_onnx(model, tokenizer, path, int8, overwrite, tolerance, threads)
+
+
+def _export_onnx(model: nn.Module, tokenizer, path, int8: bool, overwrite: bool, tolerance: float,
+                 threads: int | None) -> OnnxResult:
     path = Path(path).expanduser().resolve()
     int8_path = path.with_name(f"{path.stem}_int8{path.suffix or '.onnx'}") if int8 else None
     for p in (path, int8_path):
@@ -224,7 +231,6 @@ def export_onnx(model: nn.Module, tokenizer, path: str | Path, int8: bool = Fals
             raise ExportError(f"'{p}' already exists.",
                               "Choose another path, or pass overwrite=True (CLI: --overwrite).")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
     batches = parity_batches(tokenizer)
     tag = uuid.uuid4().hex[:8]
     tmp = path.with_name(f".{path.name}.tmp-{tag}")
