@@ -1,6 +1,14 @@
 """axlab workbench: home page. Run with `streamlit run app.py`.
 
 The pages in pages/ are Streamlit's multipage folder; each calls ui.sidebar.sidebar()
+
+from ui.state import load_base  # noqa: E402
+
+try:
+    load_base(st.session_state.source, st.session_state.allow_pickle)
+except Exception as e:  # noqa: BLE001  (a new user sees what to do, not a traceback)
+    from ui.state import show_error
+    show_error(e)
 so the sidebar (model, data, workspace, saved variants) is the same everywhere.
 """
 
@@ -10,6 +18,14 @@ from ui.sidebar import sidebar
 
 st.set_page_config(page_title="axlab workbench", page_icon=":material/compress:", layout="wide")
 sidebar()
+
+from ui.state import load_base  # noqa: E402
+
+try:
+    load_base(st.session_state.source, st.session_state.allow_pickle)
+except Exception as e:  # noqa: BLE001  (a new user sees what to do, not a traceback)
+    from ui.state import show_error
+    show_error(e)
 
 st.title("axlab workbench")
 st.markdown(

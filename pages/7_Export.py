@@ -10,7 +10,7 @@ from axlab.paths import data_dir
 from ui import jobs
 from ui.common import fmt_bytes, intro
 from ui.sidebar import sidebar
-from ui.state import bundle_and_splits, current, feature, show_error, variant_model, workspace_variants
+from ui.state import bundle_and_splits, current, feature, model_cache, show_error, variant_model, workspace_variants
 
 st.set_page_config(page_title="Export - axlab", page_icon=":material/ios_share:", layout="wide")
 sidebar()
@@ -47,10 +47,10 @@ report = c3.checkbox("Comparison report", value=True, key="exp_report")
 overwrite = c4.checkbox("Overwrite", value=False, key="exp_overwrite")
 
 if st.button("Export", type="primary", key="exp_go"):
-    limit = int(st.session_state.measure_n)
+    limit, cache = int(st.session_state.measure_n), model_cache()
 
     def work(progress):
-        model = variant_model(bundle, splits, v.recipe)
+        model = variant_model(bundle, splits, v.recipe, cache=cache)
         return export.export_all(model, bundle.tokenizer, folder, recipe=v.recipe, measurements=v.measurements,
                                  base=source, labels=bundle.labels, name=v.name, dataset=dataset,
                                  overwrite=overwrite, onnx=onnx, int8=onnx and int8, splits=splits,

@@ -96,6 +96,17 @@ def test_wrong_hub_id_offline_shows_error_and_app_keeps_working(tiny_folder, mon
     assert_clean(at, "attention after a failed load")
 
 
+def test_home_says_how_to_build_a_missing_default_model(tmp_path, monkeypatch):
+    from ui.state import load_base
+    monkeypatch.setenv("AXLAB_HOME", str(tmp_path))          # an empty cache: no default model there
+    load_base.clear()                                         # forget a default model loaded by another test
+    at = new_app()
+    assert not at.exception
+    assert "not been built" in errors(at) and "axlab prepare" in errors(at)
+    assert at.title[0].value == "axlab workbench"             # the page itself still renders
+    load_base.clear()
+
+
 def test_folder_without_weights_shows_error(tmp_path, tiny_folder):
     from axlab.testing import tiny_model
     tiny_model("bert").config.save_pretrained(tmp_path)       # config.json only

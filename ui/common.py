@@ -7,7 +7,7 @@ import logging
 import streamlit as st
 
 from . import jobs
-from .state import current, recipe_key, remember_model, variant_model, variant_store, workspace_variants
+from .state import current, model_cache, recipe_key, remember_model, variant_model, variant_store, workspace_variants
 
 __all__ = ["intro", "measure_settings", "pick_start", "pick_model", "create_variant", "ensure_base", "fmt_bytes"]
 
@@ -79,11 +79,11 @@ def ensure_base(bundle, splits) -> None:
     from axlab.measure import hardware_info
     from axlab.variants import Variant
 
-    measure = _measurer(bundle, splits)
+    measure, store = _measurer(bundle, splits), variant_store()
 
     def work(progress):
         m = measure(bundle.model, progress)
-        return variant_store().add(Variant(name="base", base=source, dataset=dataset, recipe=[],
+        return store.add(Variant(name="base", base=source, dataset=dataset, recipe=[],
                                            measurements=m.to_dict(), hardware=hardware_info(), workspace=ws))
     jobs.run_with_progress(ws, "variant", "Measuring the base model", work)
 
@@ -102,16 +102,16 @@ def create_variant(bundle, splits, recipe: list, name: str, model=None, notes: s
     while name in existing:
         name, i = f"{base_name}-{i}", i + 1
 
-    measure = _measurer(bundle, splits)
+    measure, store, cache = _measurer(bundle, splits), variant_store(), model_cache()
 
     def work(progress):
         m = model
         if m is None:
-            m = variant_model(bundle, splits, recipe, progress=progress)
+            m = variant_model(bundle, splits, recipe, progress=progress, cache=cache)
         else:
-            remember_model(bundle, splits, recipe, m)
+            remember_model(bundle, splits, recipe, m, cache=cache)
         meas = measure(m, progress)
-        return variant_store().add(Variant(name=name, base=source, dataset=dataset, recipe=recipe,
+        return store.add(Variant(name=name, base=source, dataset=dataset, recipe=recipe,
                                            measurements=meas.to_dict(), hardware=hardware_info(), workspace=ws,
                                            notes=notes))
     v = jobs.run_with_progress(ws, "variant", f"Building and measuring '{name}'", work)

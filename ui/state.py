@@ -24,7 +24,7 @@ import streamlit as st
 
 from axlab.errors import AxlabError
 
-__all__ = ["init_state", "current", "load_base", "load_splits", "current_splits", "bundle_and_splits", "analysis_results", "variant_store", "variant_model",
+__all__ = ["init_state", "current", "load_base", "load_splits", "current_splits", "bundle_and_splits", "analysis_results", "variant_store", "variant_model", "model_cache", "remember_model",
            "feature", "save_upload", "show_error", "DEFAULT_SOURCE", "DEFAULT_DATASET", "workspace_variants",
            "recipe_key"]
 
@@ -153,22 +153,28 @@ def _model_cache() -> _ModelCache:
     return _ModelCache()
 
 
-def variant_model(bundle, splits, recipe: list, progress=False, dataset: str | None = None):
+def model_cache() -> _ModelCache:
+    """The shared cache of rebuilt variants. Jobs get it from the page (their threads have no session)."""
+    return _model_cache()
+
+
+def variant_model(bundle, splits, recipe: list, progress=False, cache: _ModelCache | None = None):
     """The model for ``recipe`` applied to ``bundle`` (rebuilt once, then cached; never mutated)."""
     if not recipe:
         return bundle.model
     from axlab.variants import apply_recipe
-    key = (bundle.source, dataset or splits.key, json.dumps(recipe, sort_keys=True))
-    model = _model_cache().get(key)
+    cache = cache or _model_cache()
+    key = (bundle.source, splits.key, json.dumps(recipe, sort_keys=True))
+    model = cache.get(key)
     if model is None:
         model = apply_recipe(bundle.model, recipe, tokenizer=bundle.tokenizer, splits=splits, progress=progress)
-        _model_cache().put(key, model)
+        cache.put(key, model)
     return model
 
 
-def remember_model(bundle, splits, recipe: list, model) -> None:
+def remember_model(bundle, splits, recipe: list, model, cache: _ModelCache | None = None) -> None:
     """Put an already built variant model (e.g. the result of a search) into the cache."""
-    _model_cache().put((bundle.source, splits.key, json.dumps(recipe, sort_keys=True)), model)
+    (cache or _model_cache()).put((bundle.source, splits.key, json.dumps(recipe, sort_keys=True)), model)
 
 
 # --- library parts that may not have landed yet ---------------------------------------
