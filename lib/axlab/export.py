@@ -229,6 +229,10 @@ def _readme(sidecar: dict) -> str:
              "bundle = axlab.export.load_variant(folder)   # model, tokenizer, labels\n```",
              "", how]
     m = sidecar.get("measurements") or {}
+    if isinstance(m.get("onnx"), dict):
+        lines += ["`onnx/model.onnx` runs in ONNX Runtime (inputs `input_ids`, `attention_mask`; output `logits`); "
+                  f"its logits matched PyTorch to {m['onnx'].get('parity_max_abs_diff', float('nan')):.1e}"
+                  + (" and `onnx/model_int8.onnx` is its dynamic int8 version." if "onnx_int8" in m else "."), ""]
     if m.get("accuracy") is not None:
         lines.append(f"Measured accuracy: {m['accuracy']:.4f} on {m.get('n', '?')} examples "
                      f"({m.get('split', '?')} split).")
