@@ -56,7 +56,7 @@ __all__ = ["GPFQConfig", "GPFQReport", "gpfq", "gpfq_rows", "choose_bits", "DEFA
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCALE_GRID = (0.55, 0.65, 0.75, 0.85, 0.95, 1.0)
+DEFAULT_SCALE_GRID = (0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass
@@ -108,26 +108,28 @@ class GPFQReport:
 
 def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor,
               hi: torch.Tensor, group_size: int | None = None, sparsity: float = 0.0, threshold: str = "soft",
-              block_size: int = 128) -> torch.Tensor:
+              block_size: int = 128, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """GPFQ codes for every row of ``W`` (R, in).
 
     A = X~^T X, B = X~^T X~ (in, in); scale (R, G) per row (and group); lo, hi (R, 1) code
-    range per row. Returns integer codes (R, in) as float64 (exact integers).
+    range per row. Computes in ``dtype`` (float32 is about twice as fast; float64 matches
+    the token-space algorithm exactly). Returns integer codes (R, in) as float64.
     """
     R, n = W.shape
-    W = W.double()
-    A, B = A.double(), B.double()
+    W = W.to(dtype)
+    A, B = A.to(dtype), B.to(dtype)
     g = n if group_size is None else group_size
-    col_scale = scale.double().repeat_interleave(g, dim=1) if scale.shape[1] > 1 else scale.double().expand(R, n)
-    E = torch.zeros(R, n, dtype=torch.float64)        # E[:, t] = <x~_t, u_{t-1}> per row
-    codes = torch.zeros(R, n, dtype=torch.float64)
-    Qw = torch.zeros(R, n, dtype=torch.float64)       # dequantized q
+    col_scale = scale.to(dtype).repeat_interleave(g, dim=1) if scale.shape[1] > 1 else scale.to(dtype).expand(R, n)
+    E = torch.zeros(R, n, dtype=dtype)                # E[:, t] = <x~_t, u_{t-1}> per row
+    codes = torch.zeros(R, n, dtype=dtype)
+    Qw = torch.zeros(R, n, dtype=dtype)               # dequantized q
     diagA, diagB = torch.diagonal(A), torch.diagonal(B)
-    lo, hi = lo.double(), hi.double()
+    lo, hi = lo.to(dtype), hi.to(dtype)
+    live = (diagB > 1e-12 * max(float(diagB.max()), 1e-30)).tolist() if n else []   # x~_t != 0
     for s in range(0, n, block_size):
         e = min(s + block_size, n)
         for t in range(s, e):
-            if diagB[t] > 1e-12 * max(float(diagB.max()), 1e-30):
+            if live[t]:
                 arg = (W[:, t] * diagA[t] + E[:, t]) / diagB[t]          # (R,)
             else:                                                      # x~_t == 0: q_t does not matter
                 arg = W[:, t].clone()
@@ -146,7 +148,7 @@ def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Te
                 E[:, t + 1:e] += W[:, t:t + 1] * A[t + 1:e, t] - q.unsqueeze(1) * B[t + 1:e, t]
         if e < n:                                                      # rest of the columns, one matmul
             E[:, e:] += W[:, s:e] @ A[e:, s:e].T - Qw[:, s:e] @ B[e:, s:e].T
-    return codes
+    return codes.double()
 
 
 def _row_errors(W: torch.Tensor, Qw: torch.Tensor, G: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -319,17 +321,17 @@ class _Stats:
 
 
 def _accumulate(st: _Stats | None, X: torch.Tensor, Xq: torch.Tensor) -> _Stats:
-    X, Xq = X.double(), Xq.double()                                       # (N, in)
+    X, Xq = X.float(), Xq.float()                                         # (N, in); fp32 per batch, fp64 sums
     if st is None:
         d = X.shape[1]
         z = torch.zeros(d, d, dtype=torch.float64)
         st = _Stats(z.clone(), z.clone(), z.clone(), torch.zeros(d, dtype=torch.float64),
                     torch.zeros(d, dtype=torch.float64), 0)
-    st.G += X.T @ X
-    st.A += Xq.T @ X
-    st.B += Xq.T @ Xq
-    st.mx += X.sum(0)
-    st.mxq += Xq.sum(0)
+    st.G += (X.T @ X).double()
+    st.A += (Xq.T @ X).double()
+    st.B += (Xq.T @ Xq).double()
+    st.mx += X.double().sum(0)
+    st.mxq += Xq.double().sum(0)
     st.n += X.shape[0]
     return st
 
@@ -397,7 +399,8 @@ def _quantize_linear_impl(qmodel: nn.Module, name: str, lin: nn.Linear, st: _Sta
     scales = torch.cat([base.double() * a for a in grid])                 # (k*R, G)
     lo_t = torch.full((k * R, 1), float(lo), dtype=torch.float64)
     hi_t = torch.full((k * R, 1), float(hi), dtype=torch.float64)
-    codes = gpfq_rows(Wk, st.A, st.B, scales, lo_t, hi_t, gs, cfg.sparsity, cfg.threshold, cfg.block_size)
+    codes = gpfq_rows(Wk, st.A, st.B, scales, lo_t, hi_t, gs, cfg.sparsity, cfg.threshold, cfg.block_size,
+                      dtype=torch.float32)
     g = n if gs is None else gs
     deq = codes * scales.repeat_interleave(g, dim=1) if scales.shape[1] > 1 else codes * scales
     err = _row_errors(Wk, deq, st.G, st.A, st.B).view(k, R)                # (k, R)
