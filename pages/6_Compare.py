@@ -32,12 +32,14 @@ if compare is None:
     st.stop()
 
 df = compare.variants_table(variants)
-st.dataframe(df, hide_index=True, key="cmp_table")
+shown = compare.display_table(df) if hasattr(compare, "display_table") else df
+st.dataframe(shown, hide_index=True, key="cmp_table")
+size_col = "size_mb" if "size_mb" in df else "size_bytes"
 c1, c2 = st.columns(2)
 with c1:
     st.plotly_chart(compare.tradeoff_figure(df, x="latency_b1_ms"), key="cmp_latency")
 with c2:
-    st.plotly_chart(compare.tradeoff_figure(df, x="size_bytes"), key="cmp_size")
+    st.plotly_chart(compare.tradeoff_figure(df, x=size_col), key="cmp_size")
 
 with st.expander("Delete a variant"):
     victim = st.selectbox("Variant", [v.name for v in variants if v.recipe] or ["-"], key="cmp_del_pick")

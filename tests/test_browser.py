@@ -41,10 +41,11 @@ def server(default_bundle):
         stop_server(proc)
 
 
-def go(page, nav: str, title: str) -> None:
-    """Click a page in the sidebar navigation and wait for its title and the end of its run."""
+def go(page, nav: str, title: str, ready: str) -> None:
+    """Click a page in the sidebar navigation; wait for its title, a text near its end, and the end of its run."""
     page.locator('[data-testid="stSidebarNav"]').get_by_text(nav, exact=True).click()
     page.get_by_role("heading", name=title, level=1).wait_for(timeout=60_000)
+    main(page).get_by_text(ready, exact=True).first.wait_for(timeout=STEP_MS)
     wait_idle(page, STEP_MS)
 
 
@@ -92,23 +93,23 @@ def test_walk_the_main_path_in_chromium(server):
             assert "6 layers x 12 heads" in page.locator('[data-testid="stSidebar"]').inner_text()
             shots.append(shot(page, 1, "home"))
 
-            go(page, "Model and data", "Model & data")
+            go(page, "Model and data", "Model & data", "Measure the base model")
             no_exception(page)
             shots.append(shot(page, 2, "model_and_data"))
 
-            go(page, "Attention", "Attention")
+            go(page, "Attention", "Attention", "Sentence")
             page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=STEP_MS)
             no_exception(page)
             shots.append(shot(page, 3, "attention"))
 
-            go(page, "Heads", "Head importance")
+            go(page, "Heads", "Head importance", "Compute importance")
             click_button(page, "Compute importance")
             page.get_by_role("heading", name="Ranking").wait_for(timeout=STEP_MS)
             wait_idle(page, STEP_MS)
             no_exception(page)
             shots.append(shot(page, 4, "heads"))
 
-            go(page, "Prune", "Prune")
+            go(page, "Prune", "Prune", "Create variant")
             set_measure_examples(page, 300)
             click_button(page, "Create variant")
             main(page).get_by_text("Saved variant").wait_for(timeout=STEP_MS)
@@ -116,7 +117,7 @@ def test_walk_the_main_path_in_chromium(server):
             no_exception(page)
             shots.append(shot(page, 5, "prune"))
 
-            go(page, "Quantize", "Quantize")
+            go(page, "Quantize", "Quantize", "Create variant")
             page.locator('[data-testid="stSelectbox"]').filter(has_text="Start from").click()   # open it
             page.get_by_role("option", name="heads-25% (1 steps)").click()
             wait_idle(page)
@@ -126,14 +127,14 @@ def test_walk_the_main_path_in_chromium(server):
             no_exception(page)
             shots.append(shot(page, 6, "quantize"))
 
-            go(page, "Compare", "Compare")
+            go(page, "Compare", "Compare", "Before / after")
             page.get_by_role("heading", name="3 variants").wait_for(timeout=STEP_MS)
             no_exception(page)
             sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
             assert "Saved variants (3)" in sidebar
             shots.append(shot(page, 7, "compare"))
 
-            go(page, "Export", "Export")
+            go(page, "Export", "Export", "Comparison report")
             onnx = main(page).locator('[data-testid="stCheckbox"]').filter(has_text=re.compile(r"^ONNX$"))
             onnx.click()                                                  # folder + report only: quick
             wait_idle(page)

@@ -8,7 +8,6 @@ import streamlit as st
 
 
 from . import jobs
-from .common import fmt_bytes
 from .state import current, current_splits, init_state, load_base, workspace_variants
 
 __all__ = ["sidebar", "refresh_variants"]
@@ -41,7 +40,7 @@ def refresh_variants() -> None:
             st.dataframe(
                 [{"name": v.name, "acc": round(v.measurements.get("accuracy", float("nan")), 3),
                   "ms": round(v.measurements.get("latency_b1_ms") or float("nan"), 1),
-                  "size": fmt_bytes(v.measurements.get("size_bytes"))} for v in variants],
+                  "MB": round((v.measurements.get("size_bytes") or float("nan")) / 1e6, 1)} for v in variants],
                 hide_index=True, width="stretch")
         else:
             st.caption("None yet: prune or quantize to make one.")
