@@ -259,3 +259,34 @@ def test_main_path_on_the_default_model(default_bundle, tmp_path):
     texts = default_bundle_texts = ["a gorgeous, witty, seductive movie.", "dull and far too long."]
     assert torch.allclose(predict_logits(reloaded.model, reloaded.tokenizer, default_bundle_texts),
                           predict_logits(model, default_bundle.tokenizer, texts), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- background jobs
+
+def test_a_job_keeps_running_without_its_page_and_can_be_stopped():
+    import threading
+
+    from axlab.progress import Stopped
+    from ui import jobs
+
+    release = threading.Event()
+
+    def slow(progress):
+        for i in range(1000):
+            progress(i, 1000, "working")
+            if release.wait(0.01):
+                return "result"
+        return "timeout"
+
+    job = jobs.start("ws-jobs", "slot", "test job", slow)
+    assert jobs.start("ws-jobs", "slot", "again", slow) is job      # joining, not starting a second one
+    assert not job.finished                                           # nobody waits: it runs on its own
+    release.set()
+    assert jobs.collect("ws-jobs", "slot") == "result"              # a later page run picks the result up
+    assert jobs.get("ws-jobs", "slot") is None
+
+    release.clear()
+    job = jobs.start("ws-jobs", "slot", "stopped job", slow)
+    job.stop_requested = True                                         # what the Stop button does
+    with pytest.raises(Stopped):
+        jobs.collect("ws-jobs", "slot")
