@@ -118,3 +118,12 @@ def test_bad_config_rejected():
         with pytest.raises(ValueError):
             SearchConfig(**kw)
     assert axformer.STAGES[0] == "ffn_block"
+
+
+def test_decisions_frame_and_figure(tokenizer):
+    res = search(_model(), tokenizer, VAL, config=SearchConfig(batch_size=16, stages=("heads",)))
+    df = axformer.decisions_frame(res)
+    assert len(df) == len(res.log) and df.kept.sum() == sum(d.kept for d in res.log)
+    fig = axformer.loss_trace_figure(res)
+    assert len(fig.data) == 3 and fig.data[2].y[0] == pytest.approx(res.base_loss)
+    assert fig.data[2].y[-1] == pytest.approx(res.final_loss)

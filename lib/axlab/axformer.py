@@ -45,7 +45,8 @@ from .paths import cache_dir
 from .progress import Progress, Stopped, as_progress
 from .variants import Step, apply_recipe
 
-__all__ = ["SearchConfig", "Decision", "SearchResult", "search", "cached_search", "model_fingerprint", "STAGES"]
+__all__ = ["SearchConfig", "Decision", "SearchResult", "search", "cached_search", "model_fingerprint", "STAGES",
+           "decisions_frame", "loss_trace_figure"]
 
 log = logging.getLogger(__name__)
 
@@ -451,3 +452,38 @@ def cached_search(model: nn.Module, tokenizer, splits, *, config: SearchConfig |
         tmp.write_text(json.dumps(res.to_dict(), indent=1, default=str))
         tmp.replace(path)
     return res
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def decisions_frame(result: SearchResult):
+    """The decision log as a DataFrame (one row per candidate tried)."""
+    import pandas as pd
+    rows = []
+    for i, d in enumerate(result.log):
+        target = d.target if not isinstance(d.target, list) or len(d.target) <= 12 else f"{len(d.target)} neurons"
+        rows.append({"step": i, "layer": d.layer, "kind": d.kind, "target": str(target), "loss_before": d.loss_before,
+                     "loss_after": d.loss_after, "delta": d.loss_after - d.loss_before, "kept": d.kept,
+                     "seconds": d.seconds})
+    return pd.DataFrame(rows)
+
+
+def loss_trace_figure(result: SearchResult):
+    """Plotly: validation loss of every candidate (kept in colour), and the running loss."""
+    import plotly.graph_objects as go
+    df = decisions_frame(result)
+    fig = go.Figure()
+    if len(df):
+        for kept, name, color in ((False, "rejected", "#bbbbbb"), (True, "kept", "#d62728")):
+            part = df[df.kept == kept]
+            fig.add_trace(go.Scatter(x=part.step, y=part.loss_after, mode="markers", name=name, marker_color=color,
+                                     text=[f"L{r.layer} {r.kind} {r.target}" for r in part.itertuples()],
+                                     hovertemplate="%{text}<br>loss %{y:.4f}<extra></extra>"))
+        running = [result.base_loss]
+        for d in result.log:
+            running.append(d.loss_after if d.kept else running[-1])
+        fig.add_trace(go.Scatter(x=list(range(-1, len(df))), y=running, mode="lines", name="current",
+                                 line_shape="hv", line_color="#1f77b4"))
+    fig.update_layout(title="AxFormer search: validation loss per candidate (top layer first)",
+                      xaxis_title="candidate", yaxis_title="validation loss (mean cross-entropy)")
+    return fig
