@@ -41,18 +41,21 @@ store = analysis_results()
 imps = {k[3:]: v for k, v in store.items() if k[:3] == ("importance", source, dataset)}
 
 
+def importance_grid():
+    """(L, H) importance from the Heads page (the first computed), or zeros."""
+    import numpy as np
+    if not imps:
+        return np.zeros((n_layers, n_heads))
+    first = next(iter(imps.values()))                                       # (L, H) tensor
+    return first.detach().numpy().astype(float) if hasattr(first, "detach") else np.asarray(first, float)
+
+
 def head_grid_figure(selected: dict, title: str):
     """Importance heatmap (if any) with the heads to remove marked."""
     viz = feature("viz", "layer_head_heatmap")
     if viz is None:
         return None
-    import numpy as np
-    if imps:
-        first = next(iter(imps.values()))                                   # (L, H) tensor
-        base = first.detach().numpy().astype(float) if hasattr(first, "detach") else np.asarray(first, float)
-    else:
-        base = np.zeros((n_layers, n_heads))
-    fig = viz.layer_head_heatmap(base, title)
+    fig = viz.layer_head_heatmap(importance_grid(), title)
     xs = [h for layer, hs in selected.items() for h in hs]
     ys = [int(layer) for layer, hs in selected.items() for _ in hs]
     if xs:
@@ -106,17 +109,27 @@ with t_budget:
                         notes=f"heads by budget {fraction:.2f} on {which}")
 
 with t_hand:
-    st.caption("Pick heads to remove; the heatmap shows importance (if computed) with your choice marked.")
     options = [f"L{layer}.H{head}" for layer in range(n_layers) for head in range(n_heads)]
+    viz = feature("viz", "head_picker")
+    if viz is not None:
+        st.caption("Click heads in the grid (shift-click or box-select for several) or pick them in the list; "
+                   "colour = importance, if computed (darker = less important).")
+        event = st.plotly_chart(viz.head_picker(importance_grid(), "Heads: click to select"), key="hand_picker",
+                                on_select="rerun", selection_mode=("points", "box", "lasso"))
+        # the picker is a scatter with x = head, y = layer
+        clicked = sorted({f"L{int(p['y'])}.H{int(p['x'])}" for p in (event.selection.points if event else [])
+                          if "x" in p and "y" in p})
+        if clicked and clicked != st.session_state.get("hand_last_click"):
+            st.session_state.hand_last_click = clicked
+            st.session_state.hand_heads = sorted(set(st.session_state.get("hand_heads", [])) | set(clicked),
+                                                 key=options.index)
     picked = st.multiselect("Heads to remove", options, key="hand_heads")
     heads = {}
     for p in picked:
         layer, head = p[1:].split(".H")
         heads.setdefault(int(layer), []).append(int(head))
-    fig = head_grid_figure(heads, "importance (x = removed)")
-    if fig is not None:
-        st.plotly_chart(fig, key="hand_fig")
     if heads:
+        st.markdown(f"Removes **{len(picked)}** of {n_layers * n_heads} heads.")
         save_button([Step("prune_heads", heads={str(k): sorted(v) for k, v in sorted(heads.items())})],
                     f"hand-{len(picked)}-heads", "hand")
 
