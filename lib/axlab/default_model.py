@@ -124,6 +124,8 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
                 losses.append(loss.item())
                 step += 1
                 prog.update(1, f"epoch {epoch + 1}/{epochs} loss {np.mean(losses[-50:]):.3f}")
+                if step % max(1, total // 10) == 0:
+                    log.info("fine-tune step %d/%d (epoch %d) loss %.3f", step, total, epoch + 1, np.mean(losses[-50:]))
     finally:
         prog.close()
         model.eval()
