@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ class Job:
     finished: bool = False
     stop_requested: bool = False
     started: float = field(default_factory=time.time)
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         """The ``progress`` callback handed to the library."""
@@ -89,7 +91,7 @@ def wait(job: Job, stop_button: bool = True) -> Job:
     bar = st.progress(job.fraction, text=f"{job.label}: starting...")
     stop_slot = st.empty()
     if stop_button and not job.finished:
-        if stop_slot.button("Stop", key=f"stop-{job.key}-{id(job)}", icon=":material/stop_circle:"):
+        if stop_slot.button("Stop", key=f"stop-{job.key}-{job.uid}", icon=":material/stop_circle:"):
             job.stop_requested = True
     while not job.finished:
         text = f"{job.label}: {job.message} ({job.done}/{job.total})" if job.total else f"{job.label}..."
