@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from axlab import importance
+from axlab import cache, importance
 from axlab.attention import AttentionControl
 from axlab.errors import AxlabError
 from axlab.importance import (agreement, captum_importance, gradient_importance, head_ablation, head_importance,
@@ -59,13 +59,14 @@ def test_gradient_matches_finite_difference(arch, tokenizer, split):
     torch.testing.assert_close(imp.float(), fd.abs() / len(small), rtol=1e-3, atol=1e-7)
 
 
-def test_ablation_equals_physically_removed_heads(tokenizer, split):
-    model = _sharpen(tiny_model("bert"))
+def test_ablation_equals_physically_removed_heads(arch, tokenizer, split):
+    model = _sharpen(tiny_model(arch, layers=3))
+    key_before = cache.model_key(model)
     res = head_ablation(model, tokenizer, split, progress=False, cache_results=False)
     base = evaluate(model, tokenizer, split, progress=False)
     assert res.base_loss == pytest.approx(base["loss"], abs=1e-5)
     assert res.base_accuracy == pytest.approx(base["accuracy"])
-    for layer, head in [(0, 1), (1, 3)]:
+    for layer, head in [(0, 1), (1, 3), (2, 0)]:
         pruned = copy.deepcopy(model)
         remove_heads_(pruned, layer, [head])
         ev = evaluate(pruned, tokenizer, split, progress=False)
@@ -73,7 +74,8 @@ def test_ablation_equals_physically_removed_heads(tokenizer, split):
         assert float(res.accuracy[layer, head]) == pytest.approx(ev["accuracy"])
         assert float(res.loss_increase[layer, head]) == pytest.approx(ev["loss"] - base["loss"], abs=1e-5)
     table = res.table()
-    assert len(table) == 8 and table["loss_increase"].is_monotonic_decreasing
+    assert len(table) == 12 and table["loss_increase"].is_monotonic_decreasing
+    assert cache.model_key(model) == key_before            # the caller's model is untouched
 
 
 def test_captum_integrated_gradients_is_complete(tokenizer, split):

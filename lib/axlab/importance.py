@@ -20,6 +20,7 @@ gives the Spearman rank correlation between methods.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -148,10 +149,26 @@ class AblationResult:
         return pd.DataFrame(rows).sort_values("loss_increase", ascending=False, ignore_index=True)
 
 
+class _Replay(nn.Module):
+    """Stands in for the layers below the one being ablated: the last of them hands back the
+    cached hidden states entering that layer, the others pass their input through."""
+
+    def __init__(self, feed: dict | None):
+        super().__init__()
+        self.feed = feed
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.feed is None:
+            return hidden_states
+        return self.feed["states"][self.feed["batch"]]                  # (B, T, D)
+
+
 @torch.no_grad()
-def _loss_acc(model: nn.Module, batches, gates: torch.Tensor | None) -> tuple[float, float]:
+def _loss_acc(model: nn.Module, batches, gates: torch.Tensor | None, feed: dict | None = None) -> tuple[float, float]:
     loss, correct, n = 0.0, 0, 0
-    for batch, y in batches:
+    for k, (batch, y) in enumerate(batches):
+        if feed is not None:
+            feed["batch"] = k
         kw = {"axlab": AttentionControl(gates=gates)} if gates is not None else {}
         logits = model(**batch, **kw).logits
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -162,26 +179,44 @@ def _loss_acc(model: nn.Module, batches, gates: torch.Tensor | None) -> tuple[fl
 
 def _ablation_arrays(model: nn.Module, tokenizer, split: Split, batch_size: int,
                      progress: Progress) -> dict[str, np.ndarray]:
+    """Gate each head alone to 0. A head in layer l cannot change layers below l, so the
+    hidden states entering l are computed once (in the full-model pass) and each ablation
+    of a head in l reruns only layers l..top: about 40% less work than full passes."""
     n_layers, n_heads = _grid(model)
     present = _present_mask(model)
-    heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads) if present[layer, head]]
+    work = copy.deepcopy(model).eval()                 # layers get swapped below; never touch the caller's
+    layers = registry.layers(work)
     batches = _batches(tokenizer, split, batch_size)
+    todo = [layer for layer in range(n_layers) if present[layer].any()]
+    states: dict[int, list[torch.Tensor]] = {layer: [] for layer in todo if layer > 0}
+    hooks = [layers[layer].register_forward_pre_hook(
+        lambda mod, args, store=store: store.append(args[0].detach())) for layer, store in states.items()]
     loss = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
     acc = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
-    prog = as_progress(progress, total=len(heads) + 1, desc="head ablation")
-    was_training = model.training
-    model.eval()
+    prog = as_progress(progress, total=int(present.sum()) + 1, desc="head ablation")
     try:
-        base_loss, base_acc = _loss_acc(model, batches, None)
+        try:
+            base_loss, base_acc = _loss_acc(work, batches, None)       # also fills ``states``
+        finally:
+            for h in hooks:
+                h.remove()
         prog.update(1, "full model")
-        for layer, head in heads:
-            gates = torch.ones(n_layers, n_heads)
-            gates[layer, head] = 0.0
-            loss[layer, head], acc[layer, head] = _loss_acc(model, batches, gates)
-            prog.update(1, f"layer {layer} head {head}")
+        originals = list(layers)
+        for layer in todo:
+            feed = {"states": states.pop(layer), "batch": 0} if layer > 0 else None
+            for j in range(layer):
+                layers[j] = _Replay(feed if j == layer - 1 else None)
+            try:
+                for head in np.flatnonzero(present[layer].numpy()):
+                    gates = torch.ones(n_layers, n_heads)
+                    gates[layer, head] = 0.0
+                    loss[layer, head], acc[layer, head] = _loss_acc(work, batches, gates, feed)
+                    prog.update(1, f"layer {layer} head {head}")
+            finally:
+                for j in range(layer):
+                    layers[j] = originals[j]
     finally:
         prog.close()
-        model.train(was_training)
     return {"loss": loss.numpy(), "accuracy": acc.numpy(), "base": np.array([base_loss, base_acc]),
             "n": np.array(len(split))}
 
