@@ -11,7 +11,6 @@ from axlab import prune, quantize
 from axlab.attention import set_topk
 from axlab.errors import ExportError, ModelLoadError
 from axlab.export import VARIANT_FILE, export_variant, load_variant
-from axlab.loading import load_model
 from axlab.measure import predict_logits
 from axlab.testing import tiny_model, tiny_split, tiny_tokenizer
 
@@ -163,4 +162,4 @@ def test_default_model_round_trip_fresh_process(default_bundle, default_splits, 
     want = predict_logits(model, b.tokenizer, texts)
     torch.testing.assert_close(fresh, want, atol=1e-5, rtol=0)
     assert (fresh.argmax(-1) == want.argmax(-1)).all()
-    assert load_model(str(folder)).info["plain"] is False
+    assert json.loads((folder / VARIANT_FILE).read_text())["plain"] is False

@@ -21,12 +21,12 @@ def test_cli_export_variant_and_report(tmp_path, monkeypatch, capsys, tokenizer)
     store.add(Variant(name="base", base=str(base), dataset="rotten_tomatoes", recipe=[], workspace="t",
                       measurements={"accuracy": 0.5, "latency_b1_ms": 2.0, "size_bytes": 8_000_000}))
     out = tmp_path / "out"
-    args = ["export", "--variant", v.id, "--out", str(out), "--onnx", "--int8", "--limit", "32", "--workspace", "t",
+    args = ["export", "--variant", v.id, "--out", str(out), "--onnx", "--limit", "32", "--workspace", "t",
             "--json"]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["onnx"]["parity_max_abs_diff"] <= 1e-4
-    expected = {"model.safetensors", "onnx/model.onnx", "onnx/model_int8.onnx", "report/report.html"}
+    expected = {"model.safetensors", "onnx/model.onnx", "report/report.html", "report/report.json", "report/report.md"}
     assert expected <= set(printed["files"])
     # the folder is the variant: same logits as replaying the recipe
     from axlab.loading import load_model
