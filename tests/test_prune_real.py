@@ -12,6 +12,15 @@ from axlab.measure import evaluate, tokenize
 from axlab.variants import apply_recipe
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """On a shared 2-core machine one thread per process is faster (thread pools contend)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def real(default_bundle, default_splits):
     return default_bundle.model, default_bundle.tokenizer, default_splits
@@ -54,8 +63,8 @@ def test_real_parity_heads_ffn_layers(real, real_batch):
 def test_real_gradient_beats_random_heads(real):
     """40% of heads by gradient importance loses less than 40% at random (mean of 3 seeds)."""
     model, tok, splits = real
-    test = splits.test.head(600)
-    imp = head_importance(model, tok, splits.validation.head(300), method="gradient", progress=False)
+    test = splits.test.head(400)
+    imp = head_importance(model, tok, splits.validation.head(200), method="gradient", progress=False)
     grad = evaluate(prune.prune_heads(model, prune.heads_by_budget(imp, 0.4)), tok, test)["accuracy"]
     rand = [evaluate(prune.prune_heads(model, prune.random_heads(model, 0.4, seed=s)), tok, test)["accuracy"]
             for s in range(3)]
@@ -63,12 +72,12 @@ def test_real_gradient_beats_random_heads(real):
 
 
 def test_real_axformer_top_layers_replay(real, real_batch):
-    """A short search (top two layers, a validation subset): suffix-cached losses are real losses; replay exact."""
+    """A short search (top layer, a validation subset): suffix-cached losses are real losses; replay exact."""
     model, tok, splits = real
-    val = splits.validation.head(150)
-    res = search(model, tok, val, config=SearchConfig(layers=[5, 4], ffn_groups=4, topk_values=(8,)))
+    val = splits.validation.head(100)
+    res = search(model, tok, val, config=SearchConfig(layers=[5], ffn_groups=2, topk_values=(8,)))
     assert res.final_loss <= res.base_loss
     assert evaluate(res.model, tok, val)["loss"] == pytest.approx(res.final_loss, abs=1e-4)
     replay = apply_recipe(model, res.full_recipe)
     torch.testing.assert_close(_logits(replay, real_batch), _logits(res.model, real_batch), atol=0, rtol=0)
-    assert {d.layer for d in res.log} == {4, 5}
+    assert {d.layer for d in res.log} == {5} and len(res.log) >= 4
