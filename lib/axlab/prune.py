@@ -129,8 +129,10 @@ def heads_by_budget(importance: torch.Tensor, fraction: float) -> dict[int, list
 
 def random_heads(model: nn.Module, fraction: float, seed: int = 0) -> dict[int, list[int]]:
     """A random ``fraction`` of the present heads: the baseline an importance score must beat."""
-    from .importance import _present_mask
-    present = _present_mask(model).float()
+    from .attention import head_layout
+    present = torch.zeros(_n_layers(model), registry.n_heads_config(model))
+    for i, kept in enumerate(head_layout(model)):
+        present[i, kept] = 1.0
     scores = torch.rand(present.shape, generator=torch.Generator().manual_seed(seed))
     return heads_by_budget(scores.masked_fill(present == 0, float("nan")), fraction)
 
