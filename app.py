@@ -1,31 +1,17 @@
 """axlab workbench: home page. Run with `streamlit run app.py`.
 
 The pages in pages/ are Streamlit's multipage folder; each calls ui.sidebar.sidebar()
-
-from ui.state import load_base  # noqa: E402
-
-try:
-    load_base(st.session_state.source, st.session_state.allow_pickle)
-except Exception as e:  # noqa: BLE001  (a new user sees what to do, not a traceback)
-    from ui.state import show_error
-    show_error(e)
 so the sidebar (model, data, workspace, saved variants) is the same everywhere.
 """
 
 import streamlit as st
 
-from ui.sidebar import sidebar
+from ui.state import init_state, load_base, show_error
 
 st.set_page_config(page_title="axlab workbench", page_icon=":material/compress:", layout="wide")
-sidebar()
-
-from ui.state import load_base  # noqa: E402
-
-try:
-    load_base(st.session_state.source, st.session_state.allow_pickle)
-except Exception as e:  # noqa: BLE001  (a new user sees what to do, not a traceback)
-    from ui.state import show_error
-    show_error(e)
+init_state()
+# The page text goes out first; the sidebar (which loads torch and the model, a few
+# seconds on a cold start) fills in after it.
 
 st.title("axlab workbench")
 st.markdown(
@@ -33,7 +19,7 @@ st.markdown(
     "what the task does not need, quantize what is left, and compare every variant's accuracy, latency and size "
     "side by side before exporting the one you want.")
 st.markdown(
-    "The default model is already loaded: **MiniLM-L6** (6 layers x 12 attention heads) fine-tuned on "
+    "It starts with the default model: **MiniLM-L6** (6 layers x 12 attention heads) fine-tuned on "
     "**Rotten Tomatoes** movie reviews (fresh vs rotten). Nothing is downloaded; every step runs on this CPU.")
 
 st.subheader("The path from load to export")
@@ -67,3 +53,13 @@ with st.expander("How the workbench keeps your work"):
         "loses nothing, and any variant can be rebuilt exactly. The base model is loaded once and never changed. "
         "Your variants belong to your **workspace** (its name is in the page address); open the sidebar's "
         "workspace box to share one with a colleague on purpose.")
+
+status = st.empty()
+from ui.sidebar import sidebar  # noqa: E402
+
+sidebar()
+try:
+    load_base(st.session_state.source, st.session_state.allow_pickle)
+except Exception as e:  # noqa: BLE001  (a new user sees what to do, not a traceback)
+    with status.container():
+        show_error(e)

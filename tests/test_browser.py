@@ -65,13 +65,15 @@ def click_button(page, label: str) -> None:
     page.get_by_role("button", name=label, exact=True).first.click()
 
 
-def set_measure_examples(page, n: int) -> None:
+def set_measurement(page, examples: int, latency_runs: int) -> None:
+    """Fewer test examples and latency runs than a user's default, to keep the test short."""
     page.get_by_text("Measurement settings").first.click()
-    box = page.get_by_role("spinbutton", name="Test examples for accuracy")
-    box.fill(str(n))
-    box.press("Enter")
-    page.wait_for_timeout(500)
-    wait_idle(page)
+    for label, value in (("Test examples for accuracy", examples), ("Batch-1 latency runs", latency_runs)):
+        box = page.get_by_role("spinbutton", name=label)
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(500)
+        wait_idle(page)
 
 
 def no_exception(page) -> None:
@@ -110,7 +112,7 @@ def test_walk_the_main_path_in_chromium(server):
             shots.append(shot(page, 4, "heads"))
 
             go(page, "Prune", "Prune", "Create variant")
-            set_measure_examples(page, 300)
+            set_measurement(page, 300, 5)
             click_button(page, "Create variant")
             main(page).get_by_text("Saved variant").wait_for(timeout=STEP_MS)
             wait_idle(page, STEP_MS)

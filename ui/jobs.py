@@ -4,6 +4,8 @@ A job belongs to one workspace and has a key (what it computes). The page that s
 waits for it with a progress bar; if the user goes to another page meanwhile, the job
 keeps running and its result is there when they come back (other pages stay usable).
 A Stop button sets a flag that the progress callback turns into ``axlab.progress.Stopped``.
+(axlab is imported lazily here and in ui.state: importing it loads torch and transformers,
+which the home page does not need for its first paint.)
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import streamlit as st
-
-from axlab.progress import Stopped
 
 __all__ = ["Job", "start", "get", "wait", "collect", "run_with_progress", "forget"]
 
@@ -42,6 +42,7 @@ class Job:
         """The ``progress`` callback handed to the library."""
         self.done, self.total, self.message = done, total, message
         if self.stop_requested:
+            from axlab.progress import Stopped
             raise Stopped()
 
     @property
@@ -77,7 +78,7 @@ def start(workspace: str, key: str, label: str, fn: Callable[[Callable], Any]) -
             job.result = fn(job.progress)
         except BaseException as e:  # noqa: BLE001  (shown to the user by the page)
             job.error = e
-            if not isinstance(e, Stopped):
+            if type(e).__name__ != "Stopped":
                 log.exception("job %s failed", label)
         finally:
             job.finished = True

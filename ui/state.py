@@ -22,8 +22,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from axlab.errors import AxlabError
-
 __all__ = ["init_state", "current", "load_base", "load_splits", "current_splits", "bundle_and_splits", "analysis_results", "variant_store", "variant_model", "model_cache", "remember_model",
            "feature", "save_upload", "show_error", "DEFAULT_SOURCE", "DEFAULT_DATASET", "workspace_variants",
            "recipe_key"]
@@ -212,6 +210,7 @@ def save_upload(uploaded) -> Path:
 
 def show_error(e: Exception) -> None:
     """An AxlabError as st.error: what is wrong and how to fix it (no traceback)."""
+    from axlab.errors import AxlabError
     if isinstance(e, AxlabError):
         st.error(f"**{e.message}**\n\nHow to fix: {e.hint}" if e.hint else f"**{e.message}**", icon=":material/error:")
     else:
