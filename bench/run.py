@@ -1,0 +1,625 @@
+"""The benchmark: axlab variants against the peers, side by side, in one run.
+
+    python bench/run.py                      # full run on the default model (writes bench/results/)
+    python bench/run.py --quick              # fewer examples and repetitions (writes bench/results/quick/)
+    python bench/run.py --quick --model tiny --out /tmp/b   # seconds; what the test suite runs
+
+One process builds every row first, then measures them all on the same test split:
+accuracy and macro-F1, then latency at batch 1 and batch 32 in interleaved rounds
+(round-robin over the rows, the starting row rotating each round), so drift on the
+machine hits every row alike; a row's latency is the median of its round medians
+(p90: the median of its round p90s). Size is the serialised size: the safetensors bytes
+an export writes for PyTorch rows (packed k-bit codes for quantized layers), the .onnx
+file for ONNX Runtime rows.
+
+Rows
+  peers: fp32 PyTorch; PyTorch dynamic int8; ONNX Runtime fp32; ONNX Runtime dynamic int8;
+         40% of heads removed by gradient importance (Michel et al.); RTN 4-bit weights.
+  axlab: the AxFormer search result; AxFormer + int8 (PyTorch and ONNX Runtime); GPFQ 3
+         and 4 bits; the best combination: candidates built from AxFormer, vocabulary
+         pruning, FFN pruning, distillation and ONNX Runtime int8, chosen on the
+         *validation* split (never on test): the smallest candidate whose validation
+         accuracy is at least fp32's (else the most accurate).
+
+Where a CUDA GPU is present, PyTorch rows also get ``latency_b1_gpu_ms`` and
+``latency_b32_gpu_ms`` (ONNX Runtime rows run on the CPU provider: None there); without
+one these columns are left out and the JSON says ``"gpu": null``.
+
+Outputs under ``--out``: ``latest.json`` and a dated copy ``bench-YYYYmmdd-HHMMSS.json``
+(hardware, threads, versions, seed, config, rows, targets), ``latest.md`` (the table)
+and ``latest.html`` (accuracy against latency and against size, Pareto fronts; plotly
+inlined, works offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["BenchConfig", "Row", "build_rows", "measure_rows", "dominates", "targets", "pareto_flags",
+           "markdown_table", "figure", "run", "main"]
+
+log = logging.getLogger("axlab.bench")
+
+SCHEMA_VERSION = 1
+REQUIRED_ROW_KEYS = ("name", "group", "accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_bytes")
+PEER_TO_BEAT = "ONNX Runtime dynamic int8"
+# the AxFormer search of the full run: the first 300 validation reviews, FFN in 4 groups, top-k 8;
+# the same options as bench/bench_prune.py's run, so both share one cached search
+AXFORMER_N_VAL = 300
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass
+class BenchConfig:
+    model: str = "default"            # "default", "tiny" (random tiny BERT, for tests) or a model source
+    dataset: str = "rotten_tomatoes"
+    quick: bool = False
+    threads: int = 2
+    seed: int = 0
+    n_test: int | None = None         # first N test examples (None = all)
+    n_val: int | None = None          # first N validation examples for choices (None = all)
+    rounds: int = 7                   # interleaved latency rounds
+    runs_b1: int = 30                 # timed batch-1 calls per row per round
+    runs_b32: int = 4                 # timed batch-32 calls per row per round
+    calibration: int = 256            # GPFQ calibration texts (training split)
+    distill_steps: int = 300
+    head_fraction: float = 0.4        # Michel et al. peer: share of heads removed
+    ffn_fractions: tuple = (0.25,)    # extra FFN pruning tried in the best-combination candidates
+    gpu: bool = True                  # add GPU latency columns when CUDA is available
+
+    def __post_init__(self):
+        if self.threads < 1:
+            raise ValueError("threads must be >= 1")
+        for name in ("rounds", "runs_b1", "runs_b32", "calibration"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.distill_steps < 0:
+            raise ValueError("distill_steps must be >= 0")
+        if not 0 < self.head_fraction < 1:
+            raise ValueError("head_fraction must be in (0, 1)")
+        self.ffn_fractions = tuple(float(f) for f in self.ffn_fractions)
+        if any(not 0 < f < 1 for f in self.ffn_fractions):
+            raise ValueError("ffn_fractions must be in (0, 1)")
+        for name in ("n_test", "n_val"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+
+    @classmethod
+    def quick_defaults(cls, **kw) -> "BenchConfig":
+        base = dict(quick=True, n_test=200, n_val=200, rounds=2, runs_b1=5, runs_b32=1, calibration=32,
+                    distill_steps=10)
+        base.update(kw)
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ffn_fractions"] = list(self.ffn_fractions)
+        return d
+
+
+@dataclass
+class Row:
+    """One model under test: how to run it, what it is, and (after measuring) its figures."""
+    name: str
+    group: str                         # "peer" or "axlab"
+    runtime: str                       # "pytorch" or "onnxruntime"
+    predictor: Callable = field(repr=False)
+    size_bytes: int
+    description: str = ""
+    build_seconds: float = 0.0
+    model: object = field(default=None, repr=False)     # the torch model (PyTorch rows), for GPU timing
+    extra: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.group not in ("peer", "axlab"):
+            raise ValueError(f"group must be 'peer' or 'axlab', not {self.group!r}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _tiny_world(cfg: BenchConfig):
+    """A random tiny BERT and small slices of the real dataset: exercises every code path in seconds."""
+    from axlab.data import Splits, load_dataset
+    from axlab.testing import tiny_model, tiny_tokenizer
+
+    s = load_dataset(cfg.dataset, seed=cfg.seed)
+    splits = Splits(name=s.name, label_names=s.label_names, train=s.train.head(256), validation=s.validation.head(64),
+                    test=s.test.head(64), seed=s.seed, file_hash=s.file_hash, source_file=s.source_file,
+                    info={**s.info, "tiny": True})
+    return tiny_model("bert", num_labels=len(s.label_names)), tiny_tokenizer(), splits, "tiny random BERT (tests)"
+
+
+def load_world(cfg: BenchConfig):
+    """(model, tokenizer, splits, description) for ``cfg.model`` and ``cfg.dataset``."""
+    if cfg.model == "tiny":
+        return _tiny_world(cfg)
+    from axlab.data import load_dataset
+    from axlab.loading import load_model
+
+    bundle = load_model(cfg.model)
+    splits = load_dataset(cfg.dataset, seed=cfg.seed)
+    return bundle.model.eval(), bundle.tokenizer, splits, str(bundle.info.get("name", cfg.model))
+
+
+# ----------------------------------------------------------------------------- building rows
+
+def _torch_row(name, group, model, description, t0, **extra) -> Row:
+    from axlab.measure import as_predictor, size_report
+    return Row(name=name, group=group, runtime="pytorch", predictor=as_predictor(model),
+               size_bytes=size_report(model)["size_bytes"], description=description,
+               build_seconds=time.perf_counter() - t0, model=model, extra=extra)
+
+
+def _onnx_rows(model, tok, folder: Path, stem: str, threads: int):
+    """Export ``model`` to ONNX (fp32, parity-checked) and its dynamic-int8 twin."""
+    from axlab.onnx_export import export_onnx
+    return export_onnx(model, tok, folder / f"{stem}.onnx", int8=True, overwrite=True, threads=threads)
+
+
+def _val_accuracy(predictor, tok, split) -> float:
+    from axlab.measure import evaluate
+    return evaluate(predictor, tok, split)["accuracy"]
+
+
+def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path, say=lambda m: None) -> tuple:
+    """Build the candidate combinations, measure each on validation, pick one.
+
+    Every candidate ends in ONNX Runtime dynamic int8 (the fastest runtime measured here).
+    Rule (validation only): the smallest file whose validation accuracy is at least the
+    fp32 base's; if none qualifies, the most accurate. Returns (row, candidates report).
+    """
+    from axlab import prune
+    from axlab.distill import distill
+
+    val = splits.validation.head(cfg.n_val)
+    base_val = _val_accuracy(base, tok, val)
+    vocab_model, vocab_report = prune.prune_vocab(ax_model, tok, splits.train.texts,
+                                                  eval_texts=splits.test.head(cfg.n_test).texts)
+    # (name, steps description, torch model)
+    plans = [("axformer+vocab", "AxFormer -> vocabulary pruning", lambda: vocab_model)]
+    if cfg.distill_steps:
+        plans.append(("axformer+vocab+distill", f"AxFormer -> vocabulary pruning -> distillation "
+                      f"({cfg.distill_steps} steps)",
+                      lambda: distill(vocab_model, base, tok, splits.train, steps=cfg.distill_steps,
+                                      seed=cfg.seed, progress=False)))
+        for frac in cfg.ffn_fractions:
+            def plan(frac=frac):
+                neurons = prune.ffn_by_budget(vocab_model, frac, "magnitude")
+                smaller = prune.prune_ffn(vocab_model, neurons)
+                return distill(smaller, base, tok, splits.train, steps=cfg.distill_steps, seed=cfg.seed,
+                               progress=False)
+            plans.append((f"axformer+ffn{int(frac * 100)}+vocab+distill",
+                          f"AxFormer -> FFN -{int(frac * 100)}% (magnitude) -> vocabulary pruning -> "
+                          f"distillation ({cfg.distill_steps} steps)", plan))
+    report, best = [], None
+    for key, desc, build in plans:
+        t0 = time.perf_counter()
+        model = build()
+        res = _onnx_rows(model, tok, folder, f"best-{key}", cfg.threads)
+        acc = _val_accuracy(res.int8_predictor, tok, val)
+        rec = {"candidate": key, "steps": desc + " -> ONNX Runtime int8", "val_accuracy": acc,
+               "size_bytes": int(res.int8_size_bytes), "build_seconds": round(time.perf_counter() - t0, 1)}
+        report.append(rec)
+        say(f"  candidate {key}: val acc {acc:.4f}, {res.int8_size_bytes / 1e6:.1f} MB")
+        qualifies = acc >= base_val
+        score = (qualifies, -rec["size_bytes"] if qualifies else acc)
+        if best is None or score > best[0]:
+            best = (score, rec, res, model)
+    _, rec, res, model = best
+    row = Row(name="axlab best combination", group="axlab", runtime="onnxruntime", predictor=res.int8_predictor,
+              size_bytes=int(res.int8_size_bytes), description=rec["steps"], build_seconds=sum(
+                  r["build_seconds"] for r in report),
+              extra={"chosen": rec["candidate"], "chosen_on": f"validation ({len(val)} examples)",
+                     "base_val_accuracy": base_val, "val_accuracy": rec["val_accuracy"],
+                     "vocab": {k: vocab_report[k] for k in ("vocab_size", "kept", "oov_rate")}})
+    return row, {"base_val_accuracy": base_val, "rule": "smallest int8 file with validation accuracy >= fp32's",
+                 "candidates": report}
+
+
+def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: None) -> tuple[list[Row], dict]:
+    """Every row of the benchmark, built before anything is timed. Returns (rows, notes)."""
+    from axlab import prune
+    from axlab import quantize as Q
+    from axlab.axformer import SearchConfig, cached_search
+    from axlab.gpfq import gpfq
+    from axlab.importance import head_importance
+
+    rows: list[Row] = []
+    notes: dict = {}
+
+    def add(row: Row):
+        rows.append(row)
+        say(f"built {row.name:<34} {row.size_bytes / 1e6:8.2f} MB  ({row.build_seconds:.1f} s)")
+
+    # --- peers
+    t0 = time.perf_counter()
+    add(_torch_row("fp32 PyTorch", "peer", base, "the fine-tuned model as loaded", t0))
+    t0 = time.perf_counter()
+    add(_torch_row("PyTorch dynamic int8", "peer", Q.int8_dynamic(base),
+                   "every Linear on int8 weights + dynamic int8 activations (quantize_dynamic equivalent)", t0))
+    t0 = time.perf_counter()
+    res = _onnx_rows(base, tok, folder, "base", cfg.threads)
+    dt = time.perf_counter() - t0
+    add(Row("ONNX Runtime fp32", "peer", "onnxruntime", res.predictor, int(res.size_bytes),
+            "torch.onnx dynamo export, parity-checked", dt, extra={"parity_max_abs_diff": res.parity_max_abs_diff}))
+    add(Row(PEER_TO_BEAT, "peer", "onnxruntime", res.int8_predictor, int(res.int8_size_bytes),
+            "onnxruntime.quantization.quantize_dynamic (QInt8) of the fp32 graph", dt))
+    t0 = time.perf_counter()
+    val = splits.validation.head(cfg.n_val)
+    imp = head_importance(base, tok, val, method="gradient", progress=False)
+    heads = prune.heads_by_budget(imp, cfg.head_fraction)
+    add(_torch_row(f"heads -{int(cfg.head_fraction * 100)}% (gradient, Michel)", "peer",
+                   prune.prune_heads(base, heads),
+                   f"{int(cfg.head_fraction * 100)}% of heads with the lowest gradient importance (validation) removed",
+                   t0, heads_removed=sum(len(v) for v in heads.values())))
+    t0 = time.perf_counter()
+    add(_torch_row("RTN 4-bit", "peer", Q.rtn(base, 4),
+                   "weight-only round-to-nearest 4-bit, per output channel (computes in fp32)", t0))
+
+    # --- axlab
+    t0 = time.perf_counter()
+    # quick: the same search (instant when cached), but stopped after 2 minutes if it is not
+    scfg = SearchConfig(n_val=AXFORMER_N_VAL, ffn_groups=4, topk_values=(8,),
+                        time_budget_s=120 if cfg.quick else None)
+    ax = cached_search(base, tok, splits, config=scfg, progress=False)
+    notes["axformer"] = {**ax.summary(), "config": scfg.to_dict()}
+    add(_torch_row("AxFormer", "axlab", ax.model, "AxFormer search (validation loss must improve)", t0,
+                   search_seconds=ax.seconds, cached=ax.cached, removed=ax.summary()["removed"]))
+    t0 = time.perf_counter()
+    add(_torch_row("AxFormer + int8 (PyTorch)", "axlab", Q.int8_dynamic(ax.model),
+                   "AxFormer, then int8 Linear layers with dynamic activations", t0))
+    t0 = time.perf_counter()
+    ares = _onnx_rows(ax.model, tok, folder, "axformer", cfg.threads)
+    add(Row("AxFormer + int8 (ONNX Runtime)", "axlab", "onnxruntime", ares.int8_predictor, int(ares.int8_size_bytes),
+            "AxFormer, exported (parity-checked), ONNX Runtime dynamic int8", time.perf_counter() - t0))
+    calib = Q.calibration_texts(splits, cfg.calibration, seed=cfg.seed)
+    for bits in (3, 4):
+        t0 = time.perf_counter()
+        add(_torch_row(f"GPFQ {bits}-bit", "axlab", gpfq(base, tok, calib, bits, progress=False),
+                       f"GPFQ weight-only {bits}-bit ({len(calib)} calibration texts; computes in fp32)", t0))
+    say("choosing the best combination on validation ...")
+    best, notes["best_combination"] = best_combination(base, tok, splits, ax.model, cfg, folder, say)
+    add(best)
+    return rows, notes
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def _gpu_predictor(model) -> Callable | None:
+    """A predictor running a copy of ``model`` on CUDA (synchronised), or None if it cannot run there."""
+    try:
+        m = copy.deepcopy(model).to("cuda").eval()
+
+        def predict(batch: dict) -> torch.Tensor:
+            with torch.inference_mode():
+                out = m(input_ids=batch["input_ids"].to("cuda"),
+                        attention_mask=batch["attention_mask"].to("cuda")).logits
+            torch.cuda.synchronize()
+            return out.cpu()
+        return predict
+    except Exception as e:  # int8 CPU kernels and the like
+        log.info("no GPU run for this model: %s", e)
+        return None
+
+
+def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: None) -> None:
+    """Accuracy on ``test``, then interleaved latency rounds; fills ``row.results``."""
+    from axlab.measure import evaluate, latency
+
+    for row in rows:
+        ev = evaluate(row.predictor, tok, test)
+        row.results.update(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"], n_test=ev["n"])
+        say(f"accuracy {row.name:<34} {ev['accuracy']:.4f}")
+
+    def rounds(predictors: dict, prefix: str) -> None:
+        per = {name: {1: [], 32: []} for name in predictors}
+        names = list(predictors)
+        for r in range(cfg.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]     # rotate the starting row
+            for bs, runs in ((1, cfg.runs_b1), (32, cfg.runs_b32)):
+                for name in order:
+                    lat = latency(predictors[name], tok, test.texts, bs, n_runs=runs, warmup=2 if bs == 1 else 1,
+                                  seed=cfg.seed * 1000 + r, threads=cfg.threads)
+                    per[name][bs].append((lat["median_ms"], lat["p90_ms"]))
+            say(f"latency round {r + 1}/{cfg.rounds} ({prefix or 'cpu'}) done")
+        for row in rows:
+            if row.name not in per:
+                continue
+            for bs in (1, 32):
+                meds = [m for m, _ in per[row.name][bs]]
+                row.results[f"latency_b{bs}{prefix}_ms"] = statistics.median(meds)
+                row.results[f"latency_b{bs}{prefix}_p90_ms"] = statistics.median(p for _, p in per[row.name][bs])
+                row.results[f"latency_b{bs}{prefix}_rounds_ms"] = [round(m, 4) for m in meds]
+
+    rounds({row.name: row.predictor for row in rows}, "")
+    if cfg.gpu and torch.cuda.is_available():
+        gpu = {row.name: p for row in rows if row.runtime == "pytorch" and (p := _gpu_predictor(row.model))}
+        if gpu:
+            rounds(gpu, "_gpu")
+        for row in rows:
+            for bs in (1, 32):
+                row.results.setdefault(f"latency_b{bs}_gpu_ms", None)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def dominates(a: dict, b: dict, latency_key: str = "latency_b1_ms") -> bool:
+    """``a`` is at least as accurate as ``b``, no slower and no larger (the issue's definition)."""
+    return (a["accuracy"] >= b["accuracy"] and a[latency_key] <= b[latency_key]
+            and a["size_bytes"] <= b["size_bytes"])
+
+
+def pareto_flags(rows: list[dict], x: str) -> list[bool]:
+    """True for rows no other row beats (``x`` lower-or-equal, accuracy higher-or-equal, one strictly)."""
+    out = []
+    for i, r in enumerate(rows):
+        beaten = any(j != i and o[x] <= r[x] and o["accuracy"] >= r["accuracy"]
+                     and (o[x] < r[x] or o["accuracy"] > r["accuracy"]) for j, o in enumerate(rows))
+        out.append(not beaten)
+    return out
+
+
+def add_ratios(rows: list[dict], ref_name: str = "fp32 PyTorch") -> None:
+    """Ratios to the reference row: latency and size as fractions, speedup and compression as x-fold."""
+    ref = next(r for r in rows if r["name"] == ref_name)
+    for r in rows:
+        for k in ("latency_b1_ms", "latency_b32_ms", "latency_b1_gpu_ms", "latency_b32_gpu_ms"):
+            if _finite(r.get(k)) and _finite(ref.get(k)):
+                r[k.replace("_ms", "_ratio")] = r[k] / ref[k]
+                r[k.replace("latency", "speedup").replace("_ms", "")] = ref[k] / r[k]
+        r["size_ratio"] = r["size_bytes"] / ref["size_bytes"]
+        r["compression"] = ref["size_bytes"] / r["size_bytes"]
+        r["accuracy_delta_points"] = 100 * (r["accuracy"] - ref["accuracy"])
+
+
+def targets(rows: list[dict], ref_name: str = "fp32 PyTorch", strongest_peer: str = PEER_TO_BEAT) -> dict:
+    """The issue's targets, measured: does the best axlab row dominate every peer at batch 1,
+    and how far beyond the strongest peer is it (goal: 1.5x on latency and size, accuracy >= fp32)?
+
+    "Best axlab row": among the axlab rows that dominate the most peers (then: test accuracy
+    at least fp32's), the one furthest beyond the strongest peer on its weaker axis
+    (min of the batch-1 speedup and the compression against that peer).
+    """
+    peers = [r for r in rows if r["group"] == "peer"]
+    ours = [r for r in rows if r["group"] == "axlab"]
+    ref = next(r for r in rows if r["name"] == ref_name)
+    top = next((r for r in rows if r["name"] == strongest_peer), None)
+    def beyond(a: dict) -> float:     # how far beyond the strongest peer, on its weaker axis
+        if top is None:
+            return -a["latency_b1_ms"]
+        return min(top["latency_b1_ms"] / a["latency_b1_ms"], top["size_bytes"] / a["size_bytes"])
+
+    scored = [(sum(dominates(a, p) for p in peers), a["accuracy"] >= ref["accuracy"], beyond(a), a) for a in ours]
+    best = max(scored, key=lambda t: t[:3])[3]
+    out = {"best_axlab_row": best["name"],
+           "dominates_every_peer_b1": all(dominates(best, p) for p in peers),
+           "peers_not_dominated": [p["name"] for p in peers if not dominates(best, p)],
+           "accuracy_at_least_fp32": best["accuracy"] >= ref["accuracy"]}
+    if top is not None:
+        sp, cp = top["latency_b1_ms"] / best["latency_b1_ms"], top["size_bytes"] / best["size_bytes"]
+        out.update({"strongest_peer": strongest_peer, "speedup_b1_vs_strongest_peer": sp,
+                    "compression_vs_strongest_peer": cp,
+                    "speedup_b32_vs_strongest_peer": top["latency_b32_ms"] / best["latency_b32_ms"],
+                    "goal_1.5x_latency_b1": sp >= 1.5, "goal_1.5x_size": cp >= 1.5})
+    return out
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def _fmt(x, spec: str) -> str:
+    return format(x, spec) if _finite(x) else "n/a"
+
+
+def markdown_table(result: dict) -> str:
+    rows = result["rows"]
+    gpu = any("latency_b1_gpu_ms" in r for r in rows)
+    head = ["row", "group", "runtime", "test acc", "macro-F1", "b1 ms (p90)", "b32 ms (p90)", "size MB",
+            "speedup b1", "speedup b32", "compression"] + (["GPU b1 ms", "GPU b32 ms"] if gpu else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"**{r['name']}**" if r["name"] == result["targets"]["best_axlab_row"] else r["name"], r["group"],
+                 r["runtime"], _fmt(r["accuracy"], ".4f"), _fmt(r["macro_f1"], ".4f"),
+                 f"{_fmt(r['latency_b1_ms'], '.2f')} ({_fmt(r['latency_b1_p90_ms'], '.2f')})",
+                 f"{_fmt(r['latency_b32_ms'], '.1f')} ({_fmt(r['latency_b32_p90_ms'], '.1f')})",
+                 _fmt(r["size_bytes"] / 1e6, ".2f"), _fmt(r.get("speedup_b1"), ".2f") + "x",
+                 _fmt(r.get("speedup_b32"), ".2f") + "x", _fmt(r["compression"], ".2f") + "x"]
+        if gpu:
+            cells += [_fmt(r.get("latency_b1_gpu_ms"), ".2f"), _fmt(r.get("latency_b32_gpu_ms"), ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    t, hw = result["targets"], result["hardware"]
+    lines += ["", f"Test split: {result['n_test']} examples; {result['threads']} threads; {hw.get('cpu')}; "
+              f"torch {hw.get('torch')}, transformers {hw.get('transformers')}, onnxruntime {hw.get('onnxruntime')}; "
+              f"seed {result['seed']}; {'quick' if result['config']['quick'] else 'full'} mode; "
+              f"{result['config']['rounds']} interleaved latency rounds.", "",
+              f"Best axlab row: **{t['best_axlab_row']}**. Dominates every peer at batch 1 (accuracy >=, latency <=, "
+              f"size <=): **{'yes' if t['dominates_every_peer_b1'] else 'no'}**"
+              + ("" if t["dominates_every_peer_b1"] else f" (not: {', '.join(t['peers_not_dominated'])})") + "."]
+    if "strongest_peer" in t:
+        lines.append(f"Against {t['strongest_peer']}: {t['speedup_b1_vs_strongest_peer']:.2f}x faster at batch 1, "
+                     f"{t['speedup_b32_vs_strongest_peer']:.2f}x at batch 32, {t['compression_vs_strongest_peer']:.2f}x "
+                     f"smaller (goal 1.5x each); test accuracy {'>=' if t['accuracy_at_least_fp32'] else '<'} fp32's.")
+    if result.get("timing_note"):
+        lines += ["", result["timing_note"]]
+    return "\n".join(lines) + "\n"
+
+
+def figure(result: dict):
+    """Accuracy against batch-1 latency and against size, each with its Pareto front."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = [r for r in result["rows"] if _finite(r["latency_b1_ms"]) and _finite(r["accuracy"])]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy vs latency (batch 1)", "accuracy vs size"))
+    colors = {"peer": "#1f77b4", "axlab": "#d62728"}
+    for col, (x, label, scale) in enumerate((("latency_b1_ms", "latency, batch 1 (ms)", 1.0),
+                                             ("size_bytes", "serialised size (MB)", 1e-6)), start=1):
+        flags = pareto_flags(rows, x)
+        front = sorted((r for r, f in zip(rows, flags) if f), key=lambda r: r[x])
+        fig.add_trace(go.Scatter(x=[r[x] * scale for r in front], y=[r["accuracy"] for r in front], mode="lines",
+                                 line=dict(color="#999", dash="dash", shape="hv"), name="Pareto front",
+                                 showlegend=col == 1, hoverinfo="skip"), row=1, col=col)
+        for group in ("peer", "axlab"):
+            part = [(r, f) for r, f in zip(rows, flags) if r["group"] == group]
+            fig.add_trace(go.Scatter(
+                x=[r[x] * scale for r, _ in part], y=[r["accuracy"] for r, _ in part], mode="markers+text",
+                text=[r["name"] for r, _ in part], textposition="top center", textfont=dict(size=9),
+                marker=dict(size=11, color=colors[group], symbol=["circle" if f else "circle-open" for _, f in part],
+                            line=dict(width=1.5, color=colors[group])),
+                name=group, showlegend=col == 1,
+                hovertemplate="<b>%{text}</b><br>" + label + ": %{x:.3g}<br>accuracy: %{y:.4f}<extra></extra>"),
+                row=1, col=col)
+        fig.update_xaxes(title_text=label, type="log", row=1, col=col)
+        fig.update_yaxes(title_text="test accuracy", row=1, col=col)
+    fig.update_layout(title=f"axlab benchmark: {result['model']} on {result['dataset']} "
+                            f"({result['n_test']} test examples, {result['threads']} threads)",
+                      template="plotly_white", height=560, width=1300, margin=dict(l=60, r=20, t=80, b=50))
+    return fig
+
+
+def write_outputs(result: dict, out: Path) -> dict:
+    """latest.json + dated copy, latest.md, latest.html (written atomically). Returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.fromisoformat(result["finished"]).strftime("%Y%m%d-%H%M%S")
+    text = json.dumps(result, indent=2, default=str)
+    paths = {"json": out / "latest.json", "dated": out / f"bench-{stamp}.json", "md": out / "latest.md",
+             "html": out / "latest.html"}
+    contents = {"json": text, "dated": text, "md": markdown_table(result)}
+    for key, body in contents.items():
+        tmp = paths[key].with_suffix(".tmp")
+        tmp.write_text(body)
+        tmp.replace(paths[key])
+    tmp = paths["html"].with_suffix(".tmp")
+    figure(result).write_html(tmp, include_plotlyjs=True, full_html=True)
+    tmp.replace(paths["html"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+# ----------------------------------------------------------------------------- the one command
+
+def _versions() -> dict:
+    import importlib.metadata as md
+    out = {}
+    for pkg in ("axlab", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _gpu_info() -> dict | None:
+    if not torch.cuda.is_available():
+        return None
+    return {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
+            "cuda": torch.version.cuda}
+
+
+def run(cfg: BenchConfig, out: Path, say=lambda m: None) -> dict:
+    """Build every row, measure them interleaved, write the outputs; returns the result dict."""
+    from axlab.measure import hardware_info
+
+    t_start = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        base, tok, splits, model_name = load_world(cfg)
+        test = splits.test.head(cfg.n_test)
+        with tempfile.TemporaryDirectory(prefix="axlab-bench-") as folder:
+            t0 = time.perf_counter()
+            rows, notes = build_rows(base, tok, splits, cfg, Path(folder), say)
+            build_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            measure_rows(rows, tok, test, cfg, say)
+            measure_s = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old_threads)
+    records = []
+    for r in rows:
+        rec = {"name": r.name, "group": r.group, "runtime": r.runtime, "description": r.description,
+               **r.results, "size_bytes": int(r.size_bytes), "build_seconds": round(r.build_seconds, 2), **r.extra}
+        records.append(rec)
+    add_ratios(records)
+    result = {
+        "schema": SCHEMA_VERSION, "model": model_name, "model_source": cfg.model, "dataset": cfg.dataset,
+        "n_test": len(test), "n_validation_for_choices": len(splits.validation.head(cfg.n_val)),
+        "threads": cfg.threads, "seed": cfg.seed, "config": cfg.to_dict(),
+        "hardware": {**hardware_info(), "threads": cfg.threads, "ort_intra_op_threads": cfg.threads},
+        "gpu": _gpu_info(), "versions": _versions(),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": {"build": round(build_s, 1), "measure": round(measure_s, 1),
+                    "total": round(time.perf_counter() - t_start, 1)},
+        "timing_note": ("Latency: median of per-round medians over interleaved rounds (round-robin over all rows, "
+                        "starting row rotated each round), texts drawn from the test split at their real lengths. "
+                        "On a shared machine the figures are noisy; compare rows within one run."),
+        "rows": records, "notes": notes,
+    }
+    result["targets"] = targets(records)
+    result["outputs"] = write_outputs(result, out)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer examples and repetitions (keeps the code working)")
+    ap.add_argument("--out", default=None, help="output folder (default bench/results, quick: bench/results/quick)")
+    ap.add_argument("--model", default="default", help="'default', 'tiny' (random tiny BERT) or a model source")
+    ap.add_argument("--dataset", default="rotten_tomatoes")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-test", type=int, default=None, help="first N test examples (default: all; quick: 200)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (default 7; quick 2)")
+    ap.add_argument("--distill-steps", type=int, default=None, help="default 300; quick 10")
+    ap.add_argument("--no-gpu", action="store_true", help="skip the GPU latency columns even if CUDA is present")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    kw = {"model": args.model, "dataset": args.dataset, "threads": args.threads, "seed": args.seed,
+          "gpu": not args.no_gpu}
+    for name in ("n_test", "rounds", "distill_steps"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    cfg = BenchConfig.quick_defaults(**kw) if args.quick else BenchConfig(**kw)
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / ("quick" if args.quick else "")
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        sys.stderr.write(f"[{time.perf_counter() - t0:7.1f}s] {msg}\n")
+        sys.stderr.flush()
+
+    result = run(cfg, out, say)
+    sys.stdout.write(markdown_table(result))
+    say(f"wrote {', '.join(result['outputs'].values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The benchmark command keeps working: `bench/run.py --quick` on a tiny model, and its analysis helpers.
+
+The full benchmark (default model, all test reviews) is run by hand; see bench/README.md.
+Nothing here asserts a timing: only that every row was measured and the outputs are well formed.
+"""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "bench" / "run.py"
+
+PEERS = {"fp32 PyTorch", "PyTorch dynamic int8", "ONNX Runtime fp32", "ONNX Runtime dynamic int8", "RTN 4-bit"}
+AXLAB = {"AxFormer", "AxFormer + int8 (PyTorch)", "AxFormer + int8 (ONNX Runtime)", "GPFQ 3-bit", "GPFQ 4-bit",
+         "axlab best combination"}
+
+
+def _load_run_module():
+    spec = importlib.util.spec_from_file_location("axlab_bench_run", RUN)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod          # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load_run_module()
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    """One quick run on the tiny model in a fresh process (as a person would run it)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(RUN), "--quick", "--model", "tiny", "--threads", "1",
+                           "--n-test", "24", "--distill-steps", "2", "--rounds", "2", "--no-gpu", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, json.loads((out / "latest.json").read_text()), proc
+
+
+def test_quick_run_writes_every_output(quick_result):
+    out, res, proc = quick_result
+    dated = [p for p in out.glob("bench-*.json")]
+    assert len(dated) == 1 and json.loads(dated[0].read_text()) == res
+    md = (out / "latest.md").read_text()
+    html = (out / "latest.html").read_text()
+    for r in res["rows"]:
+        assert r["name"] in md
+    assert "Pareto front" in html and "<script src=\"http" not in html     # plotly inlined, works offline
+    assert "| row |" in proc.stdout                                       # the table is printed too
+
+
+def test_quick_run_schema_and_every_row_measured(quick_result):
+    _, res, _ = quick_result
+    for key in ("hardware", "threads", "versions", "seed", "rows", "targets", "config", "n_test"):
+        assert key in res
+    assert res["threads"] == 1 and res["config"]["quick"] is True
+    assert res["versions"]["torch"] and res["versions"]["onnxruntime"]
+    names = [r["name"] for r in res["rows"]]
+    assert len(names) == len(set(names))
+    assert PEERS <= set(names) and AXLAB <= set(names)
+    assert any(n.startswith("heads -40%") for n in names)                 # Michel et al. peer
+    for r in res["rows"]:
+        for k in bench.REQUIRED_ROW_KEYS:
+            assert k in r, (r["name"], k)
+        assert r["group"] in ("peer", "axlab")
+        assert r["group"] == ("peer" if r["name"] in PEERS or r["name"].startswith("heads") else "axlab")
+        for k in ("accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "latency_b1_p90_ms",
+                  "latency_b32_p90_ms", "speedup_b1", "compression"):
+            assert isinstance(r[k], (int, float)) and math.isfinite(r[k]) and r[k] >= 0, (r["name"], k, r[k])
+        assert 0 <= r["accuracy"] <= 1 and r["size_bytes"] > 0
+        assert r["latency_b1_p90_ms"] >= r["latency_b1_ms"] * 0.5
+        assert len(r["latency_b1_rounds_ms"]) == res["config"]["rounds"]
+        assert r["n_test"] == res["n_test"] == 24
+    fp32 = next(r for r in res["rows"] if r["name"] == "fp32 PyTorch")
+    assert fp32["speedup_b1"] == pytest.approx(1.0) and fp32["compression"] == pytest.approx(1.0)
+
+
+def test_quick_run_gpu_columns_skipped_cleanly(quick_result):
+    _, res, _ = quick_result
+    assert res["gpu"] is None                    # --no-gpu (and CI has no GPU)
+    assert not any("latency_b1_gpu_ms" in r for r in res["rows"])
+
+
+def test_quick_run_sizes_follow_the_transforms(quick_result):
+    """Sizes are real serialised sizes: int8 < fp32, vocabulary pruning shrinks the best combination."""
+    _, res, _ = quick_result
+    by = {r["name"]: r for r in res["rows"]}
+    assert by["ONNX Runtime dynamic int8"]["size_bytes"] < by["ONNX Runtime fp32"]["size_bytes"]
+    assert by["RTN 4-bit"]["size_bytes"] < by["fp32 PyTorch"]["size_bytes"]
+    best = by["axlab best combination"]
+    assert best["size_bytes"] < by["AxFormer + int8 (ONNX Runtime)"]["size_bytes"]
+    assert best["vocab"]["kept"] < best["vocab"]["vocab_size"]
+    cands = res["notes"]["best_combination"]["candidates"]
+    assert best["chosen"] in [c["candidate"] for c in cands]
+    assert res["targets"]["best_axlab_row"] in by
+
+
+def _row(name, group, acc, lat, size):
+    return {"name": name, "group": group, "accuracy": acc, "latency_b1_ms": lat, "latency_b32_ms": lat * 10,
+            "size_bytes": size}
+
+
+def test_dominates_needs_all_three():
+    a = _row("a", "axlab", 0.84, 1.0, 10)
+    assert bench.dominates(a, _row("p", "peer", 0.84, 1.0, 10))
+    assert not bench.dominates(a, _row("p", "peer", 0.85, 2.0, 20))     # less accurate
+    assert not bench.dominates(a, _row("p", "peer", 0.80, 0.9, 20))     # slower
+    assert not bench.dominates(a, _row("p", "peer", 0.80, 2.0, 9))      # larger
+
+
+def test_targets_and_pareto():
+    rows = [_row("fp32 PyTorch", "peer", 0.835, 6.0, 90), _row("ONNX Runtime dynamic int8", "peer", 0.837, 2.0, 24),
+            _row("small", "axlab", 0.84, 1.2, 12), _row("fast-but-worse", "axlab", 0.80, 0.5, 5)]
+    t = bench.targets(rows)
+    assert t["best_axlab_row"] == "small" and t["dominates_every_peer_b1"]
+    assert t["speedup_b1_vs_strongest_peer"] == pytest.approx(2.0 / 1.2)
+    assert t["compression_vs_strongest_peer"] == pytest.approx(2.0) and t["goal_1.5x_size"]
+    rows[2]["accuracy"] = 0.836                                          # now below ORT int8's 0.837
+    t = bench.targets(rows)
+    assert not t["dominates_every_peer_b1"] and t["peers_not_dominated"] == ["ONNX Runtime dynamic int8"]
+    assert bench.pareto_flags(rows, "latency_b1_ms") == [False, True, True, True]      # fp32 is beaten
+    rows[2]["accuracy"] = 0.83                                           # now ORT int8 beats it on both
+    assert bench.pareto_flags(rows, "latency_b1_ms") == [False, True, False, True]
+    bench.add_ratios(rows)
+    assert rows[1]["speedup_b1"] == pytest.approx(3.0) and rows[1]["compression"] == pytest.approx(90 / 24)
+
+
+def test_config_validates():
+    with pytest.raises(ValueError):
+        bench.BenchConfig(threads=0)
+    with pytest.raises(ValueError):
+        bench.BenchConfig(head_fraction=1.5)
+    with pytest.raises(ValueError):
+        bench.Row("x", "other", "pytorch", predictor=lambda b: b, size_bytes=1)
+    assert bench.BenchConfig.quick_defaults().quick
