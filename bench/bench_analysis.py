@@ -62,13 +62,21 @@ def main(argv=None) -> int:
     res: dict = {"model": "default", "n_layers": bundle.n_layers, "n_heads": bundle.n_heads,
                  "load_avg_before": os.getloadavg(), "hardware": hardware_info(), "timings_s": {}}
     t = res["timings_s"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:               # after every stage, so a long run leaves partial figures
+        out.write_text(json.dumps(res, indent=2, default=str) + "\n")
 
     grad, t[f"gradient_importance_{len(v1000)}"] = timed(
         lambda: head_importance(model, tok, v1000, method="gradient", progress=False, cache_results=False))
+    save()
     stats, t[f"head_statistics_{len(v1000)}"] = timed(
         lambda: head_statistics(model, tok, v1000, progress=False, cache_results=False))
+    save()
     abl, t[f"ablation_72_heads_{len(v500)}"] = timed(
         lambda: head_ablation(model, tok, v500, progress=False, cache_results=False))
+    save()
     cap, t[f"captum_ig_gates_{len(v500)}_8steps"] = timed(
         lambda: head_importance(model, tok, v500, method="captum", n_steps=8, progress=False, cache_results=False))
     grad500 = head_importance(model, tok, v500, method="gradient", progress=False, cache_results=False)
@@ -103,9 +111,7 @@ def main(argv=None) -> int:
     res["rollout_cls"] = {tok_: round(float(v), 3) for tok_, v in zip(att.tokens[0], roll[0])}
     res["attribution"] = {"label": attr.label, "p": round(attr.output, 4), "delta": attr.delta,
                           "scores": {tok_: round(float(s), 4) for tok_, s in zip(attr.tokens, attr.scores)}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    save()
     sys.stdout.write(json.dumps({"timings_s": t, "spearman_500": res["spearman_500"], "ablation": res["ablation"],
                                  "remove_12_heldout_500": res["remove_12_heldout_500"]},
                                 indent=2) + "\n")
