@@ -162,6 +162,9 @@ with t_search:
                     "log": [dataclasses.asdict(d) if dataclasses.is_dataclass(d) else d for d in res.log],
                     "summary": (res.base_accuracy, res.final_accuracy, res.base_loss, res.final_loss, res.stopped)}
                 st.session_state.search_model = res.model
+                if hasattr(ax, "decisions_frame") and hasattr(ax, "loss_trace_figure"):
+                    st.session_state.search_result["frame"] = ax.decisions_frame(res)
+                    st.session_state.search_result["figure"] = ax.loss_trace_figure(res)
         except Stopped:
             st.warning("The search was stopped.", icon=":material/stop_circle:")
         except Exception as e:  # noqa: BLE001
@@ -176,10 +179,14 @@ with t_search:
             if stopped:
                 st.caption("The search was stopped early: this is what it had found by then.")
             st.subheader("Decision log")
-            import pandas as pd
-            log = pd.DataFrame(res["log"])
-            if "target" in log:
-                log["target"] = log["target"].astype(str)
+            if res.get("figure") is not None:
+                st.plotly_chart(res["figure"], key="ax_trace")
+            log = res.get("frame")
+            if log is None:
+                import pandas as pd
+                log = pd.DataFrame(res["log"])
+                if "target" in log:
+                    log["target"] = log["target"].astype(str)
             st.dataframe(log, hide_index=True, key="ax_log")
             with st.expander("Recipe found"):
                 st.code(json.dumps(res["recipe"], indent=1), language="json")

@@ -290,3 +290,17 @@ def test_a_job_keeps_running_without_its_page_and_can_be_stopped():
     job.stop_requested = True                                         # what the Stop button does
     with pytest.raises(Stopped):
         jobs.collect("ws-jobs", "slot")
+
+
+def test_axformer_search_shows_its_log_and_saves_the_variant(tiny_folder):
+    at = page(new_app(tiny_folder, measure_n=60, latency_runs=5), "4_Prune")
+    at.slider(key="ax_nval").set_value(100).run()
+    at.button(key="ax_go").click().run()
+    assert_clean(at, "search")
+    assert any(h.value == "Decision log" for h in at.subheader)
+    kept = next(m for m in at.metric if m.label == "Changes kept").value
+    at.button(key="search_go").click().run()
+    assert_clean(at, "save search")
+    found = at.session_state["search_result"]["recipe"]
+    saved = {v.name: v for v in _variants(at)}["axformer"]
+    assert saved.recipe == found and kept.endswith(f"of {len(at.session_state['search_result']['log'])}")

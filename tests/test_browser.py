@@ -142,6 +142,8 @@ def test_walk_the_main_path_in_chromium(server):
             wait_idle(page)
             click_button(page, "Export")
             main(page).get_by_text("Exported to").wait_for(timeout=STEP_MS)
+            page.get_by_role("button", name="Download the report (HTML)").wait_for(timeout=STEP_MS)
+            wait_idle(page, STEP_MS)
             no_exception(page)
             shots.append(shot(page, 8, "export"))
         finally:
