@@ -40,6 +40,7 @@ class RecipeContext:
     tokenizer: object = None
     splits: object = None           # axlab.data.Splits or None
     progress: object = None
+    base: object = None             # the unmodified base model (e.g. the teacher for distillation)
 
     def require_splits(self, op: str):
         if self.splits is None:
@@ -100,7 +101,7 @@ def apply_recipe(base: nn.Module, recipe: list[dict], *, tokenizer=None, splits=
     """A new model: the base with every step of ``recipe`` applied. The base is not touched."""
     validate_recipe(recipe)
     model = copy.deepcopy(base)
-    ctx = RecipeContext(tokenizer=tokenizer, splits=splits, progress=progress)
+    ctx = RecipeContext(tokenizer=tokenizer, splits=splits, progress=progress, base=base)
     for step in recipe:
         model = apply_step(model, step, ctx)
     model.eval()
