@@ -89,7 +89,7 @@ NB01 = [
     DATASET = "rotten_tomatoes"    # a packaged dataset name, or a CSV file
     N_EXAMPLES = 1000              # validation reviews for accuracy and head statistics
     SENTENCE = "The plot is thin, but the two leads are so warm and funny that I loved every minute."
-    LAYER, HEAD = 0, 0             # the head to look at up close (changed below to the most local head)
+    LAYER, HEAD = 0, 0             # a head to look at up close
     """),
     md("## Load the model and the data"),
     code(SETUP),
@@ -122,9 +122,8 @@ NB01 = [
     Patterns you can often spot: heads whose map is a diagonal stripe just off the main
     diagonal (each token looks at its neighbour: a *local* head), heads with a bright last
     column (everything attends to `[SEP]`), and heads with a bright first column (`[CLS]`).
-    Here is one head up close; we pick the most local head of the first layer, measured
-    over the data in the next section, once those statistics exist. For now, `LAYER`, `HEAD`
-    from the parameters:
+    Here is one head up close (`LAYER`, `HEAD` from the parameters); once the statistics
+    below are measured, we look at the most local and the most global head the same way.
     """),
     code("""
     viz.head_heatmap(att, LAYER, HEAD).show()
@@ -828,7 +827,7 @@ NB05 = [
     |---|---|
     | base | (nothing) |
     | axformer | the AxFormer search's removals + hard attention (cached from notebook 3) |
-    | gpfq | GPFQ k-bit weights |
+    | gpfq4 | GPFQ 4-bit weights (or round-to-nearest: `QUANT_METHOD`) |
     | int8 | int8 weights on int8 kernels |
     | axformer + gpfq, axformer + int8 | both |
 
@@ -843,7 +842,8 @@ NB05 = [
     N_TEST = 1000                       # test reviews to score every variant
     LATENCY_RUNS = (50, 10)             # timed runs at batch 1 and batch 32
 """ + SEARCH_PARAMS + """
-    QUANT_BITS = 4                      # GPFQ bit-width
+    QUANT_METHOD = "gpfq"               # "gpfq" (calibrated, notebook 4) or "rtn" (round-to-nearest, data-free)
+    QUANT_BITS = 4                      # bits per weight
     N_CALIBRATION = 256                 # GPFQ calibration reviews (drawn from the training split, seeded)
     GPFQ_OPTIONS = {}                   # more GPFQConfig fields; {"scale_grid": None} is faster
     MAX_ACCURACY_LOSS = 0.01            # export the smallest variant within this much of the base accuracy
@@ -858,11 +858,14 @@ NB05 = [
 
     from axlab.variants import Step, apply_recipe
 
-    gpfq_step = Step("quantize_gpfq", bits=QUANT_BITS, n_calibration=N_CALIBRATION, **GPFQ_OPTIONS)
+    if QUANT_METHOD == "gpfq":
+        quant_step = Step("quantize_gpfq", bits=QUANT_BITS, n_calibration=N_CALIBRATION, **GPFQ_OPTIONS)
+    else:
+        quant_step = Step("quantize_rtn", bits=QUANT_BITS)
     int8_step = Step("quantize_int8")
-    q = f"gpfq{QUANT_BITS}"
-    recipes = {"base": [], "axformer": search.recipe, q: [gpfq_step], "int8": [int8_step],
-               f"axformer + {q}": search.recipe + [gpfq_step], "axformer + int8": search.recipe + [int8_step]}
+    q = f"{QUANT_METHOD}{QUANT_BITS}"
+    recipes = {"base": [], "axformer": search.recipe, q: [quant_step], "int8": [int8_step],
+               f"axformer + {q}": search.recipe + [quant_step], "axformer + int8": search.recipe + [int8_step]}
     models = {name: apply_recipe(model, recipe, tokenizer=tok, splits=splits) for name, recipe in recipes.items()}
     print(json.dumps(recipes[f"axformer + {q}"], indent=1)[:1500])
     """),

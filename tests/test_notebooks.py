@@ -37,10 +37,10 @@ TEST_PARAMETERS = {
     "03_axformer.ipynb": dict(N_TEST=64, REUSE_CACHED_SEARCH=False, LATENCY_RUNS=(5, 2), DISTILL_STEPS=3,
                               DISTILL_BATCH=8, N_IMPORTANCE=16, **SMALL_SEARCH),
     "04_quantization.ipynb": dict(N_CALIBRATION=32, N_TEST=64, BITS=(4,), WITH_ONNX=False, LATENCY_RUNS=(5, 2),
-                                  SPARSITY_THRESHOLDS=(0.5,), AVG_BITS=3.0, MIXED_CANDIDATES=(2, 4),
+                                  SPARSITY_THRESHOLDS=(), AVG_BITS=3.0, MIXED_CANDIDATES=(2, 4),
                                   N_SENSITIVITY=8, GPFQ_OPTIONS={"scale_grid": None}),
-    "05_putting_it_together.ipynb": dict(N_TEST=64, REUSE_CACHED_SEARCH=True, LATENCY_RUNS=(5, 2), QUANT_BITS=4,
-                                         N_CALIBRATION=32, GPFQ_OPTIONS={"scale_grid": None}, **SMALL_SEARCH),
+    "05_putting_it_together.ipynb": dict(N_TEST=64, REUSE_CACHED_SEARCH=True, LATENCY_RUNS=(5, 2), QUANT_METHOD="rtn",
+                                         QUANT_BITS=4, **SMALL_SEARCH),
 }
 TIMEOUT_S = 900          # per cell: generous, the machine may be shared
 SUMMARY_MARK = "AXLAB_SUMMARY="
