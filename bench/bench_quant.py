@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             errs_models = {"rtn 3-bit": q, "gpfq 3-bit": g}
     if args.mixed_avg_bits:
         t0 = time.perf_counter()
-        bpl = choose_bits(model, tok, calib[:128], args.mixed_avg_bits, progress=False)
+        bpl = choose_bits(model, tok, calib[:48], args.mixed_avg_bits, progress=False)
         g = gpfq(model, tok, calib, 3, bits_per_layer=bpl, progress=False)
         name = f"gpfq mixed {args.mixed_avg_bits:g}-bit avg"
         rows[name] = row(g, tok, test, size_of=g, quantize_seconds=time.perf_counter() - t0, bits_per_layer=bpl)
