@@ -172,10 +172,16 @@ def _torch_row(name, group, model, description, t0, **extra) -> Row:
                build_seconds=time.perf_counter() - t0, model=model, extra=extra)
 
 
-def _onnx_rows(model, tok, folder: Path, stem: str, threads: int):
+def _onnx_rows(model, tok, folder: Path, stem: str, threads: int, tolerance: float | None = None):
     """Export ``model`` to ONNX (fp32, parity-checked) and its dynamic-int8 twin."""
-    from axlab.onnx_export import export_onnx
-    return export_onnx(model, tok, folder / f"{stem}.onnx", int8=True, overwrite=True, threads=threads)
+    from axlab.onnx_export import DEFAULT_TOLERANCE, export_onnx
+    return export_onnx(model, tok, folder / f"{stem}.onnx", int8=True, overwrite=True, threads=threads,
+                       tolerance=tolerance or DEFAULT_TOLERANCE)
+
+
+# candidates are fine-tuned models with top-k attention: near-ties in the top-k at 128 tokens were
+# seen to move logits by ~3e-4 between PyTorch and ONNX Runtime; still checked, at a looser bar
+CANDIDATE_PARITY_TOLERANCE = 1e-3
 
 
 def _val_accuracy(predictor, tok, split) -> float:
@@ -192,9 +198,11 @@ def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path
     """
     from axlab import prune
     from axlab.distill import distill
+    from axlab.errors import AxlabError
 
     val = splits.validation.head(cfg.n_val)
     base_val = _val_accuracy(base, tok, val)
+    say(f"  fp32 validation accuracy (the bar): {base_val:.4f}")
     vocab_model, vocab_report = prune.prune_vocab(ax_model, tok, splits.train.texts,
                                                   eval_texts=splits.test.head(cfg.n_test).texts)
     # (name, steps description, torch model)
@@ -204,6 +212,9 @@ def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path
                       f"({cfg.distill_steps} steps)",
                       lambda: distill(vocab_model, base, tok, splits.train, steps=cfg.distill_steps,
                                       seed=cfg.seed, progress=False)))
+        plans.append(("vocab+distill", f"vocabulary pruning -> distillation ({cfg.distill_steps} steps)",
+                      lambda: distill(prune.prune_vocab(base, tok, splits.train.texts)[0], base, tok, splits.train,
+                                      steps=cfg.distill_steps, seed=cfg.seed, progress=False)))
         for frac in cfg.ffn_fractions:
             def plan(frac=frac):
                 neurons = prune.ffn_by_budget(vocab_model, frac, "magnitude")
@@ -217,16 +228,25 @@ def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path
     for key, desc, build in plans:
         t0 = time.perf_counter()
         model = build()
-        res = _onnx_rows(model, tok, folder, f"best-{key}", cfg.threads)
+        try:
+            res = _onnx_rows(model, tok, folder, f"best-{key}", cfg.threads, CANDIDATE_PARITY_TOLERANCE)
+        except AxlabError as e:            # one candidate failing its export does not end the run
+            report.append({"candidate": key, "steps": desc, "error": str(e),
+                           "build_seconds": round(time.perf_counter() - t0, 1)})
+            say(f"  candidate {key}: export failed: {e}")
+            continue
         acc = _val_accuracy(res.int8_predictor, tok, val)
         rec = {"candidate": key, "steps": desc + " -> ONNX Runtime int8", "val_accuracy": acc,
-               "size_bytes": int(res.int8_size_bytes), "build_seconds": round(time.perf_counter() - t0, 1)}
+               "size_bytes": int(res.int8_size_bytes), "parity_max_abs_diff": res.parity_max_abs_diff,
+               "build_seconds": round(time.perf_counter() - t0, 1)}
         report.append(rec)
         say(f"  candidate {key}: val acc {acc:.4f}, {res.int8_size_bytes / 1e6:.1f} MB")
         qualifies = acc >= base_val
         score = (qualifies, -rec["size_bytes"] if qualifies else acc)
         if best is None or score > best[0]:
             best = (score, rec, res, model)
+    if best is None:
+        raise RuntimeError(f"no best-combination candidate could be exported: {report}")
     _, rec, res, model = best
     row = Row(name="axlab best combination", group="axlab", runtime="onnxruntime", predictor=res.int8_predictor,
               size_bytes=int(res.int8_size_bytes), description=rec["steps"], build_seconds=sum(
@@ -307,8 +327,12 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
 
 # ----------------------------------------------------------------------------- measuring
 
-def _gpu_predictor(model) -> Callable | None:
-    """A predictor running a copy of ``model`` on CUDA (synchronised), or None if it cannot run there."""
+def _gpu_predictor(model, probe: dict) -> Callable | None:
+    """A predictor running a copy of ``model`` on CUDA (synchronised), or None if it cannot run there.
+
+    ``probe`` is one tokenised batch, run once: int8 CPU kernels (``quantized::linear_dynamic``)
+    only fail when called.
+    """
     try:
         m = copy.deepcopy(model).to("cuda").eval()
 
@@ -318,8 +342,9 @@ def _gpu_predictor(model) -> Callable | None:
                         attention_mask=batch["attention_mask"].to("cuda")).logits
             torch.cuda.synchronize()
             return out.cpu()
+        predict(probe)
         return predict
-    except Exception as e:  # int8 CPU kernels and the like
+    except Exception as e:  # CPU-only kernels and the like
         log.info("no GPU run for this model: %s", e)
         return None
 
@@ -355,7 +380,9 @@ def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: Non
 
     rounds({row.name: row.predictor for row in rows}, "")
     if cfg.gpu and torch.cuda.is_available():
-        gpu = {row.name: p for row in rows if row.runtime == "pytorch" and (p := _gpu_predictor(row.model))}
+        from axlab.measure import tokenize
+        probe = tokenize(tok, test.texts[:2])
+        gpu = {row.name: p for row in rows if row.runtime == "pytorch" and (p := _gpu_predictor(row.model, probe))}
         if gpu:
             rounds(gpu, "_gpu")
         for row in rows:
@@ -514,9 +541,15 @@ def write_outputs(result: dict, out: Path) -> dict:
         tmp = paths[key].with_suffix(".tmp")
         tmp.write_text(body)
         tmp.replace(paths[key])
-    tmp = paths["html"].with_suffix(".tmp")
-    figure(result).write_html(tmp, include_plotlyjs=True, full_html=True)
-    tmp.replace(paths["html"])
+    try:
+        fig = figure(result)
+    except ImportError as e:      # plotly missing (a bare machine): the JSON can be plotted later
+        log.warning("no plot written (%s); rerun write_outputs on the JSON where plotly is installed", e)
+        paths.pop("html")
+    else:
+        tmp = paths["html"].with_suffix(".tmp")
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+        tmp.replace(paths["html"])
     return {k: str(v) for k, v in paths.items()}
 
 
