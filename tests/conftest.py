@@ -12,6 +12,15 @@ import torch  # noqa: E402
 from axlab.testing import ARCHS, tiny_model, tiny_split, tiny_tokenizer  # noqa: E402
 
 
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread: fastest for tiny models, and robust when the cores are shared."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_tokenizer()

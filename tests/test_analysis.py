@@ -19,13 +19,7 @@ from axlab.testing import save_tiny, tiny_model
 TEXTS = ["a good film .", "the very long and boring plot was not fun at all , really", "great !"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (two threads spin badly on a shared 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_attention_for_matches_eager_without_padding(tiny, tokenizer):

@@ -13,13 +13,7 @@ from axlab.testing import tiny_model
 TEXT = "a really boring film , not fun at all"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (two threads spin badly on a shared 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sharp(arch, seed=0):

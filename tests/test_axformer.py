@@ -15,13 +15,7 @@ from conftest import logits
 VAL = tiny_split(40, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster, and robust on a shared machine (thread pools contend)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

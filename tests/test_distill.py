@@ -11,12 +11,7 @@ from axlab.variants import RecipeContext, apply_step
 from conftest import logits
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_kd_loss_terms():

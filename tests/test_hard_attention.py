@@ -11,12 +11,7 @@ from axlab.variants import apply_recipe
 from conftest import logits
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_transform_equals_per_call_topk_and_replays(tiny, batch):

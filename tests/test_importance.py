@@ -15,13 +15,7 @@ from axlab.surgery import remove_heads_
 from axlab.testing import tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (two threads spin badly on a shared 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sharpen(model, factor=30.0):

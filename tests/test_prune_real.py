@@ -12,13 +12,7 @@ from axlab.measure import evaluate, tokenize
 from axlab.variants import apply_recipe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On a shared 2-core machine one thread per process is faster (thread pools contend)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

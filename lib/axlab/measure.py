@@ -7,7 +7,6 @@ A *predictor* is anything that maps a tokenised batch (dict with ``input_ids`` a
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import platform
