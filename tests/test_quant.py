@@ -208,3 +208,32 @@ def test_cli_quantize_json(tmp_path, capsys):
     assert out["method"] == "rtn" and out["bits"] == 3 and out["recipe"][0]["op"] == "quantize_rtn"
     assert out["size_bytes"] < size_report(tiny_model("bert"))["size_bytes"]
     assert main(["quantize", str(folder), "--method", "rtn", "--bits", "9", "--limit", "4", "--no-latency"]) == 2
+
+
+def test_int8_state_dict_stays_plain_after_forward(tiny, batch):
+    q = Q.int8_dynamic(tiny)
+    before = q.state_dict()
+    _out(q, batch)                       # builds the packed int8 kernels
+    after = q.state_dict()
+    assert list(after) == list(before)
+    assert all(isinstance(t, torch.Tensor) for t in after.values())
+
+
+@pytest.mark.parametrize("method", ["rtn4_emb", "int8_emb"])
+def test_quantized_embeddings_keep_vocabulary_remap(tokenizer, split, tmp_path, method):
+    from axlab.prune import prune_vocab
+    base = tiny_model("bert")
+    pruned, report = prune_vocab(base, tokenizer, split.texts)
+    assert report["oov_rate"] >= 0
+    q = Q.rtn(pruned, 4, embeddings=True) if method == "rtn4_emb" else Q.int8_dynamic(pruned, embeddings=True)
+    # words outside the kept vocabulary must still map (to [UNK]), not index out of range
+    batch = dict(tokenizer(["zebra quantum xylophone", split.texts[0]], padding=True, return_tensors="pt"))
+    ref_pruned = _out(pruned, batch)[0]
+    got = _out(q, batch)[0]
+    assert _rel(got, ref_pruned) < 0.1
+    save_file(q.state_dict(), tmp_path / "w.safetensors")
+    fresh = tiny_model("bert", seed=3)
+    surgery.apply_layout(fresh, surgery.layout(q))
+    Q.apply_quant_layout(fresh, Q.quant_layout(q))
+    fresh.load_state_dict(load_file(tmp_path / "w.safetensors"), strict=True)
+    torch.testing.assert_close(_out(fresh, batch)[0], got, atol=1e-6, rtol=0)

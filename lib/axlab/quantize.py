@@ -149,7 +149,11 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._kernel = None
+        self._set_kernel(None)
+
+    def _set_kernel(self, kernel) -> None:
+        # a plain attribute, not a submodule: the packed torch.ao kernel must not enter state_dict()
+        object.__setattr__(self, "_kernel", kernel)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> "Int8Linear":
@@ -164,7 +168,7 @@ class Int8Linear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._kernel = None
+        self._set_kernel(None)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -177,7 +181,7 @@ class Int8Linear(nn.Module):
         if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)
         if self._kernel is None:
-            self._kernel = int8_backend(self.weight_int8, self.weight_scale, self.bias)
+            self._set_kernel(int8_backend(self.weight_int8, self.weight_scale, self.bias))
         shape = x.shape
         y = self._kernel(x.reshape(-1, shape[-1]).float().contiguous())
         return y.reshape(*shape[:-1], self.out_features)
@@ -253,9 +257,12 @@ class QuantEmbedding(nn.Module):
     state_dict: ``packed`` (flat), ``scale`` (num_embeddings, 1) float32.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 8, padding_idx: int | None = None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 8, padding_idx: int | None = None,
+                 remap_vocab: int | None = None):
         super().__init__()
         code_range(bits)
+        # after vocabulary pruning: original token id -> row (see surgery.RemappedEmbedding)
+        self.register_buffer("old_to_new", torch.zeros(remap_vocab, dtype=torch.int32) if remap_vocab else None)
         self.num_embeddings, self.embedding_dim, self.bits, self.padding_idx = \
             num_embeddings, embedding_dim, bits, padding_idx
         dtype = torch.int8 if bits == 8 else torch.uint8
@@ -269,7 +276,11 @@ class QuantEmbedding(nn.Module):
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, bits: int = 8) -> "QuantEmbedding":
-        m = cls(emb.num_embeddings, emb.embedding_dim, bits, emb.padding_idx)
+        remap = getattr(emb, "old_to_new", None)
+        m = cls(emb.num_embeddings, emb.embedding_dim, bits, emb.padding_idx,
+                remap_vocab=None if remap is None else remap.numel())
+        if remap is not None:
+            m.old_to_new.copy_(remap)
         codes, scale = quantize_codes(emb.weight, bits)
         m.packed.copy_(pack_codes(codes, bits))
         m.scale.copy_(scale)
@@ -290,6 +301,8 @@ class QuantEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # (B, T) -> (B, T, D): gather int8 rows, then scale each row
+        if self.old_to_new is not None:
+            ids = self.old_to_new[ids].long()
         return self.codes()[ids].float() * self.scale[ids]
 
     def extra_repr(self) -> str:
@@ -398,7 +411,8 @@ def quant_layout(model: nn.Module) -> dict:
                           "bias": m.bias is not None, "bits": m.bits, "group_size": m.group_size, "method": m.method}
         elif isinstance(m, QuantEmbedding):
             mods[name] = {"kind": "quant_embedding", "num_embeddings": m.num_embeddings,
-                          "embedding_dim": m.embedding_dim, "bits": m.bits, "padding_idx": m.padding_idx}
+                          "embedding_dim": m.embedding_dim, "bits": m.bits, "padding_idx": m.padding_idx,
+                          "remap_vocab": None if m.old_to_new is None else m.old_to_new.numel()}
     return {"version": 1, "modules": mods}
 
 
@@ -423,7 +437,8 @@ def apply_quant_layout(model: nn.Module, layout: dict) -> nn.Module:
             new = QuantLinear(spec["in_features"], spec["out_features"], spec["bits"], spec["group_size"],
                               spec["bias"], spec.get("method", "rtn"))
         elif kind == "quant_embedding":
-            new = QuantEmbedding(spec["num_embeddings"], spec["embedding_dim"], spec["bits"], spec.get("padding_idx"))
+            new = QuantEmbedding(spec["num_embeddings"], spec["embedding_dim"], spec["bits"], spec.get("padding_idx"),
+                                 spec.get("remap_vocab"))
         else:
             raise AxlabError(f"Unknown quantized module kind '{kind}' for '{name}'.",
                              "The layout was written by a newer axlab; upgrade axlab.")
