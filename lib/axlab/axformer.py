@@ -88,6 +88,17 @@ class SearchConfig:
         return d
 
 
+def _resolve_config(config: SearchConfig | None, tolerance: float | None, hard_attention: bool | None) -> SearchConfig:
+    """A private copy of ``config`` with the ``tolerance`` / ``hard_attention`` overrides applied."""
+    cfg = copy.deepcopy(config) if config is not None else SearchConfig()
+    if tolerance is not None:
+        cfg.tolerance = float(tolerance)
+    if hard_attention is False:
+        cfg.stages = tuple(s for s in cfg.stages if s != "hard_attention")
+    cfg.__post_init__()
+    return cfg
+
+
 @dataclass
 class Decision:
     layer: int
@@ -241,12 +252,7 @@ def search(model: nn.Module, tokenizer, splits, tolerance: float | None = None, 
     ``tolerance`` / ``hard_attention`` override the config's (hard_attention=False drops
     that stage). ``progress`` may raise :class:`axlab.progress.Stopped` to stop early.
     """
-    cfg = copy.deepcopy(config) if config is not None else SearchConfig()
-    if tolerance is not None:
-        cfg.tolerance = float(tolerance)
-    if hard_attention is False:
-        cfg.stages = tuple(s for s in cfg.stages if s != "hard_attention")
-    cfg.__post_init__()
+    cfg = _resolve_config(config, tolerance, hard_attention)
     val = _validation(splits).head(cfg.n_val)
     if len(val) == 0:
         raise AxlabError("The validation split is empty.", "Use a dataset with a validation split.")
@@ -425,12 +431,7 @@ def cached_search(model: nn.Module, tokenizer, splits, *, config: SearchConfig |
 
     A stopped search is not cached.
     """
-    cfg = copy.deepcopy(config) if config is not None else SearchConfig()
-    if tolerance is not None:
-        cfg.tolerance = float(tolerance)
-    if hard_attention is False:
-        cfg.stages = tuple(s for s in cfg.stages if s != "hard_attention")
-    cfg.__post_init__()
+    cfg = _resolve_config(config, tolerance, hard_attention)
     opts = {k: v for k, v in cfg.to_dict().items() if k != "time_budget_s"}
     data_key = getattr(splits, "key", None) or hashlib.sha256(
         json.dumps([_validation(splits).texts, _validation(splits).labels]).encode()).hexdigest()[:16]
