@@ -63,7 +63,7 @@ def resolve_source(source: str) -> tuple[str, str]:
         folder = default_model_dir()
         if not (folder / "config.json").exists():
             raise ModelLoadError("The default model has not been built yet.",
-                                 "Run `axlab prepare` once (about 5 minutes on 2 cores); it is cached afterwards.")
+                                 "Run `axlab prepare` once (about 10 minutes on 2 cores); it is cached afterwards.")
         return "default", str(folder)
     p = Path(source).expanduser()
     if p.exists():
