@@ -107,8 +107,38 @@ def test_cached_search_reuses_result(tokenizer, batch, monkeypatch, tmp_path):
     assert not other.cached
 
 
+def test_calibrated_loss_is_the_loss_at_the_best_temperature():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (200,), generator=g)
+    lg = torch.randn(200, 3, generator=g) + 2.5 * torch.nn.functional.one_hot(y, 3)
+    over = 6 * lg                                                     # same ranking, over-confident
+    plain = torch.nn.functional.cross_entropy(over, y).item()
+    cal = axformer.calibrated_loss(over, y)
+    assert cal < plain                                                # temperature removes the over-confidence
+    assert cal == pytest.approx(axformer.calibrated_loss(lg, y), rel=0.02)   # invariant to the logit scale
+    best = min(torch.nn.functional.cross_entropy(over / t, y).item() for t in torch.linspace(1, 12, 400))
+    assert cal == pytest.approx(best, rel=0.01)
+
+
+def test_criterion_guard_and_significance(tokenizer):
+    model = _model()
+    stages = ("ffn_block", "ffn_groups", "heads")
+    plain = search(model, tokenizer, VAL, config=SearchConfig(batch_size=16, stages=stages))
+    cal = search(model, tokenizer, VAL, config=SearchConfig(batch_size=16, stages=stages, criterion="calibrated_loss"))
+    assert cal.base_loss <= plain.base_loss + 1e-9                    # the calibrated loss never exceeds the plain one
+    guarded = search(model, tokenizer, VAL, config=SearchConfig(batch_size=16, stages=stages, accuracy_guard=True))
+    assert guarded.final_accuracy >= guarded.base_accuracy            # accuracy never dropped at a kept step
+    final = evaluate(apply_recipe(model, guarded.full_recipe), tokenizer, VAL, batch_size=16)
+    assert final["accuracy"] == pytest.approx(guarded.final_accuracy)
+    assert any(d.kept for d in plain.log)
+    strict = search(model, tokenizer, VAL, config=SearchConfig(batch_size=16, stages=stages, significance=50.0))
+    assert sum(d.kept for d in strict.log) <= sum(d.kept for d in plain.log)
+    assert not any(d.kept for d in strict.log)                        # 50 standard errors: nothing is that clear
+
+
 def test_bad_config_rejected():
-    for kw in ({"stages": ("bogus",)}, {"tolerance": -1}, {"ffn_groups": 0}, {"topk_values": (0,)}):
+    for kw in ({"stages": ("bogus",)}, {"tolerance": -1}, {"ffn_groups": 0}, {"topk_values": (0,)},
+               {"criterion": "accuracy"}, {"significance": -1}):
         with pytest.raises(ValueError):
             SearchConfig(**kw)
     assert axformer.STAGES[0] == "ffn_block"

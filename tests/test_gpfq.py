@@ -36,6 +36,24 @@ def test_vectorised_gpfq_equals_the_plain_algorithm(block_size):
     assert not torch.equal(codes, torch.clamp(torch.round(W / step), -4, 3))
 
 
+def test_energy_order_walks_the_permuted_columns():
+    """order=perm is the plain algorithm run on the permuted input coordinates, codes put back."""
+    g = torch.Generator().manual_seed(1)
+    n_tok, n_in, n_out = 50, 16, 5
+    X = torch.randn(n_tok, n_in, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3, n_in, dtype=torch.float64)
+    Xq = X + 0.1 * torch.randn(n_tok, n_in, generator=g, dtype=torch.float64)
+    W = torch.randn(n_out, n_in, generator=g, dtype=torch.float64)
+    perm = torch.argsort(torch.diagonal(Xq.T @ Xq), descending=True)
+    codes = gpfq_rows(W, Xq.T @ X, Xq.T @ Xq, torch.full((n_out, 1), 0.5), torch.full((n_out, 1), -4.0),
+                      torch.full((n_out, 1), 3.0), block_size=4, order=perm)
+    for r in range(n_out):
+        walked = _naive_gpfq(W[r, perm], X[:, perm], Xq[:, perm], 0.5, -4, 3)
+        assert torch.equal(codes[r, perm], walked)
+    natural = gpfq_rows(W, Xq.T @ X, Xq.T @ Xq, torch.full((n_out, 1), 0.5), torch.full((n_out, 1), -4.0),
+                        torch.full((n_out, 1), 3.0), block_size=4)
+    assert not torch.equal(codes, natural)          # the order matters
+
+
 @pytest.mark.parametrize("bits", [3, 4])
 def test_gpfq_layer_error_below_rtn(arch, tokenizer, split, bits):
     m = tiny_model(arch)
@@ -99,6 +117,11 @@ def test_mixed_precision_respects_budget(tokenizer, split):
     assert len(set(bits.values())) > 1                       # it really mixes
     q = gpfq(m, tokenizer, split.texts[:8], 3, bits_per_layer=bits, progress=False)
     assert {n: q.get_submodule(n).bits for n in names} == bits
+
+
+def test_config_validates_order():
+    with pytest.raises(ValueError):
+        GPFQConfig(order="random")
 
 
 def test_config_validates():

@@ -51,6 +51,27 @@ __all__ = ["SearchConfig", "Decision", "SearchResult", "search", "cached_search"
 log = logging.getLogger(__name__)
 
 STAGES = ("ffn_block", "ffn_groups", "attention_block", "heads", "hard_attention")
+CRITERIA = ("loss", "calibrated_loss")
+_LOG_T = torch.linspace(-2.0, 2.0, 161, dtype=torch.float64)    # temperatures e^-2 .. e^2
+
+
+def calibrated_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy at the temperature that minimises it (grid over e^-2..e^2)."""
+    return float(_calibrated_losses(logits, labels).mean())
+
+
+def _calibrated_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy at the temperature that minimises the mean (grid over e^-2..e^2).
+
+    A fine-tuned model is often over-confident: removing parts then lowers the plain loss
+    by softening the logits although the ranking gets worse. At its best temperature the
+    loss measures how well the classes are separated, not how confident the model is.
+    """
+    lg = logits.double()
+    t = _LOG_T.exp().view(-1, 1, 1)
+    ce = -torch.log_softmax(lg.unsqueeze(0) / t, -1).gather(-1, labels.view(1, -1, 1).expand(len(t), -1, 1))
+    ce = ce.squeeze(-1)                                             # (temperatures, N)
+    return ce[ce.mean(1).argmin()]
 
 
 @dataclass
@@ -64,6 +85,9 @@ class SearchConfig:
     batch_size: int = 64
     time_budget_s: float | None = None     # stop (returning what was found) after this long
     min_improvement: float = 0.0           # a change must lower the loss by more than this (tolerance 0)
+    criterion: str = "loss"                # "loss" (the paper) | "calibrated_loss" (loss at the best temperature)
+    accuracy_guard: bool = False           # also require validation accuracy not to drop (vs the current)
+    significance: float = 0.0              # z: the paired per-example loss drop must exceed z standard errors
 
     def __post_init__(self):
         self.stages = tuple(self.stages)
@@ -81,6 +105,10 @@ class SearchConfig:
             raise ValueError("n_val must be >= 1 or None")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.significance < 0:
+            raise ValueError("significance must be >= 0")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -164,8 +192,9 @@ class _StopForward(Exception):
 class _Evaluator:
     """Validation loss of a model whose layers below ``start`` never change."""
 
-    def __init__(self, model: nn.Module, tokenizer, split: Split, batch_size: int):
+    def __init__(self, model: nn.Module, tokenizer, split: Split, batch_size: int, criterion: str = "loss"):
         self.model = model
+        self.criterion = criterion
         self.batches = [(ix, b) for ix, b in iter_batches(tokenizer, split.texts, batch_size)]
         labels = np.asarray(split.labels)
         self.labels = [torch.as_tensor(labels[ix]) for ix, _ in self.batches]
@@ -214,15 +243,20 @@ class _Evaluator:
         self._restore()
 
     def evaluate(self) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) over the split."""
-        total, correct = 0.0, 0
+        """(loss, accuracy) over the split; the loss is the mean cross-entropy, or with
+        ``criterion="calibrated_loss"`` the mean cross-entropy at the best temperature."""
+        logits = []
         with torch.no_grad():
-            for k, ((_, b), y) in enumerate(zip(self.batches, self.labels)):
+            for k, (_, b) in enumerate(self.batches):
                 self.store["batch"] = k
-                lg = self.model(**b).logits
-                total += float(nn.functional.cross_entropy(lg, y, reduction="sum"))
-                correct += int((lg.argmax(-1) == y).sum())
-        return total / self.n, correct / self.n
+                logits.append(self.model(**b).logits)
+        lg, y = torch.cat(logits), torch.cat(self.labels)
+        acc = float((lg.argmax(-1) == y).double().mean())
+        if self.criterion == "calibrated_loss":
+            self.losses = _calibrated_losses(lg, y)
+        else:
+            self.losses = nn.functional.cross_entropy(lg.double(), y, reduction="none")
+        return float(self.losses.mean()), acc
 
 
 # ----------------------------------------------------------------------------- the search
@@ -269,9 +303,9 @@ def search(model: nn.Module, tokenizer, splits, tolerance: float | None = None, 
                  + len(cfg.topk_values) * ("hard_attention" in cfg.stages))
     prog = as_progress(progress, total=per_layer * len(visit) + 1, desc="AxFormer search")
 
-    ev = _Evaluator(work, tokenizer, val, cfg.batch_size)
+    ev = _Evaluator(work, tokenizer, val, cfg.batch_size, cfg.criterion)
     base_loss, base_acc = ev.evaluate()
-    cur = {"loss": base_loss, "acc": base_acc}
+    cur = {"loss": base_loss, "acc": base_acc, "losses": ev.losses}
     decisions: list[Decision] = []
     removed_heads: dict[int, list[int]] = {}
     removed_ffn: dict[int, list[int]] = {}
@@ -279,8 +313,13 @@ def search(model: nn.Module, tokenizer, splits, tolerance: float | None = None, 
     stopped = False
     prog.update(1, f"baseline loss {base_loss:.4f}")
 
-    def accept(loss: float) -> bool:
-        if loss < cur["loss"] - cfg.min_improvement:
+    def accept(loss: float, acc: float, losses: torch.Tensor) -> bool:
+        if cfg.accuracy_guard and acc < cur["acc"] - 1e-12:
+            return False
+        margin = cfg.min_improvement
+        if cfg.significance > 0 and len(losses) > 1:       # paired standard error of the per-example change
+            margin = max(margin, cfg.significance * float((losses - cur["losses"]).std()) / len(losses) ** 0.5)
+        if loss < cur["loss"] - margin:
             return True
         return cfg.tolerance > 0 and loss <= base_loss + cfg.tolerance
 
@@ -294,11 +333,11 @@ def search(model: nn.Module, tokenizer, splits, tolerance: float | None = None, 
         ts = time.time()
         edit()
         loss, acc = ev.evaluate()
-        ok = accept(loss)
+        ok = accept(loss, acc, ev.losses)
         decisions.append(Decision(layer, kind, target, cur["loss"], loss, ok, time.time() - ts))
         log.debug("layer %d %s %s: %.4f -> %.4f %s", layer, kind, target, cur["loss"], loss, "kept" if ok else "rejected")
         if ok:
-            cur["loss"], cur["acc"] = loss, acc
+            cur["loss"], cur["acc"], cur["losses"] = loss, acc, ev.losses
             on_keep()
         else:
             layers[layer] = saved
@@ -377,14 +416,14 @@ def search(model: nn.Module, tokenizer, splits, tolerance: float | None = None, 
                         mod.axlab_topk = None
                         decisions.append(Decision(layer, "hard_attention", k, cur["loss"], loss, False, time.time() - ts))
                         if best is None or loss < best[1]:
-                            best = (k, loss, acc, len(decisions) - 1)
+                            best = (k, loss, acc, len(decisions) - 1, ev.losses)
                         if k != cfg.topk_values[-1]:
                             prog.update(1, f"L{layer} top-{k}: loss {loss:.4f}")
-                    if best is not None and accept(best[1]):
+                    if best is not None and accept(best[1], best[2], best[4]):
                         mod.axlab_topk = best[0]
                         chosen_topk[layer] = best[0]
                         decisions[best[3]].kept = True
-                        cur["loss"], cur["acc"] = best[1], best[2]
+                        cur["loss"], cur["acc"], cur["losses"] = best[1], best[2], best[4]
                     prog.update(1, f"L{layer} hard attention: loss {cur['loss']:.4f}")
     except Stopped:
         stopped = True

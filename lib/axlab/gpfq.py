@@ -73,6 +73,7 @@ class GPFQConfig:
     scope: str = "encoder"
     batch_size: int = 32
     block_size: int = 128
+    order: str = "natural"             # "natural" | "energy": largest ||x~_t|| first (like GPTQ's act-order)
 
     def __post_init__(self):
         _check_bits(self.bits)
@@ -86,6 +87,8 @@ class GPFQConfig:
             raise ValueError("sparsity threshold must be >= 0")
         if self.threshold not in ("soft", "hard"):
             raise ValueError("threshold must be 'soft' or 'hard'")
+        if self.order not in ("natural", "energy"):
+            raise ValueError("order must be 'natural' or 'energy'")
         if self.batch_size < 1 or self.block_size < 1:
             raise ValueError("batch_size and block_size must be >= 1")
 
@@ -108,18 +111,25 @@ class GPFQReport:
 
 def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor,
               hi: torch.Tensor, group_size: int | None = None, sparsity: float = 0.0, threshold: str = "soft",
-              block_size: int = 128, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+              block_size: int = 128, dtype: torch.dtype = torch.float64,
+              order: torch.Tensor | None = None) -> torch.Tensor:
     """GPFQ codes for every row of ``W`` (R, in).
 
     A = X~^T X, B = X~^T X~ (in, in); scale (R, G) per row (and group); lo, hi (R, 1) code
     range per row. Computes in ``dtype`` (float32 is about twice as fast; float64 matches
-    the token-space algorithm exactly). Returns integer codes (R, in) as float64.
+    the token-space algorithm exactly). ``order`` is the permutation of input coordinates
+    to walk (None = natural order); codes come back in the natural order. Returns integer
+    codes (R, in) as float64.
     """
     R, n = W.shape
     W = W.to(dtype)
     A, B = A.to(dtype), B.to(dtype)
     g = n if group_size is None else group_size
     col_scale = scale.to(dtype).repeat_interleave(g, dim=1) if scale.shape[1] > 1 else scale.to(dtype).expand(R, n)
+    if order is not None:
+        order = order.long()
+        W, col_scale = W[:, order], col_scale[:, order]
+        A, B = A[order][:, order], B[order][:, order]
     E = torch.zeros(R, n, dtype=dtype)                # E[:, t] = <x~_t, u_{t-1}> per row
     codes = torch.zeros(R, n, dtype=dtype)
     Qw = torch.zeros(R, n, dtype=dtype)               # dequantized q
@@ -148,6 +158,8 @@ def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Te
                 E[:, t + 1:e] += W[:, t:t + 1] * A[t + 1:e, t] - q.unsqueeze(1) * B[t + 1:e, t]
         if e < n:                                                      # rest of the columns, one matmul
             E[:, e:] += W[:, s:e] @ A[e:, s:e].T - Qw[:, s:e] @ B[e:, s:e].T
+    if order is not None:
+        codes = codes[:, torch.argsort(order)]
     return codes.double()
 
 
@@ -399,8 +411,9 @@ def _quantize_linear_impl(qmodel: nn.Module, name: str, lin: nn.Linear, st: _Sta
     scales = torch.cat([base.double() * a for a in grid])                 # (k*R, G)
     lo_t = torch.full((k * R, 1), float(lo), dtype=torch.float64)
     hi_t = torch.full((k * R, 1), float(hi), dtype=torch.float64)
+    order = torch.argsort(torch.diagonal(st.B), descending=True, stable=True) if cfg.order == "energy" else None
     codes = gpfq_rows(Wk, st.A, st.B, scales, lo_t, hi_t, gs, cfg.sparsity, cfg.threshold, cfg.block_size,
-                      dtype=torch.float32)
+                      dtype=torch.float32, order=order)
     g = n if gs is None else gs
     deq = codes * scales.repeat_interleave(g, dim=1) if scales.shape[1] > 1 else codes * scales
     err = _row_errors(Wk, deq, st.G, st.A, st.B).view(k, R)                # (k, R)
