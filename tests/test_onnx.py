@@ -68,6 +68,23 @@ def test_pruned_hard_attention_parity_and_int8(bert_export, tokenizer):
     assert res.int8_max_abs_diff > 0
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_int8_leaves_emptied_ffn_in_fp32(tokenizer, tmp_path, per_channel):
+    """An FFN block removed entirely leaves 0-sized MatMuls; ONNX Runtime's quantizer must not
+    touch them (per tensor it produced garbage, per channel it crashed)."""
+    from axlab.onnx_export import empty_weight_nodes
+    model = prune.prune_ffn(tiny_model("bert", layers=3), {2: list(range(128))})
+    res = export_onnx(model, tokenizer, tmp_path / "m.onnx", int8=True, int8_per_channel=per_channel)
+    assert len(empty_weight_nodes(res.path)) == 2                       # up and down projection of layer 2
+    dense = export_onnx(tiny_model("bert", layers=3), tokenizer, tmp_path / "d.onnx", int8=True,
+                        int8_per_channel=per_channel)
+    assert empty_weight_nodes(dense.path) == []
+    batches = random_batches(tokenizer, seed=3)
+    # int8 error on the pruned model is of the same order as on the dense one, not blown up
+    assert max_diff(model, res.int8_predictor, batches) < 0.05
+    assert res.int8_size_bytes < 0.5 * res.size_bytes
+
+
 @pytest.mark.parametrize("arch", ["distilbert"])
 def test_other_arch_with_int8_linear_layers(arch, tokenizer, tmp_path):
     # DistilBERT keeps its output projection inside the attention module (other EmptyAttention path);
