@@ -15,11 +15,12 @@ file for ONNX Runtime rows.
 Rows
   peers: fp32 PyTorch; PyTorch dynamic int8; ONNX Runtime fp32; ONNX Runtime dynamic int8;
          40% of heads removed by gradient importance (Michel et al.); RTN 4-bit weights.
-  axlab: the AxFormer search result; AxFormer + int8 (PyTorch and ONNX Runtime); GPFQ 3
-         and 4 bits; the best combination: candidates built from AxFormer, vocabulary
-         pruning, FFN pruning, distillation and ONNX Runtime int8, chosen on the
-         *validation* split (never on test): the smallest candidate whose validation
-         accuracy is at least fp32's (else the most accurate).
+  axlab: the AxFormer search result; AxFormer + int8 (PyTorch and ONNX Runtime, per-channel
+         weight scales); GPFQ 3 and 4 bits; the best combination: candidates built from
+         vocabulary pruning, gradient head pruning, AxFormer, FFN pruning, distillation and
+         ONNX Runtime int8 (per-channel), chosen on the *validation* split (never on test):
+         the smallest candidate whose validation accuracy is at least fp32's (else the most
+         accurate).
 
 Where a CUDA GPU is present, PyTorch rows also get ``latency_b1_gpu_ms`` and
 ``latency_b32_gpu_ms`` (ONNX Runtime rows run on the CPU provider: None there); without
@@ -81,7 +82,7 @@ class BenchConfig:
     rounds: int = 7                   # interleaved latency rounds
     runs_b1: int = 30                 # timed batch-1 calls per row per round
     runs_b32: int = 4                 # timed batch-32 calls per row per round
-    calibration: int = 256            # GPFQ calibration texts (training split)
+    calibration: int = 512            # GPFQ calibration texts (training split)
     distill_steps: int = 300
     head_fraction: float = 0.4        # Michel et al. peer: share of heads removed
     ffn_fractions: tuple = (0.25,)    # extra FFN pruning tried in the best-combination candidates
@@ -172,11 +173,16 @@ def _torch_row(name, group, model, description, t0, **extra) -> Row:
                build_seconds=time.perf_counter() - t0, model=model, extra=extra)
 
 
-def _onnx_rows(model, tok, folder: Path, stem: str, threads: int, tolerance: float | None = None):
-    """Export ``model`` to ONNX (fp32, parity-checked) and its dynamic-int8 twin."""
+def _onnx_rows(model, tok, folder: Path, stem: str, threads: int, tolerance: float | None = None,
+               per_channel: bool = False):
+    """Export ``model`` to ONNX (fp32, parity-checked) and its dynamic-int8 twin.
+
+    Peers get ONNX Runtime's stock dynamic int8 (one scale per weight tensor); axlab rows
+    use one scale per output channel (``per_channel``), which kept pruned models' accuracy.
+    """
     from axlab.onnx_export import DEFAULT_TOLERANCE, export_onnx
     return export_onnx(model, tok, folder / f"{stem}.onnx", int8=True, overwrite=True, threads=threads,
-                       tolerance=tolerance or DEFAULT_TOLERANCE)
+                       tolerance=tolerance or DEFAULT_TOLERANCE, int8_per_channel=per_channel)
 
 
 # candidates are fine-tuned models with top-k attention: near-ties in the top-k at 128 tokens were
@@ -189,10 +195,12 @@ def _val_accuracy(predictor, tok, split) -> float:
     return evaluate(predictor, tok, split)["accuracy"]
 
 
-def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path, say=lambda m: None) -> tuple:
+def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path, say=lambda m: None,
+                     head_pruned=None) -> tuple:
     """Build the candidate combinations, measure each on validation, pick one.
 
-    Every candidate ends in ONNX Runtime dynamic int8 (the fastest runtime measured here).
+    Every candidate ends in ONNX Runtime dynamic int8 with per-channel weight scales (the
+    fastest runtime measured here). ``head_pruned``: the gradient head-pruned model, if built.
     Rule (validation only): the smallest file whose validation accuracy is at least the
     fp32 base's; if none qualifies, the most accurate. Returns (row, candidates report).
     """
@@ -206,15 +214,16 @@ def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path
     vocab_model, vocab_report = prune.prune_vocab(ax_model, tok, splits.train.texts,
                                                   eval_texts=splits.test.head(cfg.n_test).texts)
     # (name, steps description, torch model)
-    plans = [("axformer+vocab", "AxFormer -> vocabulary pruning", lambda: vocab_model)]
+    plans = [("vocab", "vocabulary pruning", lambda: prune.prune_vocab(base, tok, splits.train.texts)[0])]
+    if head_pruned is not None:
+        plans.append(("heads+vocab", f"heads -{int(cfg.head_fraction * 100)}% (gradient) -> vocabulary pruning",
+                      lambda: prune.prune_vocab(head_pruned, tok, splits.train.texts)[0]))
+    plans.append(("axformer+vocab", "AxFormer -> vocabulary pruning", lambda: vocab_model))
     if cfg.distill_steps:
         plans.append(("axformer+vocab+distill", f"AxFormer -> vocabulary pruning -> distillation "
                       f"({cfg.distill_steps} steps)",
                       lambda: distill(vocab_model, base, tok, splits.train, steps=cfg.distill_steps,
                                       seed=cfg.seed, progress=False)))
-        plans.append(("vocab+distill", f"vocabulary pruning -> distillation ({cfg.distill_steps} steps)",
-                      lambda: distill(prune.prune_vocab(base, tok, splits.train.texts)[0], base, tok, splits.train,
-                                      steps=cfg.distill_steps, seed=cfg.seed, progress=False)))
         for frac in cfg.ffn_fractions:
             def plan(frac=frac):
                 neurons = prune.ffn_by_budget(vocab_model, frac, "magnitude")
@@ -229,14 +238,15 @@ def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path
         t0 = time.perf_counter()
         model = build()
         try:
-            res = _onnx_rows(model, tok, folder, f"best-{key}", cfg.threads, CANDIDATE_PARITY_TOLERANCE)
+            res = _onnx_rows(model, tok, folder, f"best-{key}", cfg.threads, CANDIDATE_PARITY_TOLERANCE,
+                             per_channel=True)
         except AxlabError as e:            # one candidate failing its export does not end the run
             report.append({"candidate": key, "steps": desc, "error": str(e),
                            "build_seconds": round(time.perf_counter() - t0, 1)})
             say(f"  candidate {key}: export failed: {e}")
             continue
         acc = _val_accuracy(res.int8_predictor, tok, val)
-        rec = {"candidate": key, "steps": desc + " -> ONNX Runtime int8", "val_accuracy": acc,
+        rec = {"candidate": key, "steps": desc + " -> ONNX Runtime int8 (per-channel)", "val_accuracy": acc,
                "size_bytes": int(res.int8_size_bytes), "parity_max_abs_diff": res.parity_max_abs_diff,
                "build_seconds": round(time.perf_counter() - t0, 1)}
         report.append(rec)
@@ -290,8 +300,8 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     val = splits.validation.head(cfg.n_val)
     imp = head_importance(base, tok, val, method="gradient", progress=False)
     heads = prune.heads_by_budget(imp, cfg.head_fraction)
-    add(_torch_row(f"heads -{int(cfg.head_fraction * 100)}% (gradient, Michel)", "peer",
-                   prune.prune_heads(base, heads),
+    head_pruned = prune.prune_heads(base, heads)
+    add(_torch_row(f"heads -{int(cfg.head_fraction * 100)}% (gradient, Michel)", "peer", head_pruned,
                    f"{int(cfg.head_fraction * 100)}% of heads with the lowest gradient importance (validation) removed",
                    t0, heads_removed=sum(len(v) for v in heads.values())))
     t0 = time.perf_counter()
@@ -311,16 +321,17 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     add(_torch_row("AxFormer + int8 (PyTorch)", "axlab", Q.int8_dynamic(ax.model),
                    "AxFormer, then int8 Linear layers with dynamic activations", t0))
     t0 = time.perf_counter()
-    ares = _onnx_rows(ax.model, tok, folder, "axformer", cfg.threads)
+    ares = _onnx_rows(ax.model, tok, folder, "axformer", cfg.threads, per_channel=True)
     add(Row("AxFormer + int8 (ONNX Runtime)", "axlab", "onnxruntime", ares.int8_predictor, int(ares.int8_size_bytes),
-            "AxFormer, exported (parity-checked), ONNX Runtime dynamic int8", time.perf_counter() - t0))
+            "AxFormer, exported (parity-checked), ONNX Runtime dynamic int8 with per-channel weight scales",
+            time.perf_counter() - t0))
     calib = Q.calibration_texts(splits, cfg.calibration, seed=cfg.seed)
     for bits in (3, 4):
         t0 = time.perf_counter()
         add(_torch_row(f"GPFQ {bits}-bit", "axlab", gpfq(base, tok, calib, bits, progress=False),
                        f"GPFQ weight-only {bits}-bit ({len(calib)} calibration texts; computes in fp32)", t0))
     say("choosing the best combination on validation ...")
-    best, notes["best_combination"] = best_combination(base, tok, splits, ax.model, cfg, folder, say)
+    best, notes["best_combination"] = best_combination(base, tok, splits, ax.model, cfg, folder, say, head_pruned)
     add(best)
     return rows, notes
 
