@@ -142,8 +142,19 @@ with t_search:
         tol = c2.number_input("Tolerance (allowed validation-loss increase)", 0.0, 0.5, 0.0, step=0.01,
                               key="ax_tol")
         hard = c3.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
+        with st.expander("Acceptance rule"):
+            r1, r2, r3 = st.columns(3)
+            sig = r1.number_input("Significance (standard errors)", 0.0, 5.0, 0.0, step=0.5, key="ax_sig",
+                                  help="Keep a change only if the validation loss drops by more than this many "
+                                       "paired standard errors. 0 = the paper's rule (any drop). Larger values "
+                                       "overfit the validation split less.")
+            crit = r2.selectbox("Score", ["loss", "calibrated_loss"], key="ax_crit",
+                                help="calibrated_loss: the loss at the best temperature, so softening an "
+                                     "over-confident model does not count as an improvement.")
+            guard = r3.checkbox("Validation accuracy must not drop", value=False, key="ax_guard")
         if st.button("Run the search", type="primary", key="ax_go"):
-            config = ax.SearchConfig(n_val=n_val, tolerance=tol)
+            config = ax.SearchConfig(n_val=n_val, tolerance=tol, significance=sig, criterion=crit,
+                                     accuracy_guard=guard)
             run = getattr(ax, "cached_search", None)
 
             def work(progress):
