@@ -63,9 +63,10 @@ log = logging.getLogger("axlab.bench")
 SCHEMA_VERSION = 1
 REQUIRED_ROW_KEYS = ("name", "group", "accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_bytes")
 PEER_TO_BEAT = "ONNX Runtime dynamic int8"
-# the AxFormer search of the full run: the first 300 validation reviews, FFN in 4 groups, top-k 8;
-# the same options as bench/bench_prune.py's run, so both share one cached search
-AXFORMER_N_VAL = 300
+# the AxFormer search of the full run: all validation reviews, FFN in 4 groups, top-k 8, a change kept
+# only if the loss drops by more than one paired standard error; the same options as
+# bench/bench_prune.py's defaults, so both share one cached search
+AXFORMER_OPTIONS = {"n_val": None, "ffn_groups": 4, "topk_values": (8,), "significance": 1.0}
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -311,7 +312,7 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     # --- axlab
     t0 = time.perf_counter()
     # quick: the same search (instant when cached), but stopped after 2 minutes if it is not
-    scfg = SearchConfig(n_val=AXFORMER_N_VAL, ffn_groups=4, topk_values=(8,),
+    scfg = SearchConfig(**{**AXFORMER_OPTIONS, "n_val": cfg.n_val if cfg.quick else None},
                         time_budget_s=120 if cfg.quick else None)
     ax = cached_search(base, tok, splits, config=scfg, progress=False)
     notes["axformer"] = {**ax.summary(), "config": scfg.to_dict()}
