@@ -391,16 +391,18 @@ SEARCH_PARAMS = """
                                         # False: run the search again (minutes) and cache the result
     N_VAL = 1000                        # validation reviews the search judges on (the paper uses all)
     TOLERANCE = 0.0                     # 0 = keep a change only if the validation loss improves
+    SIGNIFICANCE = 1.0                  # ... by more than this many paired standard errors (0 = the paper's
+                                        # rule: any drop; with 0 the search overfitted validation here)
     SEARCH_LAYERS = None                # layers to visit (None = all, always top layer first)
-    FFN_GROUPS = 8                      # FFN neurons are tried in this many groups
-    TOPK_VALUES = (4, 8, 16)            # hard-attention k tried in each layer
+    FFN_GROUPS = 4                      # FFN neurons are tried in this many groups
+    TOPK_VALUES = (8,)                  # hard-attention k tried in each layer
 """
 
 SEARCH_CALL = """
     from axlab import axformer
 
     config = axformer.SearchConfig(tolerance=TOLERANCE, layers=SEARCH_LAYERS, ffn_groups=FFN_GROUPS,
-                                   topk_values=TOPK_VALUES, n_val=N_VAL)
+                                   topk_values=TOPK_VALUES, n_val=N_VAL, significance=SIGNIFICANCE)
 
 
     def show_progress(done, total, message):     # axlab's progress convention: fn(done, total, message)

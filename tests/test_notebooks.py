@@ -29,7 +29,7 @@ NOTEBOOKS = ["01_tour.ipynb", "02_which_heads_matter.ipynb", "03_axformer.ipynb"
 
 # Small configurations: every code path runs, on the real default model, in well under a minute each
 # on two quiet cores. The AxFormer settings are the same in 03 and 05, so 05 reuses 03's cached search.
-SMALL_SEARCH = dict(N_VAL=32, SEARCH_LAYERS=[5], FFN_GROUPS=2, TOPK_VALUES=(8,))
+SMALL_SEARCH = dict(N_VAL=32, SEARCH_LAYERS=[5], FFN_GROUPS=2, TOPK_VALUES=(8,), SIGNIFICANCE=0.0)
 TEST_PARAMETERS = {
     "01_tour.ipynb": dict(N_EXAMPLES=48),
     "02_which_heads_matter.ipynb": dict(N_IMPORTANCE=8, N_EVAL=48, FRACTIONS=(0.0, 0.5), RANDOM_SEEDS=(0,),
