@@ -130,6 +130,13 @@ def test_targets_and_pareto():
     assert bench.pareto_flags(rows, "latency_b1_ms") == [False, True, False, True]
     bench.add_ratios(rows)
     assert rows[1]["speedup_b1"] == pytest.approx(3.0) and rows[1]["compression"] == pytest.approx(90 / 24)
+    assert set(t["per_row"]) == {"small", "fast-but-worse"}
+    assert t["per_row"]["fast-but-worse"]["dominated_peers"] == []
+    # a run with the best combination reports that row, even if another dominates more peers
+    rows.append(_row("axlab best combination", "axlab", 0.80, 1.0, 8))
+    t = bench.targets(rows)
+    assert t["best_axlab_row"] == "axlab best combination" and not t["accuracy_at_least_fp32"]
+    assert t["speedup_b1_vs_strongest_peer"] == pytest.approx(2.0) and t["goal_1.5x_latency_b1"]
 
 
 def test_config_validates():
