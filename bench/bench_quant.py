@@ -52,7 +52,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8])
     ap.add_argument("--calibration", type=int, default=512, help="GPFQ calibration texts (training split)")
-    ap.add_argument("--mixed-avg-bits", type=float, default=3.0)
+    ap.add_argument("--mixed-avg-bits", type=float, default=3.0, help="0 skips the mixed-precision row")
+    ap.add_argument("--group-size", type=int, default=None,
+                    help="scales per group of this many inputs for RTN and GPFQ (default: one per output channel)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-runs", type=int, default=100)
     ap.add_argument("--limit", type=int, default=None, help="first N test reviews (default all 2,000)")
@@ -93,13 +95,15 @@ def main(argv=None) -> int:
 
     errs_models = {}
     for bits in args.bits:
-        q = Q.rtn(model, bits)
-        rows[f"rtn {bits}-bit"] = row(q, tok, test, size_of=q, bits=bits); log(f"rtn {bits}-bit")
+        q = Q.rtn(model, bits, group_size=args.group_size)
+        rows[f"rtn {bits}-bit"] = row(q, tok, test, size_of=q, bits=bits, group_size=args.group_size)
+        log(f"rtn {bits}-bit")
         t0 = time.perf_counter()
-        g = gpfq(model, tok, calib, bits, progress=False)
+        g = gpfq(model, tok, calib, bits, group_size=args.group_size, progress=False)
         secs = time.perf_counter() - t0
         rep = g.axlab_gpfq_report.layers
-        rows[f"gpfq {bits}-bit"] = row(g, tok, test, size_of=g, bits=bits, quantize_seconds=secs,
+        rows[f"gpfq {bits}-bit"] = row(g, tok, test, size_of=g, bits=bits, group_size=args.group_size,
+                                       quantize_seconds=secs,
                                        mean_rel_error=sum(r["rel_error"] for r in rep) / len(rep),
                                        mean_rtn_rel_error=sum(r["rtn_rel_error"] for r in rep) / len(rep))
         log(f"gpfq {bits}-bit")
