@@ -137,14 +137,16 @@ with t_search:
     ax = feature("axformer", "search", "SearchConfig")
     if ax is not None:
         c1, c2, c3 = st.columns(3)
-        n_val = c1.slider("Validation examples", 100, len(splits.validation), min(300, len(splits.validation)),
-                          step=100, key="ax_nval", help="Every candidate change is scored on these examples.")
+        n_val = c1.slider("Validation examples", 100, len(splits.validation), len(splits.validation),
+                          step=100, key="ax_nval",
+                          help="Every candidate change is scored on these examples. Fewer is faster but the "
+                               "search then overfits them more.")
         tol = c2.number_input("Tolerance (allowed validation-loss increase)", 0.0, 0.5, 0.0, step=0.01,
                               key="ax_tol")
         hard = c3.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
         with st.expander("Acceptance rule"):
             r1, r2, r3 = st.columns(3)
-            sig = r1.number_input("Significance (standard errors)", 0.0, 5.0, 0.0, step=0.5, key="ax_sig",
+            sig = r1.number_input("Significance (standard errors)", 0.0, 5.0, 1.0, step=0.5, key="ax_sig",
                                   help="Keep a change only if the validation loss drops by more than this many "
                                        "paired standard errors. 0 = the paper's rule (any drop). Larger values "
                                        "overfit the validation split less.")
