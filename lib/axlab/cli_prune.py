@@ -102,7 +102,8 @@ def cmd_axformer(args) -> None:
     from .cli import _out
     bundle, splits = _load(args)
     cfg = SearchConfig(tolerance=args.tolerance, n_val=args.n_val, time_budget_s=args.time_budget,
-                       ffn_groups=args.ffn_groups, criterion=args.criterion, significance=args.significance,
+                       ffn_groups=args.ffn_groups, topk_values=tuple(args.topk or (8,)),
+                       criterion=args.criterion, significance=args.significance,
                        accuracy_guard=args.accuracy_guard)
     res = cached_search(bundle.model, bundle.tokenizer, splits, config=cfg, hard_attention=not args.no_hard_attention,
                         refresh=args.refresh, progress=False)
@@ -147,11 +148,13 @@ def add_commands(sub) -> None:
     p.add_argument("--tolerance", type=float, default=0.0, help="allowed validation-loss increase (absolute)")
     p.add_argument("--no-hard-attention", action="store_true")
     p.add_argument("--n-val", type=int, default=None, help="search on the first N validation examples")
-    p.add_argument("--ffn-groups", type=int, default=8)
+    p.add_argument("--ffn-groups", type=int, default=4)
+    p.add_argument("--topk", type=int, nargs="+", default=[8], help="hard-attention k values tried per layer")
     p.add_argument("--criterion", default="loss", choices=("loss", "calibrated_loss"),
                    help="score: validation loss (the paper) or the loss at the best temperature")
-    p.add_argument("--significance", type=float, default=0.0,
-                   help="keep a change only if the loss drops by more than this many paired standard errors")
+    p.add_argument("--significance", type=float, default=1.0,
+                   help="keep a change only if the loss drops by more than this many paired standard errors "
+                        "(default 1; 0 = the paper's rule, which overfitted validation on the default model)")
     p.add_argument("--accuracy-guard", action="store_true", help="also require validation accuracy not to drop")
     p.add_argument("--time-budget", type=float, default=None, help="stop the search after this many seconds")
     p.add_argument("--refresh", action="store_true", help="ignore a cached result")
