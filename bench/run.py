@@ -455,8 +455,9 @@ def targets(rows: list[dict], ref_name: str = "fp32 PyTorch", strongest_peer: st
     top = next((r for r in rows if r["name"] == strongest_peer), None)
 
     def assess(a: dict) -> dict:
-        d = {"dominated_peers": [p["name"] for p in peers if dominates(a, p)],
-             "peers_not_dominated": [p["name"] for p in peers if not dominates(a, p)],
+        beaten = {p["name"]: dominates(a, p) for p in peers}
+        d = {"dominated_peers": [n for n, b in beaten.items() if b],
+             "peers_not_dominated": [n for n, b in beaten.items() if not b],
              "accuracy_at_least_fp32": a["accuracy"] >= ref["accuracy"],
              "accuracy_delta_vs_fp32_points": round(100 * (a["accuracy"] - ref["accuracy"]), 2)}
         if top is not None:

@@ -198,7 +198,6 @@ class _Evaluator:
         self.batches = [(ix, b) for ix, b in iter_batches(tokenizer, split.texts, batch_size)]
         labels = np.asarray(split.labels)
         self.labels = [torch.as_tensor(labels[ix]) for ix, _ in self.batches]
-        self.n = len(split)
         self.start = 0
         self.store: dict = {"states": [], "batch": 0}
         self._saved: list[nn.Module] = []

@@ -102,7 +102,7 @@ def cmd_axformer(args) -> None:
     from .cli import _out
     bundle, splits = _load(args)
     cfg = SearchConfig(tolerance=args.tolerance, n_val=args.n_val, time_budget_s=args.time_budget,
-                       ffn_groups=args.ffn_groups, topk_values=tuple(args.topk or (8,)),
+                       ffn_groups=args.ffn_groups, topk_values=tuple(args.topk),
                        criterion=args.criterion, significance=args.significance,
                        accuracy_guard=args.accuracy_guard)
     res = cached_search(bundle.model, bundle.tokenizer, splits, config=cfg, hard_attention=not args.no_hard_attention,
