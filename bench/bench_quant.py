@@ -6,9 +6,12 @@
 One run measures, on the 2,000 test reviews:
 1. fp32, torch int8 dynamic (Linear layers; and + 8-bit embeddings), ONNX Runtime int8
    (the export's quantized graph): accuracy, latency at batch 1 and 32, size;
-2. weight-only RTN (per-channel max scaling, the baseline) and GPFQ (scale search, bias
-   correction, calibration texts from the training split) at each bit width; GPFQ with
-   mixed precision at an average of 3 bits; sizes are the packed sizes an export writes;
+2. weight-only RTN (per-channel max scaling, the baseline; and with 0.1% of the weights kept
+   exact) and GPFQ at each bit width: axlab's default (scale search, bias correction,
+   3 refinement passes, 0.1% exact outliers) and the plain published algorithm (max
+   scaling, nothing else); GPFQ with mixed precision at an average of 3 bits (2, 3 or 4 per
+   layer); calibration texts from the training split; sizes are the packed sizes an export
+   writes, and ``bits_per_weight`` counts codes, scales and outliers of the quantized layers;
 3. per-layer relative error ||XW - X~Q|| / ||XW|| of RTN vs GPFQ at 3 bits (plotly HTML).
 
 Weight-only k-bit layers compute with their dequantized weights (no k-bit CPU kernel), so
@@ -33,11 +36,24 @@ from axlab.loading import load_model
 from axlab.measure import evaluate, hardware_info, latency, size_report
 
 
+def bits_per_weight(model) -> float | None:
+    """Stored bits per weight of the k-bit layers: packed codes + scales + exact outliers."""
+    mods = [m for m in model.modules() if isinstance(m, Q.QuantLinear)]
+    n = sum(m.in_features * m.out_features for m in mods)
+    if not n:
+        return None
+    nbytes = sum(m.packed.numel() * m.packed.element_size() + m.scale.numel() * 4 + m.n_outliers * 6 for m in mods)
+    return 8 * nbytes / n
+
+
 def row(model_or_pred, tok, test, *, size_of=None, size_bytes=None, lat=False, args=None, **extra) -> dict:
     ev = evaluate(model_or_pred, tok, test)
     out = {"accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "loss": ev["loss"], **extra}
     if size_of is not None:
         out["size_bytes"] = size_report(size_of)["size_bytes"]
+        bpw = bits_per_weight(size_of)
+        if bpw is not None:
+            out["bits_per_weight"] = round(bpw, 3)
     if size_bytes is not None:
         out["size_bytes"] = int(size_bytes)
     if lat:
@@ -48,6 +64,10 @@ def row(model_or_pred, tok, test, *, size_of=None, size_bytes=None, lat=False, a
     return out
 
 
+# the published algorithm: per-channel max scaling, no bias correction, no refinement, no outliers
+PLAIN = dict(scale_grid=None, bias_correction=False, refine_passes=0, outliers=0.0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8])
@@ -55,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mixed-avg-bits", type=float, default=3.0, help="0 skips the mixed-precision row")
     ap.add_argument("--group-size", type=int, default=None,
                     help="scales per group of this many inputs for RTN and GPFQ (default: one per output channel)")
+    ap.add_argument("--outliers", type=float, default=0.001, help="fraction of weights kept exact (rtn/gpfq rows)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-runs", type=int, default=100)
     ap.add_argument("--limit", type=int, default=None, help="first N test reviews (default all 2,000)")
@@ -93,26 +114,36 @@ def main(argv=None) -> int:
         except Exception as e:  # the ONNX path belongs to the export module; report, do not fail the bench
             res["onnx_error"] = f"{type(e).__name__}: {e}"
 
+    def gpfq_row(name, bits, **options):
+        t0 = time.perf_counter()
+        g = gpfq(model, tok, calib, bits, group_size=args.group_size, progress=False, **options)
+        secs = time.perf_counter() - t0
+        rep = g.axlab_gpfq_report.layers
+        rows[name] = row(g, tok, test, size_of=g, bits=bits, group_size=args.group_size, quantize_seconds=secs,
+                         options=options or "axlab defaults",
+                         mean_rel_error=sum(r["rel_error"] for r in rep) / len(rep),
+                         mean_rtn_rel_error=sum(r["rtn_rel_error"] for r in rep) / len(rep))
+        log(name)
+        return g
+
     errs_models = {}
     for bits in args.bits:
         q = Q.rtn(model, bits, group_size=args.group_size)
         rows[f"rtn {bits}-bit"] = row(q, tok, test, size_of=q, bits=bits, group_size=args.group_size)
         log(f"rtn {bits}-bit")
-        t0 = time.perf_counter()
-        g = gpfq(model, tok, calib, bits, group_size=args.group_size, progress=False)
-        secs = time.perf_counter() - t0
-        rep = g.axlab_gpfq_report.layers
-        rows[f"gpfq {bits}-bit"] = row(g, tok, test, size_of=g, bits=bits, group_size=args.group_size,
-                                       quantize_seconds=secs,
-                                       mean_rel_error=sum(r["rel_error"] for r in rep) / len(rep),
-                                       mean_rtn_rel_error=sum(r["rtn_rel_error"] for r in rep) / len(rep))
-        log(f"gpfq {bits}-bit")
+        if bits < 8:
+            qo = Q.rtn(model, bits, group_size=args.group_size, outliers=args.outliers)
+            rows[f"rtn {bits}-bit + outliers"] = row(qo, tok, test, size_of=qo, bits=bits, outliers=args.outliers)
+            log(f"rtn {bits}-bit + outliers")
+        g = gpfq_row(f"gpfq {bits}-bit", bits, outliers=args.outliers)
+        gpfq_row(f"gpfq {bits}-bit plain", bits, **PLAIN)
         if bits == 3:
             errs_models = {"rtn 3-bit": q, "gpfq 3-bit": g}
     if args.mixed_avg_bits:
         t0 = time.perf_counter()
-        bpl = choose_bits(model, tok, calib[:48], args.mixed_avg_bits, progress=False)
-        g = gpfq(model, tok, calib, 3, bits_per_layer=bpl, progress=False)
+        bpl = choose_bits(model, tok, calib[:48], args.mixed_avg_bits, candidates=(2, 3, 4), progress=False,
+                          outliers=args.outliers)
+        g = gpfq(model, tok, calib, 3, bits_per_layer=bpl, outliers=args.outliers, progress=False)
         name = f"gpfq mixed {args.mixed_avg_bits:g}-bit avg"
         rows[name] = row(g, tok, test, size_of=g, quantize_seconds=time.perf_counter() - t0, bits_per_layer=bpl)
         log(name)

@@ -114,15 +114,18 @@ def _pruned(arch):
     return m
 
 
-@pytest.mark.parametrize("method", ["int8", "rtn", "gpfq"])
+@pytest.mark.parametrize("method", ["int8", "rtn", "gpfq", "gpfq_outliers"])
 def test_state_dict_round_trip_through_safetensors(arch, tokenizer, split, batch, tmp_path, method):
     base = _pruned(arch)
     if method == "int8":
         q = Q.int8_dynamic(base, embeddings=True)
     elif method == "rtn":
         q = Q.rtn(base, 3, group_size=16, embeddings=True, embedding_bits=4)
-    else:
+    elif method == "gpfq":
         q = gpfq(base, tokenizer, split.texts[:12], 3, group_size=16, progress=False)
+    else:
+        q = gpfq(base, tokenizer, split.texts[:12], 3, outliers=0.01, refine_passes=1, progress=False)
+        assert all(q.get_submodule(n).n_outliers > 0 for n in Q.target_linears(q))
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in q.state_dict().items()}, str(path))
     lay, qlay = surgery.layout(q), Q.quant_layout(q)
@@ -137,6 +140,35 @@ def test_state_dict_round_trip_through_safetensors(arch, tokenizer, split, batch
     b, _ = _out(fresh, batch)
     assert torch.equal(a, b)
     assert size_report(fresh)["size_bytes"] == size_report(q)["size_bytes"]
+
+
+def test_outliers_are_kept_exact_and_counted_in_the_size(tiny):
+    """Dense-and-sparse RTN: a planted huge weight is stored exactly and no longer sets its
+    row's step, so the rest of the row keeps its precision."""
+    m = copy.deepcopy(tiny)
+    name = Q.target_linears(m)[0]
+    lin = m.get_submodule(name)
+    with torch.no_grad():
+        lin.weight[3, 5] = 40 * float(lin.weight.abs().max())
+    mask = Q.outlier_mask(lin.weight, 0.001)
+    assert bool(mask[3, 5])
+    plain, dense_sparse = Q.rtn(m, 3), Q.rtn(m, 3, outliers=0.001)
+    ql = dense_sparse.get_submodule(name)
+    k = ql.n_outliers
+    assert k == mask.sum() and ql.outlier_value.dtype == torch.float16
+    assert float(ql.weight[3, 5]) == float(lin.weight.detach()[3, 5].half())
+    assert int(ql.codes()[3, 5]) == 0
+    row_err = lambda q: float((q.get_submodule(name).weight[3] - lin.weight[3]).abs()[torch.arange(lin.in_features) != 5].max())
+    assert row_err(dense_sparse) < 0.2 * row_err(plain)
+    n_layers = len(Q.target_linears(m))
+    extra = size_report(dense_sparse)["size_bytes"] - size_report(plain)["size_bytes"]
+    n_out = sum(dense_sparse.get_submodule(n).n_outliers for n in Q.target_linears(m))
+    assert n_out * 6 <= extra <= n_out * 6 + 600 * n_layers          # int32 index + fp16 value (+ headers)
+    with pytest.raises(AxlabError):
+        Q.outlier_mask(lin.weight, 0.5)
+    with pytest.raises(ValueError):                                  # codes must be 0 where the outliers sit
+        Q.QuantLinear.from_codes(torch.ones(2, 4, dtype=torch.int8), torch.ones(2, 1), None, 3,
+                                 outliers=(torch.tensor([1]), torch.tensor([2.0])))
 
 
 def test_apply_quant_layout_rejects_unknown_module():

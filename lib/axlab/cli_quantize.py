@@ -18,11 +18,14 @@ def recipe_from_args(args) -> list[dict]:
         return [Step("quantize_int8", embeddings=args.embeddings)]
     if args.method == "rtn":
         return [Step("quantize_rtn", bits=args.bits, group_size=args.group_size, embeddings=args.embeddings,
-                     scale_search=args.scale_search)]
+                     scale_search=args.scale_search, outliers=args.outliers or 0.0)]
     params = dict(bits=args.bits, group_size=args.group_size, embeddings=args.embeddings,
-                  n_calibration=args.calibration, sparsity=args.sparsity)
+                  n_calibration=args.calibration, sparsity=args.sparsity,
+                  outliers=0.001 if args.outliers is None else args.outliers,
+                  refine_passes=0 if args.sparsity else args.refine_passes)
     if args.avg_bits is not None:
         params["avg_bits"] = args.avg_bits
+        params["candidates"] = list(args.candidates)
     if args.no_scale_search:
         params["scale_grid"] = None
     if args.no_bias_correction:
@@ -74,6 +77,11 @@ def add_commands(sub) -> None:
     p.add_argument("--calibration", type=int, default=256, help="gpfq: calibration texts from the training split")
     p.add_argument("--sparsity", type=float, default=0.0, help="gpfq: soft threshold (in steps) for zeros")
     p.add_argument("--avg-bits", type=float, default=None, help="gpfq: mixed precision under this average")
+    p.add_argument("--candidates", type=int, nargs="+", default=[2, 3, 4],
+                   help="gpfq --avg-bits: the bit widths a layer may get")
+    p.add_argument("--outliers", type=float, default=None,
+                   help="fraction of each layer's weights kept exact in float16 (gpfq default 0.001, rtn 0)")
+    p.add_argument("--refine-passes", type=int, default=3, help="gpfq: coordinate-descent passes (0 = plain)")
     p.add_argument("--no-scale-search", action="store_true", help="gpfq: plain max scaling")
     p.add_argument("--no-bias-correction", action="store_true")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])

@@ -27,6 +27,19 @@ Levers on top of the published algorithm (all optional):
 * ``bits_per_layer`` (mixed precision): e.g. from :func:`choose_bits`, which measures each
   layer's sensitivity (KL of the logits when only that layer is rounded) and spends a
   size budget greedily.
+* ``refine_passes``: coordinate descent on the same objective after the greedy pass
+  (:func:`refine_rows`): each code is re-chosen given all the others, so it also sees the
+  codes after it. The error never grows; on the default model 3 passes cut the mean
+  per-layer error at 3 bits from 0.33 to 0.26 (and the logits' KL to fp32 by a sixth).
+* ``outliers``: dense-and-sparse storage (as in SpQR / SqueezeLLM). The weights that stand
+  out most from their row (``|w| / rms(row)``, top fraction per layer) are kept exact in
+  float16 beside the codes, and the path-following runs around them. In MiniLM one FFN
+  weight of layer 0 feeds a "massive activation" (about 200x the typical output); under
+  per-row max scaling it sets its row's step and rounds the rest of the row to zero.
+  Keeping 0.1% of the weights exact (about 0.05 bits per weight) cut the KL of the 3-bit
+  model's logits to fp32 threefold.
+* ``damp``: a ridge on the Gram matrices (as GPTQ's dampening), pulling codes towards
+  plain rounding when calibration data is scarce.
 
 Linears that read the same input tensor (q, k, v) share their Gram matrices and are
 quantized together.
@@ -50,7 +63,7 @@ from .measure import iter_batches
 from .packing import code_range
 from .progress import Progress, as_progress
 from .quantize import (QuantEmbedding, QuantLinear, _check_bits, _quantize_embeddings_, _set_module,
-                       layer_group_size, quantize_codes, target_linears)
+                       layer_group_size, outlier_mask, quantize_codes, split_outliers, target_linears)
 
 __all__ = ["GPFQConfig", "GPFQReport", "gpfq", "gpfq_rows", "choose_bits", "DEFAULT_SCALE_GRID"]
 
@@ -74,6 +87,10 @@ class GPFQConfig:
     batch_size: int = 32
     block_size: int = 128
     order: str = "natural"             # "natural" | "energy": largest ||x~_t|| first (like GPTQ's act-order)
+    damp: float = 0.0                  # ridge on the Gram matrices, as a fraction of their mean diagonal
+    refine_passes: int = 3             # coordinate-descent passes over GPFQ's codes (same objective); 0 = off
+                                       # (with sparsity > 0 the threshold's zeros stay zero)
+    outliers: float = 0.001            # fraction of each layer's weights kept exact (fp16, sparse); 0 = off
 
     def __post_init__(self):
         _check_bits(self.bits)
@@ -91,6 +108,12 @@ class GPFQConfig:
             raise ValueError("order must be 'natural' or 'energy'")
         if self.batch_size < 1 or self.block_size < 1:
             raise ValueError("batch_size and block_size must be >= 1")
+        if self.damp < 0:
+            raise ValueError("damp must be >= 0")
+        if not 0 <= self.outliers <= 0.1:
+            raise ValueError("outliers must be a fraction between 0 and 0.1")
+        if self.refine_passes < 0:
+            raise ValueError("refine_passes must be >= 0")
 
 
 @dataclass
@@ -112,14 +135,15 @@ class GPFQReport:
 def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor,
               hi: torch.Tensor, group_size: int | None = None, sparsity: float = 0.0, threshold: str = "soft",
               block_size: int = 128, dtype: torch.dtype = torch.float64,
-              order: torch.Tensor | None = None) -> torch.Tensor:
+              order: torch.Tensor | None = None, fixed: torch.Tensor | None = None) -> torch.Tensor:
     """GPFQ codes for every row of ``W`` (R, in).
 
     A = X~^T X, B = X~^T X~ (in, in); scale (R, G) per row (and group); lo, hi (R, 1) code
     range per row. Computes in ``dtype`` (float32 is about twice as fast; float64 matches
     the token-space algorithm exactly). ``order`` is the permutation of input coordinates
-    to walk (None = natural order); codes come back in the natural order. Returns integer
-    codes (R, in) as float64.
+    to walk (None = natural order); codes come back in the natural order. ``fixed`` (R, in)
+    bool marks weights kept exact (outliers): there q_t = w_t and the code is 0, and the
+    path-following carries on around them. Returns integer codes (R, in) as float64.
     """
     R, n = W.shape
     W = W.to(dtype)
@@ -130,6 +154,7 @@ def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Te
         order = order.long()
         W, col_scale = W[:, order], col_scale[:, order]
         A, B = A[order][:, order], B[order][:, order]
+        fixed = None if fixed is None else fixed[:, order]
     E = torch.zeros(R, n, dtype=dtype)                # E[:, t] = <x~_t, u_{t-1}> per row
     codes = torch.zeros(R, n, dtype=dtype)
     Qw = torch.zeros(R, n, dtype=dtype)               # dequantized q
@@ -151,8 +176,11 @@ def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Te
                 else:
                     v = torch.where(v.abs() < sparsity, torch.zeros_like(v), v)
             c = torch.minimum(torch.maximum(torch.round(v), lo[:, 0]), hi[:, 0])
-            codes[:, t] = c
             q = c * st
+            if fixed is not None:
+                c = torch.where(fixed[:, t], 0.0, c)
+                q = torch.where(fixed[:, t], W[:, t], q)
+            codes[:, t] = c
             Qw[:, t] = q
             if t + 1 < e:                                              # within-block lazy update
                 E[:, t + 1:e] += W[:, t:t + 1] * A[t + 1:e, t] - q.unsqueeze(1) * B[t + 1:e, t]
@@ -160,6 +188,56 @@ def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Te
             E[:, e:] += W[:, s:e] @ A[e:, s:e].T - Qw[:, s:e] @ B[e:, s:e].T
     if order is not None:
         codes = codes[:, torch.argsort(order)]
+    return codes.double()
+
+
+def refine_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                lo: torch.Tensor, hi: torch.Tensor, group_size: int | None = None, passes: int = 1,
+                block_size: int = 128, dtype: torch.dtype = torch.float32,
+                fixed: torch.Tensor | None = None, exact: torch.Tensor | None = None) -> torch.Tensor:
+    """Coordinate descent on ``||X w - X~ q||^2`` from given integer ``codes`` (R, in).
+
+    Each step re-chooses one code given all the others: ``q_t = Q(q_t + ((A w)_t - (B q)_t) / B_tt)``
+    where ``(A w)_t = <x~_t, X w>`` -- the exact minimiser on the alphabet, so the error never
+    grows. GPFQ only looks back (each code sees the error of those before it); a pass lets
+    every code also see those after it. Rows are independent and processed at once; ``B q``
+    is updated lazily per block of columns, as in :func:`gpfq_rows`. Positions in ``fixed``
+    (R, in) bool are not revisited; ``exact`` (a subset of them) marks weights kept exact
+    (outliers: code 0, value w). Returns codes (R, in) as float64.
+    """
+    R, n = W.shape
+    W, A, B = W.to(dtype), A.to(dtype), B.to(dtype)
+    g = n if group_size is None else group_size
+    col_scale = scale.to(dtype).repeat_interleave(g, dim=1) if scale.shape[1] > 1 else scale.to(dtype).expand(R, n)
+    codes = codes.to(dtype).clone()
+    lo, hi = lo.to(dtype)[:, 0], hi.to(dtype)[:, 0]
+    target = W @ A.T                                 # (R, in): <x~_t, X w> per row, A = X~^T X
+    diagB = torch.diagonal(B)
+    live = (diagB > 1e-12 * max(float(diagB.max()), 1e-30)).tolist() if n else []
+    exact_w = None if exact is None else torch.where(exact, W, 0.0)
+    for _ in range(passes):
+        Qw = codes * col_scale if exact_w is None else codes * col_scale + exact_w
+        Bq = Qw @ B                                  # (R, in), B symmetric
+        for s in range(0, n, block_size):
+            e = min(s + block_size, n)
+            delta = torch.zeros(R, e - s, dtype=dtype)
+            for t in range(s, e):
+                if not live[t]:
+                    continue
+                st = col_scale[:, t]
+                q_new = Qw[:, t] + (target[:, t] - Bq[:, t]) / diagB[t]
+                c = torch.minimum(torch.maximum(torch.round(q_new / st), lo), hi)
+                d = c * st - Qw[:, t]
+                if fixed is not None:
+                    d = torch.where(fixed[:, t], 0.0, d)
+                    c = torch.where(fixed[:, t], codes[:, t], c)
+                codes[:, t] = c
+                Qw[:, t] += d
+                delta[:, t - s] = d
+                if t + 1 < e:                        # within-block lazy update
+                    Bq[:, t + 1:e] += d.unsqueeze(1) * B[t, t + 1:e]
+            if e < n:
+                Bq[:, e:] += delta @ B[s:e, e:]
     return codes.double()
 
 
@@ -404,7 +482,10 @@ def _quantize_linear_impl(qmodel: nn.Module, name: str, lin: nn.Linear, st: _Sta
     W = lin.weight.detach().double()                                      # (R, in)
     R, n = W.shape
     gs = layer_group_size(n, cfg.group_size)
-    _, base = quantize_codes(W, bits, gs)                                  # max scaling (R, G)
+    mask = outlier_mask(W, cfg.outliers)                                   # kept exact, in float16
+    if bool(mask.any()):
+        W = torch.where(mask, W.half().double(), W)
+    _, base = quantize_codes(W.masked_fill(mask, 0), bits, gs)            # max scaling (R, G)
     grid = cfg.scale_grid or (1.0,)
     k = len(grid)
     Wk = W.repeat(k, 1)                                                    # (k*R, in)
@@ -412,31 +493,47 @@ def _quantize_linear_impl(qmodel: nn.Module, name: str, lin: nn.Linear, st: _Sta
     lo_t = torch.full((k * R, 1), float(lo), dtype=torch.float64)
     hi_t = torch.full((k * R, 1), float(hi), dtype=torch.float64)
     order = torch.argsort(torch.diagonal(st.B), descending=True, stable=True) if cfg.order == "energy" else None
-    codes = gpfq_rows(Wk, st.A, st.B, scales, lo_t, hi_t, gs, cfg.sparsity, cfg.threshold, cfg.block_size,
-                      dtype=torch.float32, order=order)
+    A, B = st.A, st.B
+    if cfg.damp > 0:                                                       # ridge: pulls q towards w
+        ridge = cfg.damp * float(torch.diagonal(B).mean()) * torch.eye(n, dtype=B.dtype)
+        A, B = A + ridge, B + ridge
+    fixed = mask if bool(mask.any()) else None
+    codes = gpfq_rows(Wk, A, B, scales, lo_t, hi_t, gs, cfg.sparsity, cfg.threshold, cfg.block_size,
+                      dtype=torch.float32, order=order, fixed=None if fixed is None else fixed.repeat(k, 1))
     g = n if gs is None else gs
-    deq = codes * scales.repeat_interleave(g, dim=1) if scales.shape[1] > 1 else codes * scales
+    exact = torch.where(mask, W, 0.0)
+
+    def dequant(c, sc):
+        return (c * sc.repeat_interleave(g, dim=1) if sc.shape[1] > 1 else c * sc) + exact.repeat(c.shape[0] // R, 1)
+
+    deq = dequant(codes, scales)
     err = _row_errors(Wk, deq, st.G, st.A, st.B).view(k, R)                # (k, R)
     best = err.argmin(0)                                                   # (R,)
     rows = best * R + torch.arange(R)
     codes, scale, deq = codes[rows], scales[rows], deq[rows]
+    gp = float(err.gather(0, best.unsqueeze(0)).sum())
+    if cfg.refine_passes:
+        keep = mask | (codes == 0) if cfg.sparsity > 0 else fixed           # keep the threshold's zeros
+        codes = refine_rows(W, A, B, codes, scale, lo_t[:R], hi_t[:R], gs, cfg.refine_passes, cfg.block_size,
+                            fixed=keep, exact=fixed)
+        deq = dequant(codes, scale)
+        gp = float(_row_errors(W, deq, st.G, st.A, st.B).sum())
     bias = lin.bias.detach().double().clone() if lin.bias is not None else None
     if cfg.bias_correction:
         shift = st.mx @ W.T - st.mxq @ deq.T                                # (R,)
         bias = shift if bias is None else bias + shift
     # relative errors ||XW - X~Q|| / ||XW|| (weights only), GPFQ vs RTN on the same X~
     ref_energy = float(((W @ st.G) * W).sum())
-    gp = float(err.gather(0, best.unsqueeze(0)).sum())
     rtn_codes, rtn_scale = quantize_codes(W, bits, gs)
     rtn_deq = rtn_codes.double() * (rtn_scale.double().repeat_interleave(g, dim=1) if rtn_scale.shape[1] > 1
                                     else rtn_scale.double())
     rt = float(_row_errors(W, rtn_deq, st.G, st.A, st.B).sum())
     new = QuantLinear.from_codes(codes.to(torch.int8), scale.float(), None if bias is None else bias.float(),
-                                 bits, gs, "gpfq")
+                                 bits, gs, "gpfq", split_outliers(W, mask))
     _set_module(qmodel, name, new)
     return {"name": name, "bits": bits, "rel_error": math.sqrt(max(gp, 0) / ref_energy) if ref_energy > 0 else 0.0,
             "rtn_rel_error": math.sqrt(max(rt, 0) / ref_energy) if ref_energy > 0 else 0.0,
-            "zeros": float((codes == 0).double().mean()),
+            "zeros": float(((codes == 0) & ~mask).double().mean()), "outliers": int(mask.sum()),
             "mean_scale_factor": float(torch.tensor(grid, dtype=torch.float64)[best].mean())}
 
 
@@ -445,15 +542,17 @@ def _quantize_linear_impl(qmodel: nn.Module, name: str, lin: nn.Linear, st: _Sta
 
 
 @torch.no_grad()
-def choose_bits(model: nn.Module, tokenizer, texts: list[str], avg_bits: float, candidates=(2, 3, 4, 8),
-                scope: str = "encoder", batch_size: int = 32, progress: Progress = None) -> dict[str, int]:
+def choose_bits(model: nn.Module, tokenizer, texts: list[str], avg_bits: float, candidates=(2, 3, 4),
+                scope: str = "encoder", batch_size: int = 32, progress: Progress = None,
+                outliers: float = 0.0) -> dict[str, int]:
     """Bits per Linear layer under a size budget of ``avg_bits`` per weight (on average).
 
     Sensitivity of layer l at b bits = KL(p_fp32 || p) of the output distribution when only
-    layer l is rounded (RTN, per channel) to b bits, on ``texts``. Starting from the fewest
-    bits everywhere, the upgrade with the largest sensitivity drop per extra bit is taken
-    while the budget allows.
+    layer l is rounded (RTN, per channel, keeping the ``outliers`` fraction exact as the
+    quantizer will) to b bits, on ``texts``. Starting from the fewest bits everywhere, the
+    upgrade with the largest sensitivity drop per extra bit is taken while the budget allows.
     """
+    from .quantize import outlier_mask, split_outliers
     from .quantize import QuantLinear as _QL
     cands = sorted({_check_bits(int(b)) for b in candidates})
     if not cands[0] <= avg_bits:
@@ -473,9 +572,10 @@ def choose_bits(model: nn.Module, tokenizer, texts: list[str], avg_bits: float, 
     for name in names:
         lin = work.get_submodule(name)
         sens[name] = {}
+        mask = outlier_mask(lin.weight, outliers)
         for b in cands:
-            codes, scale = quantize_codes(lin.weight, b)
-            _set_module(work, name, _QL.from_codes(codes, scale, lin.bias, b))
+            codes, scale = quantize_codes(lin.weight.detach().masked_fill(mask, 0), b)
+            _set_module(work, name, _QL.from_codes(codes, scale, lin.bias, b, outliers=split_outliers(lin.weight, mask)))
             lp = logprobs(work)
             sens[name][b] = float((ref.exp() * (ref - lp)).sum(-1).mean())
             prog.update(1, f"{name} {b}b")

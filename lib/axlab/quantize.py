@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import warnings
 
 import torch
@@ -38,7 +39,8 @@ from .variants import RecipeContext, register_transform
 
 __all__ = ["Int8Linear", "QuantLinear", "QuantEmbedding", "int8_backend", "int8_dynamic", "rtn",
            "quantize_codes", "dequantize_codes", "layer_group_size", "target_linears", "quant_layout", "apply_quant_layout",
-           "is_quantized", "layer_errors", "error_figure", "calibration_texts", "QUANT_MODULES"]
+           "is_quantized", "layer_errors", "error_figure", "calibration_texts", "outlier_mask", "split_outliers",
+           "QUANT_MODULES"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,36 @@ def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     out_f, in_f = codes.shape
     g = in_f // scale.shape[1] if scale.shape[1] else in_f
     return (codes.float().reshape(out_f, -1, max(g, 1)) * scale.unsqueeze(-1)).reshape(out_f, in_f)
+
+
+def outlier_mask(w: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The weights to keep exact (dense-and-sparse quantization, as in SpQR / SqueezeLLM).
+
+    The ``fraction`` of ``w`` (out, in) that stands out most from its own row, by
+    ``|w| / rms(row)``. A single huge weight (e.g. the one feeding a "massive activation")
+    otherwise sets its row's whole step and rounds every other weight of the row to zero.
+    Returns a bool mask (out, in); ``fraction=0`` selects nothing.
+    """
+    if not 0 <= fraction <= 0.1:
+        raise AxlabError(f"outlier fraction {fraction} is out of range.",
+                         "Use a fraction between 0 and 0.1 (e.g. 0.001 keeps 0.1% of the weights exact).")
+    w = w.detach().float()
+    k = int(math.ceil(fraction * w.numel())) if fraction > 0 else 0
+    mask = torch.zeros(w.shape, dtype=torch.bool)
+    if k == 0 or w.numel() == 0:
+        return mask
+    rms = w.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
+    idx = torch.topk((w.abs() / rms).reshape(-1), k).indices
+    mask.view(-1)[idx] = True
+    return mask
+
+
+def split_outliers(w: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(flat index, value) of the masked weights, or None when the mask is empty."""
+    if not bool(mask.any()):
+        return None
+    idx = mask.reshape(-1).nonzero().squeeze(1)
+    return idx, w.detach().reshape(-1)[idx]
 
 
 # ----------------------------------------------------------------------------------------
@@ -194,11 +226,13 @@ class QuantLinear(nn.Module):
     """Weight-only k-bit Linear: packed codes + scales; computes with the dequantized weight.
 
     state_dict: ``packed`` (flat uint8, or int8 at 8 bits), ``scale`` (out, G) float32,
-    ``bias`` (out,) float32. G = 1 per channel, in / group_size per group.
+    ``bias`` (out,) float32. G = 1 per channel, in / group_size per group. With
+    ``n_outliers`` > 0 also ``outlier_index`` (flat positions, int32) and ``outlier_value``
+    (float16): weights kept exact beside the codes (whose code there is 0).
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int | None = None,
-                 bias: bool = True, method: str = "rtn"):
+                 bias: bool = True, method: str = "rtn", n_outliers: int = 0):
         super().__init__()
         code_range(bits)
         self.in_features, self.out_features = in_features, out_features
@@ -208,7 +242,13 @@ class QuantLinear(nn.Module):
         self.register_buffer("packed", torch.zeros(packed_nbytes(in_features * out_features, bits), dtype=dtype))
         self.register_buffer("scale", torch.ones(out_features, n_groups))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("outlier_index", torch.zeros(n_outliers, dtype=torch.int32) if n_outliers else None)
+        self.register_buffer("outlier_value", torch.zeros(n_outliers, dtype=torch.float16) if n_outliers else None)
         self._refresh()
+
+    @property
+    def n_outliers(self) -> int:
+        return 0 if self.outlier_index is None else self.outlier_index.numel()
 
     def _refresh(self) -> None:
         # the dequantized weight, computed eagerly (not inside forward) so that a traced or
@@ -216,16 +256,27 @@ class QuantLinear(nn.Module):
         with torch.no_grad():
             self._w = dequantize_codes(self.codes(), self.scale) if self.packed.numel() else \
                 torch.zeros(self.out_features, self.in_features)
+            if self.n_outliers:
+                self._w.view(-1)[self.outlier_index.long()] += self.outlier_value.float()
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, bits: int,
-                   group_size: int | None = None, method: str = "rtn") -> "QuantLinear":
+                   group_size: int | None = None, method: str = "rtn",
+                   outliers: tuple[torch.Tensor, torch.Tensor] | None = None) -> "QuantLinear":
+        """``outliers``: (flat index, value) of weights kept exact; their codes must be 0."""
         out_f, in_f = codes.shape
-        m = cls(in_f, out_f, bits, group_size, bias is not None, method)
+        n_out = 0 if outliers is None else int(outliers[0].numel())
+        m = cls(in_f, out_f, bits, group_size, bias is not None, method, n_out)
         m.packed.copy_(pack_codes(codes, bits))
         m.scale.copy_(scale.reshape(out_f, -1))
         if bias is not None:
             m.bias.copy_(bias.detach())
+        if n_out:
+            idx = outliers[0].long()
+            if bool((codes.reshape(-1)[idx] != 0).any()):
+                raise ValueError("codes at outlier positions must be 0")
+            m.outlier_index.copy_(idx.to(torch.int32))
+            m.outlier_value.copy_(outliers[1].detach().to(torch.float16))
         m._refresh()
         return m
 
@@ -248,7 +299,8 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         g = "per-channel" if self.group_size is None else f"group {self.group_size}"
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, {g}, {self.method}"
+        o = f", {self.n_outliers} exact outliers" if self.n_outliers else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, {g}, {self.method}{o}"
 
 
 class QuantEmbedding(nn.Module):
@@ -376,19 +428,23 @@ def int8_dynamic(model: nn.Module, embeddings: bool = False, scope: str = "all")
 
 
 def rtn(model: nn.Module, bits: int, group_size: int | None = None, embeddings: bool = False,
-        embedding_bits: int = 8, scale_search: bool = False, scope: str = "encoder") -> nn.Module:
+        embedding_bits: int = 8, scale_search: bool = False, scope: str = "encoder",
+        outliers: float = 0.0) -> nn.Module:
     """A copy of ``model`` with weight-only k-bit round-to-nearest Linear layers.
 
     Per output channel (``group_size=None``) or per group of ``group_size`` inputs;
-    ``scale_search`` picks each scale by minimising weight MSE instead of max scaling.
+    ``scale_search`` picks each scale by minimising weight MSE instead of max scaling;
+    ``outliers`` keeps that fraction of each layer's weights exact (see :func:`outlier_mask`).
     """
     _check_bits(bits)
     model = copy.deepcopy(model)
     for name in target_linears(model, scope):
         lin = model.get_submodule(name)
         gs = layer_group_size(lin.in_features, group_size)
-        codes, scale = quantize_codes(lin.weight, bits, gs, scale_search)
-        _set_module(model, name, QuantLinear.from_codes(codes, scale, lin.bias, bits, gs, "rtn"))
+        mask = outlier_mask(lin.weight, outliers)
+        codes, scale = quantize_codes(lin.weight.detach().masked_fill(mask, 0), bits, gs, scale_search)
+        _set_module(model, name, QuantLinear.from_codes(codes, scale, lin.bias, bits, gs, "rtn",
+                                                        split_outliers(lin.weight, mask)))
     if embeddings:
         _quantize_embeddings_(model, _check_bits(embedding_bits))
     model.eval()
@@ -408,7 +464,8 @@ def quant_layout(model: nn.Module) -> dict:
                           "bias": m.bias is not None}
         elif isinstance(m, QuantLinear):
             mods[name] = {"kind": "quant_linear", "in_features": m.in_features, "out_features": m.out_features,
-                          "bias": m.bias is not None, "bits": m.bits, "group_size": m.group_size, "method": m.method}
+                          "bias": m.bias is not None, "bits": m.bits, "group_size": m.group_size, "method": m.method,
+                          "n_outliers": m.n_outliers}
         elif isinstance(m, QuantEmbedding):
             mods[name] = {"kind": "quant_embedding", "num_embeddings": m.num_embeddings,
                           "embedding_dim": m.embedding_dim, "bits": m.bits, "padding_idx": m.padding_idx,
@@ -435,7 +492,7 @@ def apply_quant_layout(model: nn.Module, layout: dict) -> nn.Module:
             new = Int8Linear(spec["in_features"], spec["out_features"], spec["bias"])
         elif kind == "quant_linear":
             new = QuantLinear(spec["in_features"], spec["out_features"], spec["bits"], spec["group_size"],
-                              spec["bias"], spec.get("method", "rtn"))
+                              spec["bias"], spec.get("method", "rtn"), spec.get("n_outliers", 0))
         elif kind == "quant_embedding":
             new = QuantEmbedding(spec["num_embeddings"], spec["embedding_dim"], spec["bits"], spec.get("padding_idx"),
                                  spec.get("remap_vocab"))
@@ -523,13 +580,13 @@ def _op_int8(model: nn.Module, ctx: RecipeContext, embeddings: bool = False, sco
 @register_transform("quantize_rtn")
 def _op_rtn(model: nn.Module, ctx: RecipeContext, bits: int = 4, group_size: int | None = None,
             embeddings: bool = False, embedding_bits: int = 8, scale_search: bool = False,
-            scope: str = "encoder") -> nn.Module:
-    return rtn(model, bits, group_size, embeddings, embedding_bits, scale_search, scope)
+            scope: str = "encoder", outliers: float = 0.0) -> nn.Module:
+    return rtn(model, bits, group_size, embeddings, embedding_bits, scale_search, scope, outliers)
 
 
 @register_transform("quantize_gpfq")
 def _op_gpfq(model: nn.Module, ctx: RecipeContext, bits: int = 4, n_calibration: int = 256, seed: int = 0,
-             avg_bits: float | None = None, candidates: tuple = (2, 3, 4, 8), **params) -> nn.Module:
+             avg_bits: float | None = None, candidates: tuple = (2, 3, 4), **params) -> nn.Module:
     """GPFQ on ``n_calibration`` seeded training texts. ``avg_bits`` turns on mixed precision
     (bits per layer from measured sensitivity, see gpfq.choose_bits)."""
     from .gpfq import choose_bits, gpfq
@@ -537,6 +594,8 @@ def _op_gpfq(model: nn.Module, ctx: RecipeContext, bits: int = 4, n_calibration:
         raise AxlabError("Step 'quantize_gpfq' needs the tokenizer.", "Pass tokenizer= to apply_recipe.")
     texts = calibration_texts(ctx.require_splits("quantize_gpfq"), n_calibration, seed)
     if avg_bits is not None and params.get("bits_per_layer") is None:
+        from .gpfq import GPFQConfig
         params["bits_per_layer"] = choose_bits(model, ctx.tokenizer, texts[:64], avg_bits, candidates,
-                                               scope=params.get("scope", "encoder"), progress=ctx.progress)
+                                               scope=params.get("scope", "encoder"), progress=ctx.progress,
+                                               outliers=params.get("outliers", GPFQConfig.outliers))
     return gpfq(model, ctx.tokenizer, texts, bits, progress=ctx.progress, **params)
