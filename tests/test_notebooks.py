@@ -38,7 +38,7 @@ TEST_PARAMETERS = {
                               DISTILL_BATCH=8, N_IMPORTANCE=16, **SMALL_SEARCH),
     "04_quantization.ipynb": dict(N_CALIBRATION=32, N_TEST=64, BITS=(4,), WITH_ONNX=False, LATENCY_RUNS=(5, 2),
                                   SPARSITY_THRESHOLDS=(), AVG_BITS=3.0, MIXED_CANDIDATES=(2, 4),
-                                  N_SENSITIVITY=8, GPFQ_OPTIONS={"scale_grid": None}),
+                                  N_SENSITIVITY=8, GPFQ_OPTIONS={"scale_grid": None}, LEVER_BITS=4),
     "05_putting_it_together.ipynb": dict(N_TEST=64, REUSE_CACHED_SEARCH=True, LATENCY_RUNS=(5, 2), QUANT_METHOD="rtn",
                                          QUANT_BITS=4, **SMALL_SEARCH),
 }
@@ -191,6 +191,11 @@ def test_04_quantization(default_model_ready):
     assert all(0 <= r["zeros"] <= 1 for r in s["sparsity"])
     assert s["mixed_avg_bits"] <= p["AVG_BITS"] + 1e-9
     assert f"{s['mixed_accuracy']:.3f}" in conclusion_text(nb)
+    assert [r["variant"] for r in s["levers"]] == ["greedy pass only", "+ refinement",
+                                                   "+ refinement + outliers (defaults)"]
+    for r in s["levers"]:
+        assert r["kl_to_fp32"] >= 0 and 0 <= r["agreement"] <= 1
+        assert f"{r['kl_to_fp32']:.4f}" in conclusion_text(nb)
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ from .measure import iter_batches
 from .packing import code_range
 from .progress import Progress, as_progress
 from .quantize import (QuantEmbedding, QuantLinear, _check_bits, _quantize_embeddings_, _set_module,
-                       layer_group_size, outlier_mask, quantize_codes, split_outliers, target_linears)
+                       layer_group_size, outlier_mask, quantize_codes, rtn_linear, split_outliers, target_linears)
 
 __all__ = ["GPFQConfig", "GPFQReport", "gpfq", "gpfq_rows", "choose_bits", "DEFAULT_SCALE_GRID"]
 
@@ -552,8 +552,6 @@ def choose_bits(model: nn.Module, tokenizer, texts: list[str], avg_bits: float, 
     quantizer will) to b bits, on ``texts``. Starting from the fewest bits everywhere, the
     upgrade with the largest sensitivity drop per extra bit is taken while the budget allows.
     """
-    from .quantize import outlier_mask, split_outliers
-    from .quantize import QuantLinear as _QL
     cands = sorted({_check_bits(int(b)) for b in candidates})
     if not cands[0] <= avg_bits:
         raise AxlabError(f"avg_bits {avg_bits} is below the smallest candidate ({cands[0]} bits).",
@@ -572,10 +570,8 @@ def choose_bits(model: nn.Module, tokenizer, texts: list[str], avg_bits: float, 
     for name in names:
         lin = work.get_submodule(name)
         sens[name] = {}
-        mask = outlier_mask(lin.weight, outliers)
         for b in cands:
-            codes, scale = quantize_codes(lin.weight.detach().masked_fill(mask, 0), b)
-            _set_module(work, name, _QL.from_codes(codes, scale, lin.bias, b, outliers=split_outliers(lin.weight, mask)))
+            _set_module(work, name, rtn_linear(lin, b, outliers=outliers))
             lp = logprobs(work)
             sens[name][b] = float((ref.exp() * (ref - lp)).sum(-1).mean())
             prog.update(1, f"{name} {b}b")

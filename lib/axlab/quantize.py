@@ -37,7 +37,7 @@ from .errors import AxlabError
 from .packing import code_range, pack_codes, packed_nbytes, unpack_codes
 from .variants import RecipeContext, register_transform
 
-__all__ = ["Int8Linear", "QuantLinear", "QuantEmbedding", "int8_backend", "int8_dynamic", "rtn",
+__all__ = ["Int8Linear", "QuantLinear", "QuantEmbedding", "int8_backend", "int8_dynamic", "rtn", "rtn_linear",
            "quantize_codes", "dequantize_codes", "layer_group_size", "target_linears", "quant_layout", "apply_quant_layout",
            "is_quantized", "layer_errors", "error_figure", "calibration_texts", "outlier_mask", "split_outliers",
            "QUANT_MODULES"]
@@ -427,6 +427,14 @@ def int8_dynamic(model: nn.Module, embeddings: bool = False, scope: str = "all")
     return model
 
 
+def rtn_linear(lin: nn.Linear, bits: int, group_size: int | None = None, scale_search: bool = False,
+               outliers: float = 0.0) -> "QuantLinear":
+    """One Linear rounded to nearest (the ``outliers`` fraction kept exact, see :func:`outlier_mask`)."""
+    mask = outlier_mask(lin.weight, outliers)
+    codes, scale = quantize_codes(lin.weight.detach().masked_fill(mask, 0), bits, group_size, scale_search)
+    return QuantLinear.from_codes(codes, scale, lin.bias, bits, group_size, "rtn", split_outliers(lin.weight, mask))
+
+
 def rtn(model: nn.Module, bits: int, group_size: int | None = None, embeddings: bool = False,
         embedding_bits: int = 8, scale_search: bool = False, scope: str = "encoder",
         outliers: float = 0.0) -> nn.Module:
@@ -440,11 +448,8 @@ def rtn(model: nn.Module, bits: int, group_size: int | None = None, embeddings: 
     model = copy.deepcopy(model)
     for name in target_linears(model, scope):
         lin = model.get_submodule(name)
-        gs = layer_group_size(lin.in_features, group_size)
-        mask = outlier_mask(lin.weight, outliers)
-        codes, scale = quantize_codes(lin.weight.detach().masked_fill(mask, 0), bits, gs, scale_search)
-        _set_module(model, name, QuantLinear.from_codes(codes, scale, lin.bias, bits, gs, "rtn",
-                                                        split_outliers(lin.weight, mask)))
+        _set_module(model, name, rtn_linear(lin, bits, layer_group_size(lin.in_features, group_size), scale_search,
+                                            outliers))
     if embeddings:
         _quantize_embeddings_(model, _check_bits(embedding_bits))
     model.eval()
