@@ -12,7 +12,11 @@ One run measures, on the 2,000 test reviews:
    scaling, nothing else); GPFQ with mixed precision at an average of 3 bits (2, 3 or 4 per
    layer); calibration texts from the training split; sizes are the packed sizes an export
    writes, and ``bits_per_weight`` counts codes, scales and outliers of the quantized layers;
-3. per-layer relative error ||XW - X~Q|| / ||XW|| of RTN vs GPFQ at 3 bits (plotly HTML).
+3. per-layer relative error ||XW - X~Q|| / ||XW|| of RTN vs GPFQ at 3 bits (plotly HTML);
+4. for every row, its agreement with fp32's predictions and the KL of its output
+   distribution to fp32's (``measure.fidelity``): near-lossless variants tie on accuracy
+   within a review or two, not on these; GPFQ is also run on calibration sets drawn with
+   ``--seeds`` seeds at ``--seed-bits`` (``gpfq_over_seeds``: mean, min, max).
 
 Weight-only k-bit layers compute with their dequantized weights (no k-bit CPU kernel), so
 their latency equals fp32 and is not measured. Timings on a shared machine are noisy.
@@ -33,7 +37,7 @@ from axlab import quantize as Q
 from axlab.data import load_dataset
 from axlab.gpfq import choose_bits, gpfq
 from axlab.loading import load_model
-from axlab.measure import evaluate, hardware_info, latency, size_report
+from axlab.measure import fidelity, hardware_info, latency, predict_logits, scores, size_report
 
 
 def bits_per_weight(model) -> float | None:
@@ -46,9 +50,16 @@ def bits_per_weight(model) -> float | None:
     return 8 * nbytes / n
 
 
+REFERENCE = {}   # fp32 test logits, set by the first row
+
+
 def row(model_or_pred, tok, test, *, size_of=None, size_bytes=None, lat=False, args=None, **extra) -> dict:
-    ev = evaluate(model_or_pred, tok, test)
-    out = {"accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "loss": ev["loss"], **extra}
+    logits = predict_logits(model_or_pred, tok, test.texts)
+    ev = scores(logits, test.labels)
+    REFERENCE.setdefault("logits", logits)
+    fid = fidelity(logits, REFERENCE["logits"])
+    out = {"accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "loss": ev["loss"],
+           "agreement_with_fp32": fid["agreement"], "kl_to_fp32": fid["kl"], **extra}
     if size_of is not None:
         out["size_bytes"] = size_report(size_of)["size_bytes"]
         bpw = bits_per_weight(size_of)
@@ -76,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--group-size", type=int, default=None,
                     help="scales per group of this many inputs for RTN and GPFQ (default: one per output channel)")
     ap.add_argument("--outliers", type=float, default=0.001, help="fraction of weights kept exact (rtn/gpfq rows)")
+    ap.add_argument("--seeds", type=int, default=3, help="calibration draws for GPFQ at --seed-bits (1 = only seed 0)")
+    ap.add_argument("--seed-bits", type=int, nargs="*", default=[3, 4])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-runs", type=int, default=100)
     ap.add_argument("--limit", type=int, default=None, help="first N test reviews (default all 2,000)")
@@ -95,7 +108,8 @@ def main(argv=None) -> int:
 
     def log(name):
         r = rows[name]
-        sys.stderr.write(f"{name:>22}: acc {r['accuracy']:.4f}  size {r.get('size_bytes', 0) / 1e6:.1f} MB"
+        sys.stderr.write(f"{name:>24}: acc {r['accuracy']:.4f}  agree {r['agreement_with_fp32']:.4f}  "
+                         f"KL {r['kl_to_fp32']:.4f}  size {r.get('size_bytes', 0) / 1e6:.1f} MB"
                          + (f"  b1 {r['latency_b1_ms']:.1f} ms" if "latency_b1_ms" in r else "") + "\n")
 
     rows["fp32"] = row(model, tok, test, size_of=model, lat=True, args=args); log("fp32")
@@ -114,9 +128,10 @@ def main(argv=None) -> int:
         except Exception as e:  # the ONNX path belongs to the export module; report, do not fail the bench
             res["onnx_error"] = f"{type(e).__name__}: {e}"
 
-    def gpfq_row(name, bits, **options):
+    def gpfq_row(name, bits, calibration=None, **options):
         t0 = time.perf_counter()
-        g = gpfq(model, tok, calib, bits, group_size=args.group_size, progress=False, **options)
+        g = gpfq(model, tok, calib if calibration is None else calibration, bits, group_size=args.group_size,
+                 progress=False, **options)
         secs = time.perf_counter() - t0
         rep = g.axlab_gpfq_report.layers
         rows[name] = row(g, tok, test, size_of=g, bits=bits, group_size=args.group_size, quantize_seconds=secs,
@@ -137,6 +152,10 @@ def main(argv=None) -> int:
             log(f"rtn {bits}-bit + outliers")
         g = gpfq_row(f"gpfq {bits}-bit", bits, outliers=args.outliers)
         gpfq_row(f"gpfq {bits}-bit plain", bits, **PLAIN)
+        if bits in args.seed_bits:                  # calibration sets drawn with other seeds
+            for seed in range(1, args.seeds):
+                gpfq_row(f"gpfq {bits}-bit seed {seed}", bits, outliers=args.outliers,
+                         calibration=Q.calibration_texts(splits, args.calibration, seed=seed))
         if bits == 3:
             errs_models = {"rtn 3-bit": q, "gpfq 3-bit": g}
     if args.mixed_avg_bits:
@@ -155,6 +174,16 @@ def main(argv=None) -> int:
     fp = rows["fp32"]["accuracy"]
     for r in rows.values():
         r["delta_vs_fp32_points"] = round(100 * (r["accuracy"] - fp), 2)
+    res["gpfq_over_seeds"] = {}
+    for bits in args.bits:
+        names = [f"gpfq {bits}-bit"] + [f"gpfq {bits}-bit seed {s}" for s in range(1, args.seeds)]
+        got = [rows[n] for n in names if n in rows]
+        if len(got) > 1:
+            res["gpfq_over_seeds"][bits] = {
+                "n_seeds": len(got), "mean_accuracy": sum(r["accuracy"] for r in got) / len(got),
+                "min_accuracy": min(r["accuracy"] for r in got), "max_accuracy": max(r["accuracy"] for r in got),
+                "mean_kl_to_fp32": sum(r["kl_to_fp32"] for r in got) / len(got),
+                "rtn_accuracy": rows[f"rtn {bits}-bit"]["accuracy"], "rtn_kl_to_fp32": rows[f"rtn {bits}-bit"]["kl_to_fp32"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     sys.stderr.write(f"wrote {args.out}\n")

@@ -806,14 +806,15 @@ NB04 = [
     few hundred reviews jumps by chance.
     """),
     code("""
-    from axlab.measure import predict_logits
+    from axlab.measure import fidelity, predict_logits, scores
 
-    ref_logp = predict_logits(model, tok, test.texts).log_softmax(-1)
+    ref_logits = predict_logits(model, tok, test.texts)
 
-    def fidelity(m):
-        logp = predict_logits(m, tok, test.texts).log_softmax(-1)
-        return {"accuracy": accuracy(m), "kl_to_fp32": float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()),
-                "agreement": float((logp.argmax(-1) == ref_logp.argmax(-1)).float().mean())}
+    def closeness(m):
+        logits = predict_logits(m, tok, test.texts)
+        fid = fidelity(logits, ref_logits)
+        return {"accuracy": scores(logits, test.labels)["accuracy"], "kl_to_fp32": fid["kl"],
+                "agreement": fid["agreement"]}
 
     lb = LEVER_BITS
     base_opts = {k: v for k, v in GPFQ_OPTIONS.items() if k not in ("refine_passes", "outliers")}
@@ -823,7 +824,7 @@ NB04 = [
                         ("+ refinement", dict(outliers=0.0)),
                         ("+ refinement + outliers (defaults)", {})):
         m = gpfq_models[lb] if reuse and not opts else gpfq(model, tok, calib, lb, progress=False, **base_opts, **opts)
-        levers.append({"variant": label, **fidelity(m)})
+        levers.append({"variant": label, **closeness(m)})
     levers = pd.DataFrame(levers)
     fig = go.Figure(go.Bar(x=levers.variant, y=levers.kl_to_fp32, text=[f"acc {a:.3f}" for a in levers.accuracy]))
     fig.update_layout(title=f"GPFQ at {lb} bits: KL of the output distribution to fp32 (lower is closer)",

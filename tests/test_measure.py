@@ -55,3 +55,17 @@ def test_latency_and_measure_record(tiny, tokenizer, split):
     for key in ("accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_bytes", "params", "nonzero"):
         assert m[key] is not None
     assert m["split"] == "test"
+
+
+def test_fidelity_and_scores():
+    from axlab.measure import fidelity, scores
+    ref = torch.tensor([[2.0, -1.0], [0.5, 1.5], [3.0, 0.0], [-1.0, 1.0]])
+    same = fidelity(ref, ref)
+    assert same["agreement"] == 1.0 and abs(same["kl"]) < 1e-7
+    cooler = fidelity(ref / 2, ref)                 # same predictions, softer distribution
+    assert cooler["agreement"] == 1.0 and cooler["kl"] > 0.01
+    flipped = fidelity(ref.flip(-1), ref)
+    assert flipped["agreement"] == 0.0 and flipped["kl"] > cooler["kl"]
+    s = scores(ref, [0, 1, 1, 1])
+    assert s["accuracy"] == 0.75 and s["n"] == 4
+    assert abs(s["loss"] - float(torch.nn.functional.cross_entropy(ref, torch.tensor([0, 1, 1, 1])))) < 1e-6

@@ -22,7 +22,7 @@ from torch import nn
 from .data import Split
 from .progress import Progress, as_progress
 
-__all__ = ["Predictor", "as_predictor", "predict_logits", "evaluate", "latency", "size_report", "hardware_info",
+__all__ = ["Predictor", "as_predictor", "predict_logits", "evaluate", "scores", "fidelity", "latency", "size_report", "hardware_info",
            "measure", "Measurement", "tokenize", "iter_batches"]
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,29 @@ def _macro_f1(y: np.ndarray, p: np.ndarray, n_classes: int) -> float:
 
 def evaluate(model, tokenizer, split: Split, batch_size: int = 64, progress: Progress = None) -> dict:
     """Accuracy, macro-F1 and mean cross-entropy loss on a split."""
-    logits = predict_logits(model, tokenizer, split.texts, batch_size, progress)
-    y = torch.as_tensor(split.labels)
+    return scores(predict_logits(model, tokenizer, split.texts, batch_size, progress), split.labels)
+
+
+def scores(logits: torch.Tensor, labels) -> dict:
+    """Accuracy, macro-F1 and mean cross-entropy loss of ``logits`` (N, classes) against ``labels``."""
+    y = torch.as_tensor(labels)
     loss = float(nn.functional.cross_entropy(logits, y))
     p = logits.argmax(-1).numpy()
     return {"accuracy": float((p == y.numpy()).mean()), "macro_f1": _macro_f1(y.numpy(), p, logits.shape[-1]),
-            "loss": loss, "n": len(split)}
+            "loss": loss, "n": len(y)}
+
+
+def fidelity(logits: torch.Tensor, reference: torch.Tensor) -> dict:
+    """How closely a compressed model follows its reference on the same inputs.
+
+    ``agreement``: share of examples with the same predicted class; ``kl``: mean
+    KL(reference || model) of the output distributions. Both move smoothly where accuracy
+    on a few thousand examples jumps by chance (two near-lossless variants tie on accuracy
+    but not here).
+    """
+    ref, lp = reference.float().log_softmax(-1), logits.float().log_softmax(-1)
+    return {"agreement": float((lp.argmax(-1) == ref.argmax(-1)).float().mean()),
+            "kl": float((ref.exp() * (ref - lp)).sum(-1).mean())}
 
 
 def latency(model, tokenizer, texts: list[str], batch_size: int = 1, n_runs: int = 50, warmup: int = 5,
