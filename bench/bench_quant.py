@@ -50,14 +50,12 @@ def bits_per_weight(model) -> float | None:
     return 8 * nbytes / n
 
 
-REFERENCE = {}   # fp32 test logits, set by the first row
-
-
-def row(model_or_pred, tok, test, *, size_of=None, size_bytes=None, lat=False, args=None, **extra) -> dict:
+def row(model_or_pred, tok, test, *, reference, size_of=None, size_bytes=None, lat=False, args=None,
+        **extra) -> dict:
+    """One row: accuracy, closeness to ``reference`` (fp32 test logits), size, latency."""
     logits = predict_logits(model_or_pred, tok, test.texts)
     ev = scores(logits, test.labels)
-    REFERENCE.setdefault("logits", logits)
-    fid = fidelity(logits, REFERENCE["logits"])
+    fid = fidelity(logits, reference)
     out = {"accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "loss": ev["loss"],
            "agreement_with_fp32": fid["agreement"], "kl_to_fp32": fid["kl"], **extra}
     if size_of is not None:
@@ -105,6 +103,7 @@ def main(argv=None) -> int:
     res = {"hardware": hardware_info(), "n_test": len(test), "calibration_texts": len(calib), "timing_note":
            "latency on a shared 2-core machine: noisy", "rows": {}}
     rows = res["rows"]
+    ref = predict_logits(model, tok, test.texts)                  # fp32: what every row is compared with
 
     def log(name):
         r = rows[name]
@@ -112,18 +111,18 @@ def main(argv=None) -> int:
                          f"KL {r['kl_to_fp32']:.4f}  size {r.get('size_bytes', 0) / 1e6:.1f} MB"
                          + (f"  b1 {r['latency_b1_ms']:.1f} ms" if "latency_b1_ms" in r else "") + "\n")
 
-    rows["fp32"] = row(model, tok, test, size_of=model, lat=True, args=args); log("fp32")
+    rows["fp32"] = row(model, tok, test, reference=ref, size_of=model, lat=True, args=args); log("fp32")
     for name, kw in (("torch int8 dynamic", {}), ("torch int8 + emb8", {"embeddings": True})):
         q = Q.int8_dynamic(model, **kw)
-        rows[name] = row(q, tok, test, size_of=q, lat=True, args=args); log(name)
+        rows[name] = row(q, tok, test, reference=ref, size_of=q, lat=True, args=args); log(name)
     if not args.no_onnx:
         try:
             from axlab.onnx_export import export_onnx
             with tempfile.TemporaryDirectory() as d:
                 r = export_onnx(model, tok, Path(d) / "model.onnx", int8=True)
-                rows["onnx fp32"] = row(r.predictor, tok, test, size_bytes=r.size_bytes, lat=True, args=args,
+                rows["onnx fp32"] = row(r.predictor, tok, test, reference=ref, size_bytes=r.size_bytes, lat=True, args=args,
                                         parity_max_abs_diff=r.parity_max_abs_diff); log("onnx fp32")
-                rows["onnx int8"] = row(r.int8_predictor, tok, test, size_bytes=r.int8_size_bytes, lat=True,
+                rows["onnx int8"] = row(r.int8_predictor, tok, test, reference=ref, size_bytes=r.int8_size_bytes, lat=True,
                                         args=args); log("onnx int8")
         except Exception as e:  # the ONNX path belongs to the export module; report, do not fail the bench
             res["onnx_error"] = f"{type(e).__name__}: {e}"
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
                  progress=False, **options)
         secs = time.perf_counter() - t0
         rep = g.axlab_gpfq_report.layers
-        rows[name] = row(g, tok, test, size_of=g, bits=bits, group_size=args.group_size, quantize_seconds=secs,
+        rows[name] = row(g, tok, test, reference=ref, size_of=g, bits=bits, group_size=args.group_size, quantize_seconds=secs,
                          options=options or "axlab defaults",
                          mean_rel_error=sum(r["rel_error"] for r in rep) / len(rep),
                          mean_rtn_rel_error=sum(r["rtn_rel_error"] for r in rep) / len(rep))
@@ -144,11 +143,11 @@ def main(argv=None) -> int:
     errs_models = {}
     for bits in args.bits:
         q = Q.rtn(model, bits, group_size=args.group_size)
-        rows[f"rtn {bits}-bit"] = row(q, tok, test, size_of=q, bits=bits, group_size=args.group_size)
+        rows[f"rtn {bits}-bit"] = row(q, tok, test, reference=ref, size_of=q, bits=bits, group_size=args.group_size)
         log(f"rtn {bits}-bit")
         if bits < 8:
             qo = Q.rtn(model, bits, group_size=args.group_size, outliers=args.outliers)
-            rows[f"rtn {bits}-bit + outliers"] = row(qo, tok, test, size_of=qo, bits=bits, outliers=args.outliers)
+            rows[f"rtn {bits}-bit + outliers"] = row(qo, tok, test, reference=ref, size_of=qo, bits=bits, outliers=args.outliers)
             log(f"rtn {bits}-bit + outliers")
         g = gpfq_row(f"gpfq {bits}-bit", bits, outliers=args.outliers)
         gpfq_row(f"gpfq {bits}-bit plain", bits, **PLAIN)
@@ -164,7 +163,7 @@ def main(argv=None) -> int:
                           outliers=args.outliers)
         g = gpfq(model, tok, calib, 3, bits_per_layer=bpl, outliers=args.outliers, progress=False)
         name = f"gpfq mixed {args.mixed_avg_bits:g}-bit avg"
-        rows[name] = row(g, tok, test, size_of=g, quantize_seconds=time.perf_counter() - t0, bits_per_layer=bpl)
+        rows[name] = row(g, tok, test, reference=ref, size_of=g, quantize_seconds=time.perf_counter() - t0, bits_per_layer=bpl)
         log(name)
     if errs_models:
         errs = Q.layer_errors(model, errs_models, tok, calib[:128], names=Q.target_linears(model))

@@ -13,6 +13,7 @@ __all__ = ["add_commands", "recipe_from_args"]
 
 
 def recipe_from_args(args) -> list[dict]:
+    from .gpfq import GPFQConfig
     from .variants import Step
     if args.method == "int8":
         return [Step("quantize_int8", embeddings=args.embeddings)]
@@ -21,7 +22,7 @@ def recipe_from_args(args) -> list[dict]:
                      scale_search=args.scale_search, outliers=args.outliers or 0.0)]
     params = dict(bits=args.bits, group_size=args.group_size, embeddings=args.embeddings,
                   n_calibration=args.calibration, sparsity=args.sparsity,
-                  outliers=0.001 if args.outliers is None else args.outliers,
+                  outliers=GPFQConfig.outliers if args.outliers is None else args.outliers,
                   refine_passes=0 if args.sparsity else args.refine_passes)
     if args.avg_bits is not None:
         params["avg_bits"] = args.avg_bits

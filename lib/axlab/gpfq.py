@@ -132,6 +132,19 @@ class GPFQReport:
 # the core: quantize many rows at once from Gram matrices
 
 
+def _column_scales(scale: torch.Tensor, n: int, group_size: int | None, dtype=torch.float64) -> torch.Tensor:
+    """Scales (R, G) per row (and group) -> (R, n): the scale of every input column."""
+    scale = scale.to(dtype)
+    if scale.shape[1] > 1:
+        return scale.repeat_interleave(n if group_size is None else group_size, dim=1)
+    return scale.expand(scale.shape[0], n)
+
+
+def _live_columns(diagB: torch.Tensor) -> list[bool]:
+    """Which input columns are not all zero in X~ (elsewhere q_t does not matter)."""
+    return (diagB > 1e-12 * max(float(diagB.max()), 1e-30)).tolist() if diagB.numel() else []
+
+
 def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor,
               hi: torch.Tensor, group_size: int | None = None, sparsity: float = 0.0, threshold: str = "soft",
               block_size: int = 128, dtype: torch.dtype = torch.float64,
@@ -148,8 +161,7 @@ def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Te
     R, n = W.shape
     W = W.to(dtype)
     A, B = A.to(dtype), B.to(dtype)
-    g = n if group_size is None else group_size
-    col_scale = scale.to(dtype).repeat_interleave(g, dim=1) if scale.shape[1] > 1 else scale.to(dtype).expand(R, n)
+    col_scale = _column_scales(scale, n, group_size, dtype)
     if order is not None:
         order = order.long()
         W, col_scale = W[:, order], col_scale[:, order]
@@ -160,7 +172,7 @@ def gpfq_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Te
     Qw = torch.zeros(R, n, dtype=dtype)               # dequantized q
     diagA, diagB = torch.diagonal(A), torch.diagonal(B)
     lo, hi = lo.to(dtype), hi.to(dtype)
-    live = (diagB > 1e-12 * max(float(diagB.max()), 1e-30)).tolist() if n else []   # x~_t != 0
+    live = _live_columns(diagB)                       # x~_t != 0
     for s in range(0, n, block_size):
         e = min(s + block_size, n)
         for t in range(s, e):
@@ -207,13 +219,12 @@ def refine_rows(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, codes: torch.
     """
     R, n = W.shape
     W, A, B = W.to(dtype), A.to(dtype), B.to(dtype)
-    g = n if group_size is None else group_size
-    col_scale = scale.to(dtype).repeat_interleave(g, dim=1) if scale.shape[1] > 1 else scale.to(dtype).expand(R, n)
+    col_scale = _column_scales(scale, n, group_size, dtype)
     codes = codes.to(dtype).clone()
     lo, hi = lo.to(dtype)[:, 0], hi.to(dtype)[:, 0]
     target = W @ A.T                                 # (R, in): <x~_t, X w> per row, A = X~^T X
     diagB = torch.diagonal(B)
-    live = (diagB > 1e-12 * max(float(diagB.max()), 1e-30)).tolist() if n else []
+    live = _live_columns(diagB)
     exact_w = None if exact is None else torch.where(exact, W, 0.0)
     for _ in range(passes):
         Qw = codes * col_scale if exact_w is None else codes * col_scale + exact_w
@@ -483,7 +494,8 @@ def _quantize_linear_impl(qmodel: nn.Module, name: str, lin: nn.Linear, st: _Sta
     R, n = W.shape
     gs = layer_group_size(n, cfg.group_size)
     mask = outlier_mask(W, cfg.outliers)                                   # kept exact, in float16
-    if bool(mask.any()):
+    fixed = mask if bool(mask.any()) else None
+    if fixed is not None:
         W = torch.where(mask, W.half().double(), W)
     _, base = quantize_codes(W.masked_fill(mask, 0), bits, gs)            # max scaling (R, G)
     grid = cfg.scale_grid or (1.0,)
@@ -497,14 +509,12 @@ def _quantize_linear_impl(qmodel: nn.Module, name: str, lin: nn.Linear, st: _Sta
     if cfg.damp > 0:                                                       # ridge: pulls q towards w
         ridge = cfg.damp * float(torch.diagonal(B).mean()) * torch.eye(n, dtype=B.dtype)
         A, B = A + ridge, B + ridge
-    fixed = mask if bool(mask.any()) else None
     codes = gpfq_rows(Wk, A, B, scales, lo_t, hi_t, gs, cfg.sparsity, cfg.threshold, cfg.block_size,
                       dtype=torch.float32, order=order, fixed=None if fixed is None else fixed.repeat(k, 1))
-    g = n if gs is None else gs
     exact = torch.where(mask, W, 0.0)
 
     def dequant(c, sc):
-        return (c * sc.repeat_interleave(g, dim=1) if sc.shape[1] > 1 else c * sc) + exact.repeat(c.shape[0] // R, 1)
+        return c * _column_scales(sc, n, gs) + exact.repeat(c.shape[0] // R, 1)
 
     deq = dequant(codes, scales)
     err = _row_errors(Wk, deq, st.G, st.A, st.B).view(k, R)                # (k, R)
@@ -525,8 +535,7 @@ def _quantize_linear_impl(qmodel: nn.Module, name: str, lin: nn.Linear, st: _Sta
     # relative errors ||XW - X~Q|| / ||XW|| (weights only), GPFQ vs RTN on the same X~
     ref_energy = float(((W @ st.G) * W).sum())
     rtn_codes, rtn_scale = quantize_codes(W, bits, gs)
-    rtn_deq = rtn_codes.double() * (rtn_scale.double().repeat_interleave(g, dim=1) if rtn_scale.shape[1] > 1
-                                    else rtn_scale.double())
+    rtn_deq = rtn_codes.double() * _column_scales(rtn_scale, n, gs)
     rt = float(_row_errors(W, rtn_deq, st.G, st.A, st.B).sum())
     new = QuantLinear.from_codes(codes.to(torch.int8), scale.float(), None if bias is None else bias.float(),
                                  bits, gs, "gpfq", split_outliers(W, mask))
