@@ -6,6 +6,7 @@ so the sidebar (model, data, workspace, saved variants) is the same everywhere.
 
 import streamlit as st
 
+from ui.nav import PAGES
 from ui.state import init_state, load_base, show_error
 
 st.set_page_config(page_title="axlab workbench", page_icon=":material/compress:", layout="wide")
@@ -23,24 +24,8 @@ st.markdown(
     "**Rotten Tomatoes** movie reviews (fresh vs rotten). Nothing is downloaded; every step runs on this CPU.")
 
 st.subheader("The path from load to export")
-steps = [
-    ("pages/1_Model_and_data.py", "1. Model & data", ":material/database:",
-     "The default model, a hub id, a local folder, or your own CSV of labelled texts."),
-    ("pages/2_Attention.py", "2. Attention", ":material/visibility:",
-     "What each head looks at, attention rollout, and per-head statistics."),
-    ("pages/3_Heads.py", "3. Heads", ":material/leaderboard:",
-     "How much each head matters to the task, by three methods, and whether they agree."),
-    ("pages/4_Prune.py", "4. Prune", ":material/content_cut:",
-     "Remove heads by hand or by budget, or let the AxFormer search decide."),
-    ("pages/5_Quantize.py", "5. Quantize", ":material/compress:",
-     "int8 for speed, or 2-8 bit weights with rounding or GPFQ for size."),
-    ("pages/6_Compare.py", "6. Compare", ":material/compare:",
-     "Every variant's accuracy, latency and size; the Pareto front; before/after views."),
-    ("pages/7_Export.py", "7. Export", ":material/ios_share:",
-     "A reloadable folder, an ONNX file, and a self-contained report."),
-]
 cols = st.columns(2)
-for i, (page, label, icon, text) in enumerate(steps):
+for i, (page, label, icon, text) in enumerate(PAGES):
     with cols[i % 2]:
         with st.container(border=True):
             st.page_link(page, label=label, icon=icon)

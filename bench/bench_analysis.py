@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from axlab.attention_maps import attention_for, rollout
-from axlab.attributions import token_attributions
-from axlab.data import load_dataset
-from axlab.head_stats import head_statistics
-from axlab.importance import _batches, _loss_acc, agreement, head_ablation, head_importance, rank_heads
-from axlab.loading import load_model
-from axlab.measure import hardware_info
+from axlab.analysis.attention_maps import attention_for, rollout
+from axlab.analysis.attributions import token_attributions
+from axlab.analysis.head_stats import head_statistics
+from axlab.analysis.importance import _batches, _loss_acc, agreement, head_ablation, head_importance, rank_heads
+from axlab.core.data import load_dataset
+from axlab.core.loading import load_model
+from axlab.core.measure import hardware_info
 
 SENTENCE = "A gorgeous, witty and moving film, though the middle drags."
 

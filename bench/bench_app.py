@@ -56,9 +56,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if chromium_path() is None:
         raise SystemExit("chromium is not installed: bash scripts/setup.sh --test")
-    from axlab.loading import load_model
+    from axlab.core.loading import load_model
     load_model("default")                        # fails early with a clear message if not prepared
-    from axlab.measure import hardware_info
+    from axlab.core.measure import hardware_info
     from playwright.sync_api import sync_playwright
 
     runs = []

@@ -6,7 +6,7 @@
 What it measures (decisions on validation, every figure on the 2,000 test reviews):
 1. baseline vs the AxFormer search result (accuracy, latency at batch 1 and 32, size),
    the search time and decision counts; the AxFormer recipe is cached for reuse
-   (``axlab.axformer.cached_search``), so a rerun skips the search and reports the
+   (``axlab.compress.axformer.cached_search``), so a rerun skips the search and reports the
    original search time;
 2. 40% of heads removed by gradient importance vs 40% at random (mean of several seeds);
 3. vocabulary pruning to the training texts' tokens: out-of-vocabulary rate on test, size;
@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import torch
-
-from axlab import prune, surgery
-from axlab.axformer import SearchConfig, cached_search
-from axlab.data import load_dataset
-from axlab.importance import head_importance
-from axlab.loading import load_model
-from axlab.measure import evaluate, hardware_info, latency, size_report
+from axlab.analysis.importance import head_importance
+from axlab.compress import prune
+from axlab.compress.axformer import SearchConfig, cached_search
+from axlab.core import surgery
+from axlab.core.data import load_dataset
+from axlab.core.loading import load_model
+from axlab.core.measure import evaluate, hardware_info, latency, size_report
 
 
 def paired_latency(models: dict, tok, texts, batch_size: int, rounds: int, runs: int, threads: int) -> dict:
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     _latency_into(out, lat_models, tok, test, args)
     _write(out, args)
     if args.distill_steps:
-        from axlab.distill import distill
+        from axlab.compress.distill import distill
         t0 = time.time()
         dist = distill(res.model, model, tok, splits.train, steps=args.distill_steps, progress=False)
         out["axformer_distilled"] = {**row(dist, tok, test), "steps": args.distill_steps,

@@ -32,12 +32,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from axlab import quantize as Q
-from axlab.data import load_dataset
-from axlab.gpfq import choose_bits, gpfq
-from axlab.loading import load_model
-from axlab.measure import fidelity, hardware_info, latency, predict_logits, scores, size_report
+from axlab.compress import quantize as Q
+from axlab.compress.gpfq import choose_bits, gpfq
+from axlab.core.data import load_dataset
+from axlab.core.loading import load_model
+from axlab.core.measure import fidelity, hardware_info, latency, predict_logits, scores, size_report
 
 
 def bits_per_weight(model) -> float | None:
@@ -117,7 +116,7 @@ def main(argv=None) -> int:
         rows[name] = row(q, tok, test, reference=ref, size_of=q, lat=True, args=args); log(name)
     if not args.no_onnx:
         try:
-            from axlab.onnx_export import export_onnx
+            from axlab.deploy.onnx_export import export_onnx
             with tempfile.TemporaryDirectory() as d:
                 r = export_onnx(model, tok, Path(d) / "model.onnx", int8=True)
                 rows["onnx fp32"] = row(r.predictor, tok, test, reference=ref, size_bytes=r.size_bytes, lat=True, args=args,

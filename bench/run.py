@@ -143,8 +143,8 @@ class Row:
 
 def _tiny_world(cfg: BenchConfig):
     """A random tiny BERT and small slices of the real dataset: exercises every code path in seconds."""
-    from axlab.data import Splits, load_dataset
-    from axlab.testing import tiny_model, tiny_tokenizer
+    from axlab.core.data import Splits, load_dataset
+    from axlab.core.testing import tiny_model, tiny_tokenizer
 
     s = load_dataset(cfg.dataset, seed=cfg.seed)
     splits = Splits(name=s.name, label_names=s.label_names, train=s.train.head(256), validation=s.validation.head(64),
@@ -157,8 +157,8 @@ def load_world(cfg: BenchConfig):
     """(model, tokenizer, splits, description) for ``cfg.model`` and ``cfg.dataset``."""
     if cfg.model == "tiny":
         return _tiny_world(cfg)
-    from axlab.data import load_dataset
-    from axlab.loading import load_model
+    from axlab.core.data import load_dataset
+    from axlab.core.loading import load_model
 
     bundle = load_model(cfg.model)
     splits = load_dataset(cfg.dataset, seed=cfg.seed)
@@ -168,7 +168,7 @@ def load_world(cfg: BenchConfig):
 # ----------------------------------------------------------------------------- building rows
 
 def _torch_row(name, group, model, description, t0, **extra) -> Row:
-    from axlab.measure import as_predictor, size_report
+    from axlab.core.measure import as_predictor, size_report
     return Row(name=name, group=group, runtime="pytorch", predictor=as_predictor(model),
                size_bytes=size_report(model)["size_bytes"], description=description,
                build_seconds=time.perf_counter() - t0, model=model, extra=extra)
@@ -181,7 +181,7 @@ def _onnx_rows(model, tok, folder: Path, stem: str, threads: int, tolerance: flo
     Peers get ONNX Runtime's stock dynamic int8 (one scale per weight tensor); axlab rows
     use one scale per output channel (``per_channel``), which kept pruned models' accuracy.
     """
-    from axlab.onnx_export import DEFAULT_TOLERANCE, export_onnx
+    from axlab.deploy.onnx_export import DEFAULT_TOLERANCE, export_onnx
     return export_onnx(model, tok, folder / f"{stem}.onnx", int8=True, overwrite=True, threads=threads,
                        tolerance=tolerance or DEFAULT_TOLERANCE, int8_per_channel=per_channel)
 
@@ -192,7 +192,7 @@ CANDIDATE_PARITY_TOLERANCE = 1e-3
 
 
 def _val_accuracy(predictor, tok, split) -> float:
-    from axlab.measure import evaluate
+    from axlab.core.measure import evaluate
     return evaluate(predictor, tok, split)["accuracy"]
 
 
@@ -205,9 +205,9 @@ def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path
     Rule (validation only): the smallest file whose validation accuracy is at least the
     fp32 base's; if none qualifies, the most accurate. Returns (row, candidates report).
     """
-    from axlab import prune
-    from axlab.distill import distill
-    from axlab.errors import AxlabError
+    from axlab.compress import prune
+    from axlab.compress.distill import distill
+    from axlab.core.errors import AxlabError
 
     val = splits.validation.head(cfg.n_val)
     base_val = _val_accuracy(base, tok, val)
@@ -271,11 +271,11 @@ def best_combination(base, tok, splits, ax_model, cfg: BenchConfig, folder: Path
 
 def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: None) -> tuple[list[Row], dict]:
     """Every row of the benchmark, built before anything is timed. Returns (rows, notes)."""
-    from axlab import prune
-    from axlab import quantize as Q
-    from axlab.axformer import SearchConfig, cached_search
-    from axlab.gpfq import gpfq
-    from axlab.importance import head_importance
+    from axlab.analysis.importance import head_importance
+    from axlab.compress import prune
+    from axlab.compress import quantize as Q
+    from axlab.compress.axformer import SearchConfig, cached_search
+    from axlab.compress.gpfq import gpfq
 
     rows: list[Row] = []
     notes: dict = {}
@@ -363,7 +363,7 @@ def _gpu_predictor(model, probe: dict) -> Callable | None:
 
 def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: None) -> None:
     """Accuracy on ``test``, then interleaved latency rounds; fills ``row.results``."""
-    from axlab.measure import evaluate, latency
+    from axlab.core.measure import evaluate, latency
 
     for row in rows:
         ev = evaluate(row.predictor, tok, test)
@@ -392,7 +392,7 @@ def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: Non
 
     rounds({row.name: row.predictor for row in rows}, "")
     if cfg.gpu and torch.cuda.is_available():
-        from axlab.measure import tokenize
+        from axlab.core.measure import tokenize
         probe = tokenize(tok, test.texts[:2])
         gpu = {row.name: p for row in rows if row.runtime == "pytorch" and (p := _gpu_predictor(row.model, probe))}
         if gpu:
@@ -616,7 +616,7 @@ def _gpu_info() -> dict | None:
 
 def run(cfg: BenchConfig, out: Path, say=lambda m: None) -> dict:
     """Build every row, measure them interleaved, write the outputs; returns the result dict."""
-    from axlab.measure import hardware_info
+    from axlab.core.measure import hardware_info
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc)

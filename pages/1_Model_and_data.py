@@ -46,7 +46,7 @@ with left:
 
 with right:
     st.subheader("Data")
-    from axlab.data import DATASETS
+    from axlab.core.data import DATASETS
     names = list(DATASETS) + ["Upload a CSV/TSV"]
     current_idx = names.index(ss.dataset) if ss.dataset in DATASETS else len(names) - 1
     choice = st.selectbox("Dataset", names, index=current_idx, key="dataset_choice",

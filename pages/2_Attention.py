@@ -2,10 +2,14 @@
 
 import streamlit as st
 
+from axlab.analysis import attention_maps as maps
+from axlab.analysis import head_stats as hs
+from axlab.analysis import viz
+
 from ui import jobs
 from ui.common import intro, pick_model
 from ui.sidebar import sidebar
-from ui.state import analysis_results, bundle_and_splits, current, feature, show_error
+from ui.state import analysis_results, bundle_and_splits, current, show_error
 
 st.set_page_config(page_title="Attention - axlab", page_icon=":material/visibility:", layout="wide")
 sidebar()
@@ -27,10 +31,6 @@ bundle, splits = bundle_and_splits()
 if bundle is None:
     st.stop()
 source, dataset, ws = current()
-maps = feature("attention_maps", "attention_for", "rollout")
-viz = feature("viz", "model_view", "head_heatmap", "rollout_figure", "layer_head_heatmap")
-if maps is None or viz is None:
-    st.stop()
 
 model, model_name = pick_model(bundle, splits, key="attn_model")
 text = st.text_input("Sentence", value=splits.validation.texts[0], key="attn_text")
@@ -56,25 +56,23 @@ with t_roll:
     st.caption("How much each input token (columns) flows into each position (rows) after all layers.")
     st.plotly_chart(viz.rollout_figure(result), key="rollout")
 with t_stats:
-    hs = feature("head_stats", "head_statistics")
-    if hs is not None:
-        n = st.slider("Validation sentences", 20, len(splits.validation), min(200, len(splits.validation)), step=20,
-                      key="stats_n")
-        key = ("head_stats", source, dataset, model_name, n)
-        store = analysis_results()
-        if key not in store and st.button("Compute statistics", key="stats_go", type="primary"):
-            jobs.start(ws, "head_stats", "Head statistics",
-                       lambda p: store.__setitem__(key, hs.head_statistics(model, bundle.tokenizer, splits.validation,
-                                                                           n=n, progress=p)))
-        try:
-            jobs.collect(ws, "head_stats")
-        except Exception as e:  # noqa: BLE001
-            show_error(e)
-        if key in store:
-            if hasattr(viz, "statistics_figures"):
-                figs = viz.statistics_figures(store[key])
-            else:
-                figs = {n: viz.layer_head_heatmap(m, n.replace("_", " ")) for n, m in store[key].items()}
-            cols = st.columns(2)
-            for i, (name, fig) in enumerate(figs.items()):
-                cols[i % 2].plotly_chart(fig, key=f"stat-{name}")
+    n = st.slider("Validation sentences", 20, len(splits.validation), min(200, len(splits.validation)), step=20,
+                  key="stats_n")
+    key = ("head_stats", source, dataset, model_name, n)
+    store = analysis_results()
+    if key not in store and st.button("Compute statistics", key="stats_go", type="primary"):
+        jobs.start(ws, "head_stats", "Head statistics",
+                   lambda p: store.__setitem__(key, hs.head_statistics(model, bundle.tokenizer, splits.validation,
+                                                                       n=n, progress=p)))
+    try:
+        jobs.collect(ws, "head_stats")
+    except Exception as e:  # noqa: BLE001
+        show_error(e)
+    if key in store:
+        if hasattr(viz, "statistics_figures"):
+            figs = viz.statistics_figures(store[key])
+        else:
+            figs = {n: viz.layer_head_heatmap(m, n.replace("_", " ")) for n, m in store[key].items()}
+        cols = st.columns(2)
+        for i, (name, fig) in enumerate(figs.items()):
+            cols[i % 2].plotly_chart(fig, key=f"stat-{name}")

@@ -2,10 +2,13 @@
 
 import streamlit as st
 
+from axlab.analysis import importance as imp_mod
+from axlab.analysis import viz
+
 from ui import jobs
 from ui.common import intro
 from ui.sidebar import sidebar
-from ui.state import analysis_results, bundle_and_splits, current, feature, show_error
+from ui.state import analysis_results, bundle_and_splits, current, show_error
 
 st.set_page_config(page_title="Heads - axlab", page_icon=":material/leaderboard:", layout="wide")
 sidebar()
@@ -26,9 +29,6 @@ bundle, splits = bundle_and_splits()
 if bundle is None:
     st.stop()
 source, dataset, ws = current()
-imp_mod = feature("importance", "head_importance", "rank_heads", "agreement", "METHODS")
-if imp_mod is None:
-    st.stop()
 
 store = analysis_results()
 c1, c2 = st.columns(2)
@@ -58,9 +58,7 @@ if method not in done:
 
 imp = done[method]
 st.session_state.importance = {"method": method, "n": n, "values": imp.tolist()}
-viz = feature("viz", "importance_figure")
-if viz is not None:
-    st.plotly_chart(viz.importance_figure(imp), key="imp_fig")
+st.plotly_chart(viz.importance_figure(imp), key="imp_fig")
 left, right = st.columns(2)
 with left:
     st.subheader("Ranking")
@@ -69,10 +67,7 @@ with right:
     st.subheader("Agreement between methods")
     if len(done) >= 2:
         table = imp_mod.agreement(done)
-        if viz is not None and hasattr(viz, "agreement_figure"):
-            st.plotly_chart(viz.agreement_figure(table), key="imp_agree_fig")
-        else:
-            st.dataframe(table.round(3), key="imp_agree")
+        st.plotly_chart(viz.agreement_figure(table), key="imp_agree_fig")
         st.caption("Spearman rank correlation over heads (1 = same ranking).")
     else:
         st.caption(f"Compute a second method on the same {n} examples to see whether they agree.")

@@ -4,11 +4,16 @@ import json
 
 import streamlit as st
 
-from axlab.progress import Stopped
+from axlab.analysis import importance as imp_mod
+from axlab.analysis import viz
+from axlab.compress import axformer as ax
+from axlab.compress import Step, prune
+from axlab.core.progress import Stopped
+
 from ui import jobs
 from ui.common import create_variant, intro, measure_settings
 from ui.sidebar import sidebar
-from ui.state import analysis_results, bundle_and_splits, current, feature, show_error
+from ui.state import analysis_results, bundle_and_splits, current, show_error
 
 st.set_page_config(page_title="Prune - axlab", page_icon=":material/content_cut:", layout="wide")
 sidebar()
@@ -30,10 +35,6 @@ bundle, splits = bundle_and_splits()
 if bundle is None:
     st.stop()
 source, dataset, ws = current()
-prune = feature("prune", "heads_by_budget")
-if prune is None:
-    st.stop()
-from axlab.variants import Step  # noqa: E402
 
 measure_settings()
 n_layers, n_heads = bundle.n_layers, bundle.n_heads
@@ -52,9 +53,6 @@ def importance_grid():
 
 def head_grid_figure(selected: dict, title: str):
     """Importance heatmap (if any) with the heads to remove marked."""
-    viz = feature("viz", "layer_head_heatmap")
-    if viz is None:
-        return None
     fig = viz.layer_head_heatmap(importance_grid(), title)
     xs = [h for layer, hs in selected.items() for h in hs]
     ys = [int(layer) for layer, hs in selected.items() for _ in hs]
@@ -77,52 +75,48 @@ t_budget, t_hand, t_search, t_unstr = st.tabs(["Heads by budget", "Heads by hand
                                                "Unstructured sparsity"])
 
 with t_budget:
-    imp_mod = feature("importance", "head_importance")
-    if imp_mod is not None:
-        if not imps:
-            st.caption("No importance computed yet for this model and data: compute the gradient score on 200 "
-                       "validation examples here, or choose a method on the Heads page.")
-            if st.button("Compute importance (gradient, 200 examples)", key="prune_imp"):
-                n = min(200, len(splits.validation))
-                key = ("importance", source, dataset, "gradient", n)
-                jobs.start(ws, "importance", "Importance (gradient)",
-                           lambda p: store.__setitem__(key, imp_mod.head_importance(
-                               bundle.model, bundle.tokenizer, splits.validation.head(n), progress=p)))
-            try:
-                jobs.collect(ws, "importance")
-            except Exception as e:  # noqa: BLE001
-                show_error(e)
-            imps = {k[3:]: v for k, v in store.items() if k[:3] == ("importance", source, dataset)}
-        if imps:
-            labels = {f"{m} ({n} examples)": (m, n) for (m, n) in imps}
-            which = st.selectbox("Importance", list(labels), key="budget_imp")
-            fraction = st.slider("Fraction of heads to remove", 0.05, 0.9, 0.25, step=0.05, key="budget_frac")
-            heads = prune.heads_by_budget(imps[labels[which]], fraction)
-            n_removed = sum(len(h) for h in heads.values())
-            st.markdown(f"Removes **{n_removed}** of {n_layers * n_heads} heads: "
-                        + ", ".join(f"layer {layer}: {hs}" for layer, hs in heads.items()))
-            fig = head_grid_figure(heads, "importance (x = removed)")
-            if fig is not None:
-                st.plotly_chart(fig, key="budget_fig")
-            recipe = [Step("prune_heads", heads={str(k): v for k, v in heads.items()})]
-            save_button(recipe, f"heads-{int(round(fraction * 100))}%", "budget",
-                        notes=f"heads by budget {fraction:.2f} on {which}")
+    if not imps:
+        st.caption("No importance computed yet for this model and data: compute the gradient score on 200 "
+                   "validation examples here, or choose a method on the Heads page.")
+        if st.button("Compute importance (gradient, 200 examples)", key="prune_imp"):
+            n = min(200, len(splits.validation))
+            key = ("importance", source, dataset, "gradient", n)
+            jobs.start(ws, "importance", "Importance (gradient)",
+                       lambda p: store.__setitem__(key, imp_mod.head_importance(
+                           bundle.model, bundle.tokenizer, splits.validation.head(n), progress=p)))
+        try:
+            jobs.collect(ws, "importance")
+        except Exception as e:  # noqa: BLE001
+            show_error(e)
+        imps = {k[3:]: v for k, v in store.items() if k[:3] == ("importance", source, dataset)}
+    if imps:
+        labels = {f"{m} ({n} examples)": (m, n) for (m, n) in imps}
+        which = st.selectbox("Importance", list(labels), key="budget_imp")
+        fraction = st.slider("Fraction of heads to remove", 0.05, 0.9, 0.25, step=0.05, key="budget_frac")
+        heads = prune.heads_by_budget(imps[labels[which]], fraction)
+        n_removed = sum(len(h) for h in heads.values())
+        st.markdown(f"Removes **{n_removed}** of {n_layers * n_heads} heads: "
+                    + ", ".join(f"layer {layer}: {hs}" for layer, hs in heads.items()))
+        fig = head_grid_figure(heads, "importance (x = removed)")
+        if fig is not None:
+            st.plotly_chart(fig, key="budget_fig")
+        recipe = [Step("prune_heads", heads={str(k): v for k, v in heads.items()})]
+        save_button(recipe, f"heads-{int(round(fraction * 100))}%", "budget",
+                    notes=f"heads by budget {fraction:.2f} on {which}")
 
 with t_hand:
     options = [f"L{layer}.H{head}" for layer in range(n_layers) for head in range(n_heads)]
-    viz = feature("viz", "head_picker")
-    if viz is not None:
-        st.caption("Click heads in the grid (shift-click or box-select for several) or pick them in the list; "
-                   "colour = importance, if computed (darker = less important).")
-        event = st.plotly_chart(viz.head_picker(importance_grid(), "Heads: click to select"), key="hand_picker",
-                                on_select="rerun", selection_mode=("points", "box", "lasso"))
-        # the picker is a scatter with x = head, y = layer
-        clicked = sorted({f"L{int(p['y'])}.H{int(p['x'])}" for p in (event.selection.points if event else [])
-                          if "x" in p and "y" in p})
-        if clicked and clicked != st.session_state.get("hand_last_click"):
-            st.session_state.hand_last_click = clicked
-            st.session_state.hand_heads = sorted(set(st.session_state.get("hand_heads", [])) | set(clicked),
-                                                 key=options.index)
+    st.caption("Click heads in the grid (shift-click or box-select for several) or pick them in the list; "
+               "colour = importance, if computed (darker = less important).")
+    event = st.plotly_chart(viz.head_picker(importance_grid(), "Heads: click to select"), key="hand_picker",
+                            on_select="rerun", selection_mode=("points", "box", "lasso"))
+    # the picker is a scatter with x = head, y = layer
+    clicked = sorted({f"L{int(p['y'])}.H{int(p['x'])}" for p in (event.selection.points if event else [])
+                      if "x" in p and "y" in p})
+    if clicked and clicked != st.session_state.get("hand_last_click"):
+        st.session_state.hand_last_click = clicked
+        st.session_state.hand_heads = sorted(set(st.session_state.get("hand_heads", [])) | set(clicked),
+                                             key=options.index)
     picked = st.multiselect("Heads to remove", options, key="hand_heads")
     heads = {}
     for p in picked:
@@ -134,78 +128,76 @@ with t_hand:
                     f"hand-{len(picked)}-heads", "hand")
 
 with t_search:
-    ax = feature("axformer", "search", "SearchConfig")
-    if ax is not None:
-        c1, c2, c3 = st.columns(3)
-        n_val = c1.slider("Validation examples", 100, len(splits.validation), len(splits.validation),
-                          step=100, key="ax_nval",
-                          help="Every candidate change is scored on these examples. Fewer is faster but the "
-                               "search then overfits them more.")
-        tol = c2.number_input("Tolerance (allowed validation-loss increase)", 0.0, 0.5, 0.0, step=0.01,
-                              key="ax_tol")
-        hard = c3.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
-        with st.expander("Acceptance rule"):
-            r1, r2, r3 = st.columns(3)
-            sig = r1.number_input("Significance (standard errors)", 0.0, 5.0, 1.0, step=0.5, key="ax_sig",
-                                  help="Keep a change only if the validation loss drops by more than this many "
-                                       "paired standard errors. 0 = the paper's rule (any drop). Larger values "
-                                       "overfit the validation split less.")
-            crit = r2.selectbox("Score", ["loss", "calibrated_loss"], key="ax_crit",
-                                help="calibrated_loss: the loss at the best temperature, so softening an "
-                                     "over-confident model does not count as an improvement.")
-            guard = r3.checkbox("Validation accuracy must not drop", value=False, key="ax_guard")
-        if st.button("Run the search", type="primary", key="ax_go"):
-            config = ax.SearchConfig(n_val=n_val, tolerance=tol, significance=sig, criterion=crit,
-                                     accuracy_guard=guard)
-            run = getattr(ax, "cached_search", None)
+    c1, c2, c3 = st.columns(3)
+    n_val = c1.slider("Validation examples", 100, len(splits.validation), len(splits.validation),
+                      step=100, key="ax_nval",
+                      help="Every candidate change is scored on these examples. Fewer is faster but the "
+                           "search then overfits them more.")
+    tol = c2.number_input("Tolerance (allowed validation-loss increase)", 0.0, 0.5, 0.0, step=0.01,
+                          key="ax_tol")
+    hard = c3.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
+    with st.expander("Acceptance rule"):
+        r1, r2, r3 = st.columns(3)
+        sig = r1.number_input("Significance (standard errors)", 0.0, 5.0, 1.0, step=0.5, key="ax_sig",
+                              help="Keep a change only if the validation loss drops by more than this many "
+                                   "paired standard errors. 0 = the paper's rule (any drop). Larger values "
+                                   "overfit the validation split less.")
+        crit = r2.selectbox("Score", ["loss", "calibrated_loss"], key="ax_crit",
+                            help="calibrated_loss: the loss at the best temperature, so softening an "
+                                 "over-confident model does not count as an improvement.")
+        guard = r3.checkbox("Validation accuracy must not drop", value=False, key="ax_guard")
+    if st.button("Run the search", type="primary", key="ax_go"):
+        config = ax.SearchConfig(n_val=n_val, tolerance=tol, significance=sig, criterion=crit,
+                                 accuracy_guard=guard)
+        run = getattr(ax, "cached_search", None)
 
-            def work(progress):
-                if run is not None:
-                    return run(bundle.model, bundle.tokenizer, splits, config=config, hard_attention=hard,
-                               progress=progress)
-                return ax.search(bundle.model, bundle.tokenizer, splits, progress=progress, hard_attention=hard,
-                                 config=config)
-            jobs.start(ws, "search", "AxFormer search", work)
-        try:
-            res = jobs.collect(ws, "search")
-            if res is not None:
-                import dataclasses
-                st.session_state.search_result = {
-                    "recipe": res.recipe, "source": source, "dataset": dataset, "tol": tol, "n_val": res.n_val,
-                    "log": [dataclasses.asdict(d) if dataclasses.is_dataclass(d) else d for d in res.log],
-                    "summary": (res.base_accuracy, res.final_accuracy, res.base_loss, res.final_loss, res.stopped)}
-                st.session_state.search_model = res.model
-                if hasattr(ax, "decisions_frame") and hasattr(ax, "loss_trace_figure"):
-                    st.session_state.search_result["frame"] = ax.decisions_frame(res)
-                    st.session_state.search_result["figure"] = ax.loss_trace_figure(res)
-        except Stopped:
-            st.warning("The search was stopped.", icon=":material/stop_circle:")
-        except Exception as e:  # noqa: BLE001
-            show_error(e)
-        res = st.session_state.get("search_result")
-        if res and res["source"] == source and res["dataset"] == dataset:
-            acc0, acc1, loss0, loss1, stopped = res["summary"]
-            c = st.columns(3)
-            c[0].metric("Validation accuracy", f"{acc1:.3f}", f"{acc1 - acc0:+.3f}")
-            c[1].metric("Validation loss", f"{loss1:.4f}", f"{loss1 - loss0:+.4f}", delta_color="inverse")
-            c[2].metric("Changes kept", f"{sum(1 for d in res['log'] if d.get('kept'))} of {len(res['log'])}")
-            if stopped:
-                st.caption("The search was stopped early: this is what it had found by then.")
-            st.subheader("Decision log")
-            if res.get("figure") is not None:
-                st.plotly_chart(res["figure"], key="ax_trace")
-            log = res.get("frame")
-            if log is None:
-                import pandas as pd
-                log = pd.DataFrame(res["log"])
-                if "target" in log:
-                    log["target"] = log["target"].astype(str)
-            st.dataframe(log, hide_index=True, key="ax_log")
-            with st.expander("Recipe found"):
-                st.code(json.dumps(res["recipe"], indent=1), language="json")
-            save_button(res["recipe"], "axformer", "search",
-                        notes=f"AxFormer search, tolerance {res['tol']}, {res['n_val']} validation examples",
-                        model=st.session_state.get("search_model"))
+        def work(progress):
+            if run is not None:
+                return run(bundle.model, bundle.tokenizer, splits, config=config, hard_attention=hard,
+                           progress=progress)
+            return ax.search(bundle.model, bundle.tokenizer, splits, progress=progress, hard_attention=hard,
+                             config=config)
+        jobs.start(ws, "search", "AxFormer search", work)
+    try:
+        res = jobs.collect(ws, "search")
+        if res is not None:
+            import dataclasses
+            st.session_state.search_result = {
+                "recipe": res.recipe, "source": source, "dataset": dataset, "tol": tol, "n_val": res.n_val,
+                "log": [dataclasses.asdict(d) if dataclasses.is_dataclass(d) else d for d in res.log],
+                "summary": (res.base_accuracy, res.final_accuracy, res.base_loss, res.final_loss, res.stopped)}
+            st.session_state.search_model = res.model
+            if hasattr(ax, "decisions_frame") and hasattr(ax, "loss_trace_figure"):
+                st.session_state.search_result["frame"] = ax.decisions_frame(res)
+                st.session_state.search_result["figure"] = ax.loss_trace_figure(res)
+    except Stopped:
+        st.warning("The search was stopped.", icon=":material/stop_circle:")
+    except Exception as e:  # noqa: BLE001
+        show_error(e)
+    res = st.session_state.get("search_result")
+    if res and res["source"] == source and res["dataset"] == dataset:
+        acc0, acc1, loss0, loss1, stopped = res["summary"]
+        c = st.columns(3)
+        c[0].metric("Validation accuracy", f"{acc1:.3f}", f"{acc1 - acc0:+.3f}")
+        c[1].metric("Validation loss", f"{loss1:.4f}", f"{loss1 - loss0:+.4f}", delta_color="inverse")
+        c[2].metric("Changes kept", f"{sum(1 for d in res['log'] if d.get('kept'))} of {len(res['log'])}")
+        if stopped:
+            st.caption("The search was stopped early: this is what it had found by then.")
+        st.subheader("Decision log")
+        if res.get("figure") is not None:
+            st.plotly_chart(res["figure"], key="ax_trace")
+        log = res.get("frame")
+        if log is None:
+            import pandas as pd
+            log = pd.DataFrame(res["log"])
+            if "target" in log:
+                log["target"] = log["target"].astype(str)
+        st.dataframe(log, hide_index=True, key="ax_log")
+        with st.expander("Recipe found"):
+            st.code(json.dumps(res["recipe"], indent=1), language="json")
+        save_button(res["recipe"], "axformer", "search",
+                    notes=f"AxFormer search, tolerance {res['tol']}, {res['n_val']} validation examples",
+                    model=st.session_state.get("search_model"))
 
 with t_unstr:
     c1, c2, c3 = st.columns(3)

@@ -2,10 +2,13 @@
 
 import streamlit as st
 
+from axlab.compress import Step, apply_recipe
+from axlab.compress import quantize as quant
+
 from ui import jobs
 from ui.common import create_variant, intro, measure_settings, pick_start
 from ui.sidebar import sidebar
-from ui.state import bundle_and_splits, current, feature, show_error, variant_model
+from ui.state import bundle_and_splits, current, show_error, variant_model
 
 st.set_page_config(page_title="Quantize - axlab", page_icon=":material/compress:", layout="wide")
 sidebar()
@@ -34,10 +37,6 @@ intro("Quantize",
 bundle, splits = bundle_and_splits()
 if bundle is None:
     st.stop()
-quant = feature("quantize", "int8_dynamic", "rtn")
-if quant is None:
-    st.stop()
-from axlab.variants import Step, apply_recipe  # noqa: E402
 
 measure_settings()
 recipe, start_name = pick_start(splits, key="quant_start")
@@ -55,8 +54,6 @@ else:
     if method.startswith("Round"):
         step, name = Step("quantize_rtn", bits=bits, group_size=group_size, embeddings=embeddings), f"rtn{bits}"
     else:
-        if feature("gpfq", "gpfq") is None:
-            st.stop()
         c1, c2, c3 = st.columns(3)
         n_cal = c1.slider("Calibration texts (from train)", 32, 1024, 128, step=32, key="gpfq_n")
         sparsity = c2.slider("Sparsity threshold (steps; 0 = plain GPFQ)", 0.0, 2.0, 0.0, step=0.25,

@@ -2,9 +2,14 @@
 
 import streamlit as st
 
+from axlab.analysis import attention_maps as maps
+from axlab.analysis import attributions as attr
+from axlab.analysis import viz
+from axlab.deploy import compare
+
 from ui.common import intro
 from ui.sidebar import sidebar
-from ui.state import bundle_and_splits, feature, show_error, variant_model, variant_store, workspace_variants
+from ui.state import bundle_and_splits, show_error, variant_model, variant_store, workspace_variants
 
 st.set_page_config(page_title="Compare - axlab", page_icon=":material/compare:", layout="wide")
 sidebar()
@@ -27,9 +32,6 @@ if not variants:
             icon=":material/info:")
     st.stop()
 st.subheader(f"{len(variants)} variants")
-compare = feature("compare", "variants_table", "tradeoff_figure")
-if compare is None:
-    st.stop()
 
 df = compare.variants_table(variants)
 shown = compare.display_table(df) if hasattr(compare, "display_table") else df
@@ -58,32 +60,27 @@ models = {}
 with st.spinner("Rebuilding the two variants from their recipes..."):
     for n in (a_name, b_name):
         models[n] = variant_model(bundle, splits, by_name[n].recipe)
-maps = feature("attention_maps", "attention_for")
-viz = feature("viz", "model_view", "attribution_html")
-attr = feature("attributions", "compare_attributions")
-if maps is not None and viz is not None:
-    t_attn, t_attr = st.tabs(["Attention", "Attribution"])
-    with t_attn:
-        cols = st.columns(2)
-        for col, n in zip(cols, (a_name, b_name)):
-            with col:
-                st.markdown(f"**{n}**")
-                try:
-                    st.plotly_chart(viz.model_view(maps.attention_for(models[n], bundle.tokenizer, text)),
-                                    key=f"cmp_attn_{n}_{col is cols[0]}")
-                except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
-                    show_error(e)
-    with t_attr:
-        if attr is not None:
-            if st.button("Explain both", key="cmp_explain"):
-                try:
-                    res = attr.compare_attributions({a_name: models[a_name], b_name: models[b_name]},
-                                                    bundle.tokenizer, text)
-                except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
-                    show_error(e)
-                else:
-                    cols = st.columns(2)
-                    for col, (n, a) in zip(cols, res.items()):
-                        with col:
-                            st.markdown(f"**{n}**: p({a.label or a.target}) = {a.output:.3f} ({a.method})")
-                            st.html(viz.attribution_html(a.tokens, a.scores))
+t_attn, t_attr = st.tabs(["Attention", "Attribution"])
+with t_attn:
+    cols = st.columns(2)
+    for col, n in zip(cols, (a_name, b_name)):
+        with col:
+            st.markdown(f"**{n}**")
+            try:
+                st.plotly_chart(viz.model_view(maps.attention_for(models[n], bundle.tokenizer, text)),
+                                key=f"cmp_attn_{n}_{col is cols[0]}")
+            except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+                show_error(e)
+with t_attr:
+    if st.button("Explain both", key="cmp_explain"):
+        try:
+            res = attr.compare_attributions({a_name: models[a_name], b_name: models[b_name]},
+                                            bundle.tokenizer, text)
+        except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+            show_error(e)
+        else:
+            cols = st.columns(2)
+            for col, (n, a) in zip(cols, res.items()):
+                with col:
+                    st.markdown(f"**{n}**: p({a.label or a.target}) = {a.output:.3f} ({a.method})")
+                    st.html(viz.attribution_html(a.tokens, a.scores))

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import streamlit as st
 
-from axlab.paths import data_dir
+from axlab.core.paths import data_dir
+from axlab.deploy import export
+
 from ui import jobs
 from ui.common import fmt_bytes, intro
 from ui.sidebar import sidebar
-from ui.state import bundle_and_splits, current, feature, model_cache, show_error, variant_model, workspace_variants
+from ui.state import bundle_and_splits, current, model_cache, show_error, variant_model, workspace_variants
 
 st.set_page_config(page_title="Export - axlab", page_icon=":material/ios_share:", layout="wide")
 sidebar()
 intro("Export",
-      "Export writes the chosen variant as a folder you can load anywhere with `axlab.export.load_variant` (or "
-      "`axlab.loading.load_model(folder)`), optionally an **ONNX** model for ONNX Runtime, and a self-contained "
+      "Export writes the chosen variant as a folder you can load anywhere with `axlab.core.loading.load_variant` (or "
+      "`axlab.core.loading.load_model(folder)`), optionally an **ONNX** model for ONNX Runtime, and a self-contained "
       "HTML report comparing all your variants.",
       "- The folder holds safetensors weights, the tokenizer, the recipe and its measurements, and the shapes of "
       "pruned/quantized layers, so the exact variant is rebuilt on load; the export checks this before it "
@@ -31,9 +33,6 @@ source, dataset, ws = current()
 variants = workspace_variants()
 if not variants:
     st.info("No variants to export yet: create one on the Prune or Quantize page.", icon=":material/info:")
-    st.stop()
-export = feature("export", "export_all")
-if export is None:
     st.stop()
 
 names = [v.name for v in variants]
@@ -74,7 +73,7 @@ if res:
     if res.get("onnx"):
         st.markdown(f"ONNX parity with PyTorch: max |logit difference| = "
                     f"{res['onnx'].get('parity_max_abs_diff', float('nan')):.2e}")
-    st.code(f"from axlab.export import load_variant\nbundle = load_variant({res['folder']!r})", language="python")
+    st.code(f"import axlab\nbundle = axlab.load_variant({res['folder']!r})", language="python")
     html = res["report"].get("html")
     if html and Path(html).exists():
         st.download_button("Download the report (HTML)", Path(html).read_bytes(), file_name="axlab-report.html",

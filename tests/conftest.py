@@ -8,8 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-from axlab.testing import ARCHS, tiny_model, tiny_split, tiny_tokenizer  # noqa: E402
+from axlab.core.testing import ARCHS, tiny_model, tiny_split, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture
@@ -49,15 +48,15 @@ def batch(tokenizer, split):
 @pytest.fixture(scope="session")
 def default_bundle():
     """The real default model (built once by `axlab prepare`, cached)."""
-    from axlab.default_model import prepare
-    from axlab.loading import load_model
+    from axlab.core.loading import load_model
+    from axlab.core.train import prepare
     prepare()
     return load_model("default")
 
 
 @pytest.fixture(scope="session")
 def default_splits():
-    from axlab.data import load_dataset
+    from axlab.core.data import load_dataset
     return load_dataset("rotten_tomatoes")
 
 

@@ -5,16 +5,16 @@ import re
 import numpy as np
 import pytest
 import torch
-
-from axlab import cache, viz
-from axlab.attention_maps import attention_for, rollout
+from axlab.analysis import viz
+from axlab.analysis.attention_maps import attention_for, rollout
+from axlab.analysis.head_stats import STATISTICS, head_statistics, punctuation_ids
 from axlab.cli import main
-from axlab.data import Split
-from axlab.errors import AxlabError
-from axlab.head_stats import STATISTICS, head_statistics, punctuation_ids
-from axlab.registry import attention_parts
-from axlab.surgery import remove_heads_
-from axlab.testing import save_tiny, tiny_model
+from axlab.core.data import Split
+from axlab.core.errors import AxlabError
+from axlab.core.registry import attention_parts
+from axlab.core.surgery import remove_heads_
+from axlab.core.testing import save_tiny, tiny_model
+from axlab.store import cache
 
 TEXTS = ["a good film .", "the very long and boring plot was not fun at all , really", "great !"]
 

@@ -48,7 +48,7 @@ def errors(at: AppTest) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from axlab.testing import save_tiny
+    from axlab.core.testing import save_tiny
     return str(save_tiny(tmp_path_factory.mktemp("tiny") / "bert", "bert"))
 
 
@@ -108,7 +108,7 @@ def test_home_says_how_to_build_a_missing_default_model(tmp_path, monkeypatch):
 
 
 def test_folder_without_weights_shows_error(tmp_path, tiny_folder):
-    from axlab.testing import tiny_model
+    from axlab.core.testing import tiny_model
     tiny_model("bert").config.save_pretrained(tmp_path)       # config.json only
     at = page(new_app(tiny_folder), "1_Model_and_data")
     at.radio(key="model_kind").set_value("Local folder").run()
@@ -237,13 +237,10 @@ def test_main_path_on_the_default_model(default_bundle, tmp_path):
 
     page(at, "6_Compare")
     assert_clean(at, "compare")
-    if not at.info:                                              # once axlab.compare has landed
-        assert len(at.dataframe[0].value) == 3
-        assert len(at.get("plotly_chart")) >= 2
+    assert len(at.dataframe[0].value) == 3
+    assert len(at.get("plotly_chart")) >= 2
 
     page(at, "7_Export")
-    if at.info:
-        pytest.skip("axlab.export has not landed yet")
     folder = tmp_path / "exported"
     at.selectbox(key="exp_variant").set_value("heads-25%").run()
     at.text_input(key="exp_folder_heads-25%").input(str(folder)).run()
@@ -251,10 +248,10 @@ def test_main_path_on_the_default_model(default_bundle, tmp_path):
     at.checkbox(key="exp_report").uncheck().run()
     at.button(key="exp_go").click().run()
     assert_clean(at, "export")
-    from axlab.export import load_variant
-    from axlab.measure import predict_logits
+    from axlab.core.loading import load_variant
+    from axlab.core.measure import predict_logits
     reloaded = load_variant(folder)
-    from ui.state import variant_model, load_base, load_splits
+    from ui.state import load_base, load_splits, variant_model
     model = variant_model(load_base("default"), load_splits("rotten_tomatoes"), variants["heads-25%"].recipe)
     texts = default_bundle_texts = ["a gorgeous, witty, seductive movie.", "dull and far too long."]
     assert torch.allclose(predict_logits(reloaded.model, reloaded.tokenizer, default_bundle_texts),
@@ -266,7 +263,8 @@ def test_main_path_on_the_default_model(default_bundle, tmp_path):
 def test_a_job_keeps_running_without_its_page_and_can_be_stopped():
     import threading
 
-    from axlab.progress import Stopped
+    from axlab.core.progress import Stopped
+
     from ui import jobs
 
     release = threading.Event()

@@ -2,10 +2,9 @@ import copy
 
 import pytest
 import torch
-
-from axlab.attention import AttentionControl, get_topk, set_topk
-from axlab.surgery import apply_layout, layout, remove_ffn_neurons_, remove_heads_
-from axlab.testing import tiny_model
+from axlab.core.attention import AttentionControl, get_topk, set_topk
+from axlab.core.surgery import apply_layout, layout, remove_ffn_neurons_, remove_heads_
+from axlab.core.testing import tiny_model
 from conftest import logits
 
 
@@ -87,7 +86,7 @@ def test_topk_full_length_is_dense_and_small_k_changes(tiny, batch):
 
 
 def test_ffn_neurons_removed_equals_zeroed(tiny, batch):
-    import axlab.registry as R
+    import axlab.core.registry as R
     zeroed = copy.deepcopy(tiny)
     idx = [0, 5, 7, 100]
     with torch.no_grad():

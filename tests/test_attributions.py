@@ -3,12 +3,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from axlab import viz
-from axlab.attributions import compare_attributions, token_attributions
-from axlab.errors import AxlabError
-from axlab.surgery import remove_heads_
-from axlab.testing import tiny_model
+from axlab.analysis import viz
+from axlab.analysis.attributions import compare_attributions, token_attributions
+from axlab.core.errors import AxlabError
+from axlab.core.surgery import remove_heads_
+from axlab.core.testing import tiny_model
 
 TEXT = "a really boring film , not fun at all"
 

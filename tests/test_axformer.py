@@ -3,13 +3,11 @@ import copy
 
 import pytest
 import torch
-
-from axlab import axformer
-from axlab.axformer import SearchConfig, _Evaluator, cached_search, search
-from axlab.measure import evaluate
-from axlab.progress import Stopped
-from axlab.testing import tiny_model, tiny_split
-from axlab.variants import apply_recipe
+from axlab.compress import apply_recipe, axformer
+from axlab.compress.axformer import SearchConfig, _Evaluator, cached_search, search
+from axlab.core.measure import evaluate
+from axlab.core.progress import Stopped
+from axlab.core.testing import tiny_model, tiny_split
 from conftest import logits
 
 VAL = tiny_split(40, seed=1)
@@ -94,7 +92,7 @@ def test_stop_returns_consistent_partial_result(tokenizer, batch):
 
 def test_cached_search_reuses_result(tokenizer, batch, monkeypatch, tmp_path):
     monkeypatch.setenv("AXLAB_HOME", str(tmp_path))
-    from axlab.data import Splits
+    from axlab.core.data import Splits
     splits = Splits("tiny", ["a", "b"], VAL, VAL, VAL, 0, "abc", "x")
     model = _model()
     cfg = SearchConfig(batch_size=16, stages=("heads",))

@@ -1,7 +1,7 @@
 import json
 
 from axlab.cli import main
-from axlab.testing import save_tiny
+from axlab.core.testing import save_tiny
 
 
 def _csv(tmp_path):

@@ -2,9 +2,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from axlab.compare import pareto_front, tradeoff_figure, variants_table
-from axlab.variants import Variant
+from axlab.deploy.compare import pareto_front, tradeoff_figure, variants_table
+from axlab.store.variants import Variant
 
 
 def synthetic_variants(seed=0):

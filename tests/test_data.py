@@ -1,7 +1,6 @@
 import pytest
-
-from axlab.data import DATASETS, load_dataset
-from axlab.errors import DataError
+from axlab.core.data import DATASETS, load_dataset
+from axlab.core.errors import DataError
 
 
 def test_rotten_tomatoes_splits_fixed_and_disjoint():

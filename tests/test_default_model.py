@@ -4,10 +4,9 @@ import json
 import time
 
 import torch
-
 from axlab.cli import main
-from axlab.default_model import default_model_dir, prepare
-from axlab.measure import tokenize
+from axlab.core.measure import tokenize
+from axlab.core.train import default_model_dir, prepare
 from conftest import logits
 
 

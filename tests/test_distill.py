@@ -1,15 +1,13 @@
 """Distillation on tiny models: the loss, bounded steps, recovery towards the teacher, zeros kept, replay."""
 import pytest
 import torch
-
-from axlab import prune
-from axlab.data import Splits
-from axlab.distill import DistillConfig, distill, kd_loss
-from axlab.errors import AxlabError
-from axlab.testing import tiny_model, tiny_split
-from axlab.variants import RecipeContext, apply_step
+from axlab.compress import apply_step, prune
+from axlab.compress.distill import DistillConfig, distill, kd_loss
+from axlab.core.data import Splits
+from axlab.core.errors import AxlabError
+from axlab.core.recipe import RecipeContext
+from axlab.core.testing import tiny_model, tiny_split
 from conftest import logits
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,13 +6,14 @@ import textwrap
 
 import pytest
 import torch
-
-from axlab import prune, quantize
-from axlab.attention import set_topk
-from axlab.errors import ExportError, ModelLoadError
-from axlab.export import VARIANT_FILE, export_variant, load_variant
-from axlab.measure import predict_logits
-from axlab.testing import tiny_model, tiny_split, tiny_tokenizer
+from axlab.compress import prune, quantize
+from axlab.core.attention import set_topk
+from axlab.core.errors import ExportError, ModelLoadError
+from axlab.core.folder import VARIANT_FILE
+from axlab.core.loading import load_variant
+from axlab.core.measure import predict_logits
+from axlab.core.testing import tiny_model, tiny_split, tiny_tokenizer
+from axlab.deploy.export import export_variant
 
 TEXTS = ["", "fun", "the plot was very boring and the actor was not good .", "great " * 60,
          "a really awful film , not fun", "good story"]
@@ -61,10 +62,10 @@ def test_round_trip_in_process(arch, tokenizer, tmp_path, quant):
 _CHILD = textwrap.dedent("""
     import json, sys, torch
     import axlab
-    from axlab.measure import predict_logits
+    from axlab.core.measure import predict_logits
     out = {}
     for folder in sys.argv[2:]:
-        b = axlab.load_model(folder)          # dispatches to axlab.export.load_variant
+        b = axlab.load_model(folder)          # dispatches to axlab.core.loading.load_variant
         out[folder] = predict_logits(b.model, b.tokenizer, json.loads(sys.argv[1])).tolist()
     print(json.dumps(out))
 """)
@@ -117,7 +118,7 @@ def test_overwrite_is_refused_then_explicit(tokenizer, tmp_path):
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_crash_mid_export_leaves_no_complete_looking_folder(tokenizer, tmp_path, monkeypatch, existing):
-    import axlab.export as ex
+    import axlab.deploy.export as ex
     old = tiny_model("bert", seed=1)
     target = tmp_path / "v"
     if existing:

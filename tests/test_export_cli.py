@@ -2,13 +2,12 @@
 import json
 
 import torch
-
 from axlab.cli import main
-from axlab.export import load_variant
-from axlab.measure import predict_logits
-from axlab.report import external_references
-from axlab.testing import save_tiny
-from axlab.variants import Variant, VariantStore
+from axlab.core.loading import load_variant
+from axlab.core.measure import predict_logits
+from axlab.core.testing import save_tiny
+from axlab.deploy.report import external_references
+from axlab.store.variants import Variant, VariantStore
 
 
 def test_cli_export_variant_and_report(tmp_path, monkeypatch, capsys, tokenizer):
@@ -29,8 +28,8 @@ def test_cli_export_variant_and_report(tmp_path, monkeypatch, capsys, tokenizer)
     expected = {"model.safetensors", "onnx/model.onnx", "report/report.html", "report/report.json", "report/report.md"}
     assert expected <= set(printed["files"])
     # the folder is the variant: same logits as replaying the recipe
-    from axlab.loading import load_model
-    from axlab.variants import apply_recipe
+    from axlab.compress import apply_recipe
+    from axlab.core.loading import load_model
     want = apply_recipe(load_model(str(base)).model, recipe)
     texts = ["a fun film", "the plot was boring and not good at all ."]
     torch.testing.assert_close(predict_logits(load_variant(out).model, tokenizer, texts),

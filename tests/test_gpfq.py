@@ -2,10 +2,9 @@
 mixed precision (tiny models). Real-model accuracy lives in bench/bench_quant.py."""
 import pytest
 import torch
-
-from axlab import quantize as Q
-from axlab.gpfq import GPFQConfig, _row_errors, choose_bits, gpfq, gpfq_rows, refine_rows
-from axlab.testing import tiny_model
+from axlab.compress import quantize as Q
+from axlab.compress.gpfq import GPFQConfig, _row_errors, choose_bits, gpfq, gpfq_rows, refine_rows
+from axlab.core.testing import tiny_model
 
 
 def _naive_gpfq(w, X, Xq, step, lo, hi, fixed=()):

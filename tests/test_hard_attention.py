@@ -1,15 +1,14 @@
 """Top-k hard attention as a transform and a search, on tiny models."""
 import pytest
 import torch
-
-from axlab.attention import AttentionControl, get_topk
-from axlab.errors import AxlabError
-from axlab.hard_attention import hard_attention, search_topk
-from axlab.measure import evaluate
-from axlab.testing import tiny_model, tiny_split
-from axlab.variants import apply_recipe
+from axlab.compress import apply_recipe
+from axlab.compress.axformer import search_topk
+from axlab.compress.hard_attention import hard_attention
+from axlab.core.attention import AttentionControl, get_topk
+from axlab.core.errors import AxlabError
+from axlab.core.measure import evaluate
+from axlab.core.testing import tiny_model, tiny_split
 from conftest import logits
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,17 +3,22 @@ import copy
 import numpy as np
 import pytest
 import torch
+from axlab.analysis import importance
+from axlab.analysis.importance import (
+    agreement,
+    captum_importance,
+    gradient_importance,
+    head_ablation,
+    head_importance,
+    rank_heads,
+)
+from axlab.core.attention import AttentionControl
+from axlab.core.errors import AxlabError
+from axlab.core.measure import evaluate, tokenize
+from axlab.core.surgery import remove_heads_
+from axlab.core.testing import tiny_model
+from axlab.store import cache
 from torch import nn
-
-from axlab import cache, importance
-from axlab.attention import AttentionControl
-from axlab.errors import AxlabError
-from axlab.importance import (agreement, captum_importance, gradient_importance, head_ablation, head_importance,
-                              rank_heads)
-from axlab.measure import evaluate, tokenize
-from axlab.surgery import remove_heads_
-from axlab.testing import tiny_model
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

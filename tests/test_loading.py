@@ -2,10 +2,9 @@ import json
 
 import pytest
 import torch
-
-from axlab.errors import ModelLoadError, UnsupportedModelError
-from axlab.loading import load_model
-from axlab.testing import save_tiny, tiny_model
+from axlab.core.errors import ModelLoadError, UnsupportedModelError
+from axlab.core.loading import load_model
+from axlab.core.testing import save_tiny, tiny_model
 from conftest import logits
 
 
@@ -47,7 +46,7 @@ def test_pickle_checkpoint_refused_unless_allowed(tmp_path, batch):
 
 
 def test_encoder_without_classification_head(tmp_path):
-    from axlab.default_model import encoder_dir
+    from axlab.core.train import encoder_dir
     with pytest.raises(ModelLoadError, match="no sequence-classification head") as e:
         load_model(str(encoder_dir()))
     assert "ForSequenceClassification" in e.value.hint

@@ -3,9 +3,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from axlab.measure import evaluate, latency, measure, predict_logits, size_report
-from axlab.surgery import remove_heads_
+from axlab.core.measure import evaluate, latency, measure, predict_logits, size_report
+from axlab.core.surgery import remove_heads_
 
 
 def test_predict_logits_keeps_order(tiny, tokenizer, split):
@@ -58,7 +57,7 @@ def test_latency_and_measure_record(tiny, tokenizer, split):
 
 
 def test_fidelity_and_scores():
-    from axlab.measure import fidelity, scores
+    from axlab.core.measure import fidelity, scores
     ref = torch.tensor([[2.0, -1.0], [0.5, 1.5], [3.0, 0.0], [-1.0, 1.0]])
     same = fidelity(ref, ref)
     assert same["agreement"] == 1.0 and abs(same["kl"]) < 1e-7

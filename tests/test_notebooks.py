@@ -7,8 +7,8 @@ error fails the test), then asks the kernel for the notebook's ``SUMMARY`` dict.
 conclusion the reader sees is built from that dict, so the checks below are on the
 figures the run itself measured.
 
-Fast checks (no kernel): the committed notebooks match their generator, have no outputs,
-and have a parameters cell.
+Fast checks (no kernel): each notebook and its jupytext percent-format twin (.py) hold
+the same cells, have no outputs, and have a parameters cell.
 """
 
 from __future__ import annotations
@@ -99,12 +99,36 @@ def finite(x) -> bool:
 # fast checks on the committed files
 # ---------------------------------------------------------------------------------------------
 
-def test_notebooks_match_their_generator():
-    import subprocess
-    import sys
-    res = subprocess.run([sys.executable, str(NB_DIR / "build_notebooks.py"), "--check"], capture_output=True,
-                         text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
+def _pair_text(name: str) -> tuple[str, str]:
+    """(the .py twin as committed, the .py text jupytext makes from the committed .ipynb)."""
+    import jupytext
+    nb = jupytext.read(NB_DIR / name)
+    return (NB_DIR / name).with_suffix(".py").read_text(), jupytext.writes(nb, fmt="py:percent")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_pairs_are_in_sync(name):
+    """Each .ipynb has a percent-format .py twin (the reviewed source) with the same cells.
+
+    Fix a failure with ``jupytext --sync notebooks/*.ipynb`` (the newer file of a pair wins).
+    """
+    import jupytext
+    committed, from_ipynb = _pair_text(name)
+    assert committed == from_ipynb, f"{name} and its .py twin differ: run `jupytext --sync notebooks/{name}`"
+    meta = jupytext.read(NB_DIR / name).metadata.get("jupytext", {})
+    assert meta.get("formats") == "ipynb,py:percent", "the notebook must be paired (jupytext --set-formats)"
+    # and the other direction: the .py twin holds the same cells as the .ipynb
+    a = jupytext.read(NB_DIR / name)
+    b = jupytext.read((NB_DIR / name).with_suffix(".py"))
+    assert [(c.cell_type, c.source) for c in a.cells] == [(c.cell_type, c.source) for c in b.cells]
+
+
+def test_pair_check_catches_an_edit(tmp_path):
+    """The check above fails when one side of a pair changes and the other does not."""
+    import jupytext
+    nb = jupytext.read(NB_DIR / NOTEBOOKS[0])
+    nb.cells[0].source += "\nan edit made in JupyterLab"
+    assert jupytext.writes(nb, fmt="py:percent") != (NB_DIR / NOTEBOOKS[0]).with_suffix(".py").read_text()
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -208,3 +232,48 @@ def test_05_putting_it_together(default_model_ready):
     assert s["replay_max_abs_diff"] < 1e-4            # the recipe rebuilds the same variant
     assert s["reload_accuracy"] == s["exported_accuracy"]
     assert s["exported"] in conclusion_text(nb)
+
+
+def test_saving_in_jupyter_updates_the_pair(tmp_path):
+    """What JupyterLab does on save (PUT to the contents API) rewrites both files of a pair."""
+    import json as _json
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    import jupytext
+    for suffix in (".ipynb", ".py"):
+        shutil.copy(NB_DIR / f"01_tour{suffix}", tmp_path / f"01_tour{suffix}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "axlab-test"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "server", "--no-browser", f"--ServerApp.root_dir={tmp_path}",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
+         "--ServerApp.port_retries=0", "--allow-root"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/api/contents/01_tour.ipynb"
+        headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+        deadline = time.monotonic() + 90          # a cold start loads every server extension
+        while True:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as r:
+                    model = _json.load(r)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "jupyter server did not start"
+                time.sleep(0.3)
+        model["content"]["cells"][0]["source"] += "\n\nAn edit saved from JupyterLab."
+        body = _json.dumps({"type": "notebook", "format": "json", "content": model["content"]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers, method="PUT"),
+                                    timeout=30) as r:
+            assert r.status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "An edit saved from JupyterLab." in (tmp_path / "01_tour.py").read_text()
+    nb = jupytext.read(tmp_path / "01_tour.ipynb")
+    assert jupytext.writes(nb, fmt="py:percent") == (tmp_path / "01_tour.py").read_text()

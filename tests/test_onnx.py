@@ -4,13 +4,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from axlab import prune, quantize
-from axlab.attention import set_topk
-from axlab.errors import ExportError
-from axlab.measure import evaluate, tokenize
-from axlab.onnx_export import export_onnx, onnx_predictor
-from axlab.testing import tiny_model
+from axlab.compress import prune, quantize
+from axlab.core.attention import set_topk
+from axlab.core.errors import ExportError
+from axlab.core.measure import evaluate, tokenize
+from axlab.core.testing import tiny_model
+from axlab.deploy.onnx_export import export_onnx, onnx_predictor
 
 TOL = 1e-4
 WORDS = "good bad film plot actor boring fun the a was very not really story scene .".split()
@@ -72,7 +71,7 @@ def test_pruned_hard_attention_parity_and_int8(bert_export, tokenizer):
 def test_int8_leaves_emptied_ffn_in_fp32(tokenizer, tmp_path, per_channel):
     """An FFN block removed entirely leaves 0-sized MatMuls; ONNX Runtime's quantizer must not
     touch them (per tensor it produced garbage, per channel it crashed)."""
-    from axlab.onnx_export import empty_weight_nodes
+    from axlab.deploy.onnx_export import empty_weight_nodes
     model = prune.prune_ffn(tiny_model("bert", layers=3), {2: list(range(128))})
     res = export_onnx(model, tokenizer, tmp_path / "m.onnx", int8=True, int8_per_channel=per_channel)
     assert len(empty_weight_nodes(res.path)) == 2                       # up and down projection of layer 2
@@ -104,7 +103,7 @@ def test_other_arch_with_int8_linear_layers(arch, tokenizer, tmp_path):
 
 
 def test_parity_failure_raises_and_leaves_nothing(bert_export, tokenizer, tmp_path, monkeypatch):
-    import axlab.onnx_export as ox
+    import axlab.deploy.onnx_export as ox
     _, good = bert_export
     other = hard_pruned("bert")          # same shapes, but we hand the exporter another model's graph
     with torch.no_grad():

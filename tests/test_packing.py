@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from axlab.packing import code_range, pack_codes, packed_nbytes, unpack_codes
+from axlab.core.packing import code_range, pack_codes, packed_nbytes, unpack_codes
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

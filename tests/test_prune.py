@@ -3,16 +3,14 @@ import copy
 
 import pytest
 import torch
-
-from axlab import prune, registry
-from axlab.attention import AttentionControl
-from axlab.errors import AxlabError
-from axlab.measure import size_report
-from axlab.surgery import apply_layout, layout
-from axlab.testing import tiny_model
-from axlab.variants import apply_recipe
+from axlab.compress import apply_recipe, prune
+from axlab.core import registry
+from axlab.core.attention import AttentionControl
+from axlab.core.errors import AxlabError
+from axlab.core.measure import size_report
+from axlab.core.surgery import apply_layout, layout
+from axlab.core.testing import tiny_model
 from conftest import logits
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +66,7 @@ def test_drop_layer_equals_identity_hook(tiny, batch):
     assert not torch.allclose(ref, logits(tiny, batch))
     assert sum(p.numel() for p in dropped.parameters()) < sum(p.numel() for p in tiny.parameters())
     # the original head grid still applies: gates on the remaining layer work, importance sees no heads in layer 1
-    from axlab.importance import _present_mask
+    from axlab.analysis.importance import _present_mask
     assert _present_mask(dropped)[1].sum() == 0 and _present_mask(dropped)[0].all()
 
 
@@ -151,8 +149,8 @@ def test_ffn_scores_zero_for_dead_neurons(criterion, tokenizer, split):
 @pytest.mark.parametrize("criterion,scope", [("magnitude", "global"), ("magnitude", "layer"), ("data", "global"),
                                              ("data", "layer")])
 def test_unstructured_sparsity_and_replay(criterion, scope, tokenizer, batch):
-    from axlab.testing import tiny_split
-    from axlab.data import Splits
+    from axlab.core.data import Splits
+    from axlab.core.testing import tiny_split
     model = tiny_model("bert")
     sp = tiny_split(16)
     splits = Splits("tiny", ["a", "b"], sp, sp, sp, 0, "x", "x")
@@ -171,7 +169,7 @@ def test_data_criterion_differs_from_magnitude(tokenizer, split):
     model = tiny_model("bert")
     with torch.no_grad():  # make one input feature of layer 0's query carry huge activations
         registry.layers(model)[0].attention.self.query.weight[:, 0] *= 1e-3
-    from axlab.data import Splits
+    from axlab.core.data import Splits
     splits = Splits("tiny", ["a", "b"], split, split, split, 0, "x", "x")
     mag = prune.unstructured(model, 0.3, "magnitude", "layer")
     dat = prune.unstructured(model, 0.3, "data", "layer", tokenizer=tokenizer, splits=splits)

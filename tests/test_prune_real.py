@@ -3,14 +3,12 @@ import statistics
 
 import pytest
 import torch
-
-from axlab import prune, registry
-from axlab.attention import AttentionControl
-from axlab.axformer import SearchConfig, search
-from axlab.importance import head_importance
-from axlab.measure import evaluate, tokenize
-from axlab.variants import apply_recipe
-
+from axlab.analysis.importance import head_importance
+from axlab.compress import apply_recipe, prune
+from axlab.compress.axformer import SearchConfig, search
+from axlab.core import registry
+from axlab.core.attention import AttentionControl
+from axlab.core.measure import evaluate, tokenize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

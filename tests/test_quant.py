@@ -3,16 +3,16 @@ import copy
 
 import pytest
 import torch
+from axlab.compress import Step, apply_recipe
+from axlab.compress import quantize as Q
+from axlab.compress.gpfq import gpfq
+from axlab.core import qmodules as qm
+from axlab.core import registry, surgery
+from axlab.core.errors import AxlabError
+from axlab.core.measure import size_report
+from axlab.core.testing import tiny_model
 from safetensors.torch import load_file, save_file
 from torch import nn
-
-from axlab import quantize as Q
-from axlab import registry, surgery
-from axlab.errors import AxlabError
-from axlab.gpfq import gpfq
-from axlab.measure import size_report
-from axlab.testing import tiny_model
-from axlab.variants import Step, apply_recipe
 
 
 def _out(model, batch):
@@ -54,28 +54,28 @@ def test_transforms_do_not_mutate_input(tokenizer, split):
 
 def test_codes_match_rounding_rule():
     w = torch.randn(6, 32)
-    codes, scale = Q.quantize_codes(w, 4, group_size=8)                     # (6, 32), (6, 4)
+    codes, scale = qm.quantize_codes(w, 4, group_size=8)                     # (6, 32), (6, 4)
     assert scale.shape == (6, 4) and codes.min() >= -8 and codes.max() <= 7
     expect = (2 * w.reshape(6, 4, 8).abs().amax(-1) / 15)
     assert torch.allclose(scale, expect)
-    deq = Q.dequantize_codes(codes, scale)
+    deq = qm.dequantize_codes(codes, scale)
     assert (deq - w).abs().max() <= scale.max() / 2 + 1e-6 + scale.max()   # clamped ends lose at most one step
-    _, s2 = Q.quantize_codes(w, 3, scale_search=True)
-    err_max = (Q.dequantize_codes(*Q.quantize_codes(w, 3)) - w).pow(2).sum()
-    err_srch = (Q.dequantize_codes(*Q.quantize_codes(w, 3, scale_search=True)) - w).pow(2).sum()
+    _, s2 = qm.quantize_codes(w, 3, scale_search=True)
+    err_max = (qm.dequantize_codes(*qm.quantize_codes(w, 3)) - w).pow(2).sum()
+    err_srch = (qm.dequantize_codes(*qm.quantize_codes(w, 3, scale_search=True)) - w).pow(2).sum()
     assert err_srch <= err_max
 
 
 def test_quant_linear_stores_packed_ints():
     lin = nn.Linear(40, 12)
-    codes, scale = Q.quantize_codes(lin.weight, 3)
+    codes, scale = qm.quantize_codes(lin.weight, 3)
     ql = Q.QuantLinear.from_codes(codes, scale, lin.bias, 3)
     sd = ql.state_dict()
     assert set(sd) == {"packed", "scale", "bias"}
     assert sd["packed"].dtype == torch.uint8 and sd["packed"].numel() == (40 * 12 * 3 + 7) // 8
     assert torch.equal(ql.codes(), codes)
     x = torch.randn(5, 40)
-    assert torch.allclose(ql(x), nn.functional.linear(x, Q.dequantize_codes(codes, scale), lin.bias))
+    assert torch.allclose(ql(x), nn.functional.linear(x, qm.dequantize_codes(codes, scale), lin.bias))
 
 
 def test_int8_linear_matches_its_dequantized_weight():
@@ -150,7 +150,7 @@ def test_outliers_are_kept_exact_and_counted_in_the_size(tiny):
     lin = m.get_submodule(name)
     with torch.no_grad():
         lin.weight[3, 5] = 40 * float(lin.weight.abs().max())
-    mask = Q.outlier_mask(lin.weight, 0.001)
+    mask = qm.outlier_mask(lin.weight, 0.001)
     assert bool(mask[3, 5])
     plain, dense_sparse = Q.rtn(m, 3), Q.rtn(m, 3, outliers=0.001)
     ql = dense_sparse.get_submodule(name)
@@ -165,7 +165,7 @@ def test_outliers_are_kept_exact_and_counted_in_the_size(tiny):
     n_out = sum(dense_sparse.get_submodule(n).n_outliers for n in Q.target_linears(m))
     assert n_out * 6 <= extra <= n_out * 6 + 600 * n_layers          # int32 index + fp16 value (+ headers)
     with pytest.raises(AxlabError):
-        Q.outlier_mask(lin.weight, 0.5)
+        qm.outlier_mask(lin.weight, 0.5)
     with pytest.raises(ValueError):                                  # codes must be 0 where the outliers sit
         Q.QuantLinear.from_codes(torch.ones(2, 4, dtype=torch.int8), torch.ones(2, 1), None, 3,
                                  outliers=(torch.tensor([1]), torch.tensor([2.0])))
@@ -199,7 +199,7 @@ def test_group_size_falls_back_per_channel_on_odd_widths():
 
 
 def test_recipe_ops(tokenizer, split, batch):
-    from axlab.data import Split, Splits
+    from axlab.core.data import Split, Splits
     m = tiny_model("bert")
     splits = Splits(name="tiny", label_names=["a", "b"], train=split, validation=split, test=split, seed=0,
                     file_hash="x", source_file="x")
@@ -232,7 +232,7 @@ def test_cli_quantize_json(tmp_path, capsys):
     import json
 
     from axlab.cli import main
-    from axlab.testing import save_tiny
+    from axlab.core.testing import save_tiny
     folder = save_tiny(tmp_path / "tiny")
     rc = main(["quantize", str(folder), "--method", "rtn", "--bits", "3", "--limit", "16", "--no-latency", "--json"])
     assert rc == 0
@@ -253,7 +253,7 @@ def test_int8_state_dict_stays_plain_after_forward(tiny, batch):
 
 @pytest.mark.parametrize("method", ["rtn4_emb", "int8_emb"])
 def test_quantized_embeddings_keep_vocabulary_remap(tokenizer, split, tmp_path, method):
-    from axlab.prune import prune_vocab
+    from axlab.compress.prune import prune_vocab
     base = tiny_model("bert")
     pruned, report = prune_vocab(base, tokenizer, split.texts)
     assert report["oov_rate"] >= 0

@@ -2,11 +2,11 @@
 GPFQ at 3 bits follows fp32 more closely than round-to-nearest, and keeping the few
 outlier weights exact helps it further. Full figures: bench/bench_quant.py."""
 import pytest
-
-from axlab import quantize as Q
-from axlab import registry
-from axlab.gpfq import gpfq
-from axlab.measure import fidelity, predict_logits
+from axlab.compress import quantize as Q
+from axlab.compress.gpfq import gpfq
+from axlab.core import qmodules as qm
+from axlab.core import registry
+from axlab.core.measure import fidelity, predict_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,7 +18,7 @@ def test_real_massive_activation_weight_is_an_outlier(default_bundle):
     ratio = w.abs().amax(1) / w.abs().mean(1)
     row = int(ratio.argmax())
     assert float(ratio[row]) > 100
-    mask = Q.outlier_mask(w, 0.001)
+    mask = qm.outlier_mask(w, 0.001)
     assert bool(mask[row, int(w[row].abs().argmax())])
 
 

@@ -3,12 +3,11 @@ import json
 import re
 
 import pytest
-
-from axlab.data import Splits
-from axlab.errors import ExportError
-from axlab.compare import variants_table
-from axlab.report import external_references, write_report
-from axlab.testing import tiny_split
+from axlab.core.data import Splits
+from axlab.core.errors import ExportError
+from axlab.core.testing import tiny_split
+from axlab.deploy.compare import variants_table
+from axlab.deploy.report import external_references, write_report
 from test_compare import synthetic_variants
 
 

@@ -2,10 +2,11 @@ import copy
 
 import pytest
 import torch
-
-from axlab.errors import AxlabError
-from axlab.surgery import remove_heads_
-from axlab.variants import TRANSFORMS, Step, Variant, VariantStore, apply_recipe, register_transform
+from axlab.compress import TRANSFORMS, Step, apply_recipe
+from axlab.core.errors import AxlabError
+from axlab.core.recipe import register_transform
+from axlab.core.surgery import remove_heads_
+from axlab.store.variants import Variant, VariantStore
 from conftest import logits
 
 

@@ -62,7 +62,7 @@ def pick_model(bundle, splits, label: str = "Model", key: str = "pick_model"):
 
 def _measurer(bundle, splits):
     """A function measuring a model with this session's settings (read now: jobs run outside the session)."""
-    from axlab.measure import measure
+    from axlab.core.measure import measure
     split = splits.test.head(int(st.session_state.measure_n))
     runs = int(st.session_state.latency_runs)
 
@@ -76,8 +76,8 @@ def ensure_base(bundle, splits) -> None:
     source, dataset, ws = current()
     if any(not v.recipe for v in workspace_variants()):
         return
-    from axlab.measure import hardware_info
-    from axlab.variants import Variant
+    from axlab.core.measure import hardware_info
+    from axlab.store.variants import Variant
 
     measure, store = _measurer(bundle, splits), variant_store()
 
@@ -90,8 +90,9 @@ def ensure_base(bundle, splits) -> None:
 
 def create_variant(bundle, splits, recipe: list, name: str, model=None, notes: str = ""):
     """Build (unless ``model`` is given), measure on test and save a variant. Returns the Variant."""
-    from axlab.measure import hardware_info
-    from axlab.variants import Variant, validate_recipe
+    from axlab.compress import validate_recipe
+    from axlab.core.measure import hardware_info
+    from axlab.store.variants import Variant
 
     source, dataset, ws = current()
     validate_recipe(recipe)

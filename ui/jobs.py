@@ -3,7 +3,7 @@
 A job belongs to one workspace and has a key (what it computes). The page that starts it
 waits for it with a progress bar; if the user goes to another page meanwhile, the job
 keeps running and its result is there when they come back (other pages stay usable).
-A Stop button sets a flag that the progress callback turns into ``axlab.progress.Stopped``.
+A Stop button sets a flag that the progress callback turns into ``axlab.core.progress.Stopped``.
 (axlab is imported lazily here and in ui.state: importing it loads torch and transformers,
 which the home page does not need for its first paint.)
 """
@@ -42,7 +42,7 @@ class Job:
         """The ``progress`` callback handed to the library."""
         self.done, self.total, self.message = done, total, message
         if self.stop_requested:
-            from axlab.progress import Stopped
+            from axlab.core.progress import Stopped
             raise Stopped()
 
     @property

@@ -6,8 +6,8 @@ import re
 
 import streamlit as st
 
-
 from . import jobs
+from .nav import nav
 from .state import current, current_splits, init_state, load_base, workspace_variants
 
 __all__ = ["sidebar", "refresh_variants"]
@@ -51,6 +51,7 @@ def sidebar() -> None:
     init_state()
     source, dataset, ws = current()
     sb = st.sidebar
+    nav()
     sb.markdown("### axlab workbench")
     try:
         bundle = load_base(source, st.session_state.allow_pickle)

@@ -2,7 +2,7 @@
 
 What is shared between browser sessions (``st.cache_resource``): base models, datasets and
 rebuilt variant models. They are never mutated: every change goes through a recipe, and
-``axlab.variants.apply_recipe`` works on a private copy. What is private to a session:
+``axlab.compress.apply_recipe`` works on a private copy. What is private to a session:
 ``st.session_state`` (current model source, dataset, workspace name). The workspace name
 lives in the URL (``?ws=...``), so a browser refresh keeps the same variant list; two
 sessions see each other's variants only if they pick the same workspace name on purpose.
@@ -11,7 +11,6 @@ sessions see each other's variants only if they pick the same workspace name on 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import re
@@ -23,7 +22,7 @@ from pathlib import Path
 import streamlit as st
 
 __all__ = ["init_state", "current", "load_base", "load_splits", "current_splits", "bundle_and_splits", "analysis_results", "variant_store", "variant_model", "model_cache", "remember_model",
-           "feature", "save_upload", "show_error", "DEFAULT_SOURCE", "DEFAULT_DATASET", "workspace_variants",
+           "save_upload", "show_error", "DEFAULT_SOURCE", "DEFAULT_DATASET", "workspace_variants",
            "recipe_key"]
 
 log = logging.getLogger(__name__)
@@ -71,13 +70,13 @@ def current() -> tuple[str, str, str]:
 @st.cache_resource(show_spinner="Loading the model (once per source)...", max_entries=4)
 def load_base(source: str, allow_pickle: bool = False):
     """The base model bundle for ``source``; shared by all sessions, never mutated."""
-    from axlab.loading import load_model
+    from axlab.core.loading import load_model
     return load_model(source, allow_pickle=allow_pickle)
 
 
 @st.cache_resource(show_spinner="Loading the dataset...", max_entries=4)
 def load_splits(dataset: str, text_column: str | None = None, label_column: str | None = None):
-    from axlab.data import load_dataset
+    from axlab.core.data import load_dataset
     return load_dataset(dataset, text_column=text_column, label_column=label_column)
 
 
@@ -109,7 +108,7 @@ def analysis_results() -> dict:
 @st.cache_resource
 def variant_store():
     """One store (SQLite under the user's data dir; AXLAB_DATA overrides) for all sessions."""
-    from axlab.variants import VariantStore
+    from axlab.store.variants import VariantStore
     return VariantStore()
 
 
@@ -160,7 +159,7 @@ def variant_model(bundle, splits, recipe: list, progress=False, cache: _ModelCac
     """The model for ``recipe`` applied to ``bundle`` (rebuilt once, then cached; never mutated)."""
     if not recipe:
         return bundle.model
-    from axlab.variants import apply_recipe
+    from axlab.compress import apply_recipe
     cache = cache or _model_cache()
     key = (bundle.source, splits.key, json.dumps(recipe, sort_keys=True))
     model = cache.get(key)
@@ -175,29 +174,13 @@ def remember_model(bundle, splits, recipe: list, model, cache: _ModelCache | Non
     (cache or _model_cache()).put((bundle.source, splits.key, json.dumps(recipe, sort_keys=True)), model)
 
 
-# --- library parts that may not have landed yet ---------------------------------------
+# --- uploads and errors ---------------------------------------------------------------
 
-def feature(module: str, *names: str):
-    """``axlab.<module>`` if it is importable and has ``names``; else show st.info and return None."""
-    try:
-        mod = importlib.import_module(f"axlab.{module}")
-    except ModuleNotFoundError as e:
-        if e.name != f"axlab.{module}":
-            raise
-        st.info(f"This feature is not available yet (the library part `axlab.{module}` is not installed).",
-                icon=":material/construction:")
-        return None
-    missing = [n for n in names if not hasattr(mod, n)]
-    if missing:
-        st.info(f"This feature is not available yet (`axlab.{module}` has no {', '.join(missing)}).",
-                icon=":material/construction:")
-        return None
-    return mod
 
 
 def save_upload(uploaded) -> Path:
     """Save an uploaded file under the data dir by content hash; returns its path."""
-    from axlab.paths import data_dir
+    from axlab.core.paths import data_dir
     raw = uploaded.getvalue()
     digest = hashlib.sha256(raw).hexdigest()[:16]
     suffix = Path(uploaded.name).suffix.lower() or ".csv"
@@ -210,7 +193,7 @@ def save_upload(uploaded) -> Path:
 
 def show_error(e: Exception) -> None:
     """An AxlabError as st.error: what is wrong and how to fix it (no traceback)."""
-    from axlab.errors import AxlabError
+    from axlab.core.errors import AxlabError
     if isinstance(e, AxlabError):
         st.error(f"**{e.message}**\n\nHow to fix: {e.hint}" if e.hint else f"**{e.message}**", icon=":material/error:")
     else:

@@ -1,0 +1,183 @@
+"""Which input tokens drive a prediction: captum attributions for one sentence.
+
+``token_attributions(model, tokenizer, text, target=None)`` explains the probability of
+``target`` (default: the predicted class) with captum's LayerIntegratedGradients on the
+word-embedding layer. The baseline replaces every non-special token by the padding
+token ([CLS]/[SEP] stay), so a token's score says how much its embedding, compared
+with "no word here", moves the probability. Completeness: the scores sum to
+``output - baseline_output`` up to ``delta`` (small with enough ``n_steps``).
+
+Models without a gradient path (e.g. torch's dynamic int8 kernels) fall back to
+occlusion (captum FeatureAblation: each token in turn replaced by padding); the result's
+``method`` says which was used. ``compare_attributions`` explains one sentence with
+several variants for the same target, for a before/after view.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from axlab.analysis.importance import uses_int8_kernels
+from axlab.core import registry
+from axlab.core.errors import AxlabError
+from axlab.core.measure import MAX_LENGTH, tokenize
+
+__all__ = ["Attribution", "token_attributions", "compare_attributions"]
+
+log = logging.getLogger(__name__)
+
+ATTR_METHODS = ("auto", "integrated_gradients", "occlusion")
+
+
+@dataclass
+class Attribution:
+    """Per-token scores for one sentence and one target class."""
+
+    tokens: list[str]
+    scores: np.ndarray                 # (T,) contribution of each token to the target probability
+    target: int
+    delta: float                       # completeness error: sum(scores) - (output - baseline_output);
+                                       # near 0 for integrated gradients, not promised by occlusion
+    output: float = float("nan")       # p(target | text)
+    baseline_output: float = float("nan")  # p(target | baseline)
+    probs: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (C,) class probabilities
+    label: str | None = None           # name of the target class, when the model has one
+    method: str = "integrated_gradients"
+    special: list[bool] = field(default_factory=list)
+
+    @property
+    def predicted(self) -> int:
+        return int(np.argmax(self.probs)) if len(self.probs) else -1
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "scores": [float(s) for s in self.scores], "target": self.target,
+                "label": self.label, "delta": self.delta, "output": self.output,
+                "baseline_output": self.baseline_output, "probs": [float(p) for p in self.probs],
+                "method": self.method}
+
+
+def _baseline_ids(tokenizer, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+    special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    special = [int(i) in special_ids for i in input_ids[0]]
+    base = input_ids.clone()
+    base[0, [i for i, s in enumerate(special) if not s]] = pad
+    return base, special
+
+
+def _label(model: nn.Module, target: int) -> str | None:
+    id2label = getattr(model.config, "id2label", None) or {}
+    return str(id2label.get(target, id2label.get(str(target)))) if id2label else None
+
+
+def _integrated_gradients(model, input_ids, mask, base_ids, target: int, n_steps: int):
+    from captum.attr import LayerIntegratedGradients
+
+    def forward(ids, attention_mask):                         # (S, T), (S, T) -> (S, C) probabilities
+        return torch.softmax(model(input_ids=ids, attention_mask=attention_mask).logits, dim=-1)
+
+    emb = registry.word_embeddings(model)
+    lig = LayerIntegratedGradients(forward, emb)
+    attr = lig.attribute(input_ids, baselines=base_ids, target=target, additional_forward_args=(mask,),
+                         n_steps=n_steps)
+    # The path starts at the baseline's word embeddings with everything else (position ids,
+    # which RoBERTa derives from padding) taken from the real input; evaluate f there too,
+    # so completeness is checked against the path's true end points.
+    with torch.no_grad():
+        base_emb = emb(base_ids)
+        handle = emb.register_forward_hook(lambda mod, inp, out: base_emb)   # returning replaces the output
+        try:
+            base_p = float(forward(input_ids, mask)[0, target])
+        finally:
+            handle.remove()
+    # attr: (1, T, hidden) -> one score per token
+    return attr[0].sum(-1).detach().double().numpy(), base_p
+
+
+@torch.no_grad()
+def _occlusion(model, input_ids, mask, base_ids, target: int, special: list[bool]):
+    from captum.attr import FeatureAblation
+
+    def forward(ids, attention_mask):
+        return torch.softmax(model(input_ids=ids, attention_mask=attention_mask).logits, dim=-1)
+
+    feature_mask = torch.arange(input_ids.shape[1])[None, :]   # (1, T): each token its own feature
+    attr = FeatureAblation(forward).attribute(input_ids, baselines=base_ids, target=target,
+                                              additional_forward_args=(mask,), feature_mask=feature_mask)
+    scores = attr[0].double().numpy()
+    scores[np.asarray(special)] = 0.0
+    return scores
+
+
+def token_attributions(model: nn.Module, tokenizer, text: str, target: int | None = None, *, n_steps: int = 50,
+                       method: str = "auto", max_length: int = MAX_LENGTH) -> Attribution:
+    """Attribution of p(target | text) to each token (see module doc)."""
+    if method not in ATTR_METHODS:
+        raise AxlabError(f"Unknown attribution method '{method}'.", f"Choose one of: {', '.join(ATTR_METHODS)}.")
+    if not isinstance(text, str) or not text.strip():
+        raise AxlabError("No text to explain (an empty sentence was given).", "Type a sentence of a few words.")
+    if n_steps < 2:
+        raise ValueError(f"n_steps must be at least 2, got {n_steps}")
+    batch = tokenize(tokenizer, [text], max_length)
+    input_ids, mask = batch["input_ids"], batch["attention_mask"]            # (1, T)
+    base_ids, special = _baseline_ids(tokenizer, input_ids)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            probs = torch.softmax(model(input_ids=input_ids, attention_mask=mask).logits, -1)[0]
+            n_classes = probs.shape[-1]
+            if target is None:
+                target = int(probs.argmax())
+            if not 0 <= int(target) < n_classes:
+                raise AxlabError(f"Class {target} does not exist; the model has {n_classes} classes.",
+                                 f"Pick a class from 0 to {n_classes - 1}, or leave it empty for the prediction.")
+            target = int(target)
+            base_p = float(torch.softmax(model(input_ids=base_ids, attention_mask=mask).logits, -1)[0, target])
+        used = method
+        scores = None
+        if method == "integrated_gradients" and uses_int8_kernels(model):
+            raise AxlabError("Integrated gradients need gradients, and this model runs torch int8 kernels "
+                             "that have none.", "Use method='occlusion' (or 'auto', which picks it).")
+        if method == "integrated_gradients" or (method == "auto" and not uses_int8_kernels(model)):
+            try:
+                scores, base_p = _integrated_gradients(model, input_ids, mask, base_ids, target, n_steps)
+                used = "integrated_gradients"
+            except RuntimeError as e:
+                if method != "auto":
+                    raise AxlabError(f"Integrated gradients failed on this model: {str(e).splitlines()[0]}",
+                                     "This variant has no gradient path (e.g. int8 kernels); use "
+                                     "method='occlusion'.") from None
+                log.info("no gradient path (%s); using occlusion", str(e).splitlines()[0])
+        if scores is None:
+            scores = _occlusion(model, input_ids, mask, base_ids, target, special)
+            used = "occlusion"
+    finally:
+        model.train(was_training)
+    delta = float(scores.sum() - (float(probs[target]) - base_p))
+    tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+    return Attribution(tokens=tokens, scores=scores, target=target, delta=delta, output=float(probs[target]),
+                       baseline_output=base_p, probs=probs.double().numpy(), label=_label(model, target),
+                       method=used, special=special)
+
+
+def compare_attributions(models: dict[str, nn.Module], tokenizer, text: str, target: int | None = None,
+                         **kw) -> dict[str, Attribution]:
+    """The same sentence explained by several models (e.g. base and a variant) for one target.
+
+    With ``target=None`` the target is the first model's prediction, so every view
+    explains the same class.
+    """
+    if not models:
+        raise AxlabError("No models to compare.", "Pass a dict such as {'base': model, 'pruned': variant}.")
+    out: dict[str, Attribution] = {}
+    for name, model in models.items():
+        out[name] = token_attributions(model, tokenizer, text, target, **kw)
+        if target is None:
+            target = out[name].target
+    return out

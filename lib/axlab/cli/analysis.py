@@ -1,0 +1,138 @@
+"""CLI commands for the "look inside" analyses.
+
+    axlab importance default --method gradient --json
+    axlab attention default --text "A gorgeous, witty film." [--html view.html]
+    axlab head-stats default --limit 500 --json
+    axlab attribute default --text "A gorgeous, witty film." --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from axlab.cli.common import add_model_args, emit
+
+__all__ = ["add_commands"]
+
+
+def _matrix(a) -> list[list[float | None]]:
+    arr = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    return [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in arr]
+
+
+def _load(args):
+    from axlab.core.loading import load_model
+    return load_model(args.model, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+
+
+def _split(args):
+    from axlab.core.data import load_dataset
+    splits = load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column)
+    return splits, splits[args.split].head(args.limit)
+
+
+def cmd_importance(args) -> None:
+    from axlab.analysis.importance import METHODS, agreement, head_ablation, head_importance, rank_heads
+    bundle = _load(args)
+    splits, split = _split(args)
+    methods = list(METHODS) if args.method == "all" else [args.method]
+    out: dict = {"model": args.model, "dataset": splits.name, "split": args.split, "n": len(split), "methods": {}}
+    imps = {}
+    for method in methods:
+        kw = {"n_steps": args.n_steps} if method == "captum" else {}
+        t0 = time.perf_counter()
+        if method == "ablation":
+            ab = head_ablation(bundle.model, bundle.tokenizer, split, cache_results=not args.no_cache)
+            imp = ab.loss_increase
+        else:
+            imp = head_importance(bundle.model, bundle.tokenizer, split, method=method, progress=None,
+                                  cache_results=not args.no_cache, **kw)
+        seconds = time.perf_counter() - t0
+        imps[method] = imp
+        ranked = rank_heads(imp).head(args.top)
+        entry = {"seconds": round(seconds, 2), "importance": _matrix(imp),
+                 "top": [{"layer": int(r.layer), "head": int(r.head), "importance": float(r.importance)}
+                         for r in ranked.itertuples()]}
+        if method == "ablation":
+            entry.update(base_loss=ab.base_loss, base_accuracy=ab.base_accuracy, accuracy_drop=_matrix(ab.accuracy_drop))
+        out["methods"][method] = entry
+    if len(imps) > 1:
+        out["spearman"] = agreement(imps).round(4).to_dict()
+    emit(out, args.json)
+
+
+def cmd_attention(args) -> None:
+    from axlab.analysis.attention_maps import attention_for, rollout
+    bundle = _load(args)
+    res = attention_for(bundle.model, bundle.tokenizer, args.text)
+    roll = rollout(res)
+    out = {"model": args.model, "tokens": res.tokens[0], "n_layers": res.n_layers, "n_heads": res.n_heads,
+           "rollout_cls": [round(float(v), 4) for v in roll[0]]}
+    if args.layer is not None and args.head is not None:
+        out["head"] = {"layer": args.layer, "head": args.head,
+                       "weights": np.round(res.head(args.layer, args.head).astype(float), 4).tolist()}
+    if args.html:
+        from axlab.analysis import viz
+        fig = (viz.head_heatmap(res, args.layer, args.head) if args.layer is not None and args.head is not None
+               else viz.model_view(res))
+        out["html"] = str(viz.save_html(fig, args.html))
+    emit(out, args.json)
+
+
+def cmd_head_stats(args) -> None:
+    from axlab.analysis.head_stats import head_statistics
+    bundle = _load(args)
+    splits, split = _split(args)
+    t0 = time.perf_counter()
+    stats = head_statistics(bundle.model, bundle.tokenizer, split, cache_results=not args.no_cache)
+    out = {"model": args.model, "dataset": splits.name, "split": args.split, "n": len(split),
+           "seconds": round(time.perf_counter() - t0, 2), **{k: _matrix(v) for k, v in stats.items()}}
+    emit(out, args.json)
+
+
+def cmd_attribute(args) -> None:
+    from axlab.analysis.attributions import token_attributions
+    bundle = _load(args)
+    a = token_attributions(bundle.model, bundle.tokenizer, args.text, target=args.target, n_steps=args.n_steps,
+                           method=args.method)
+    emit({"model": args.model, **a.to_dict()}, args.json)
+
+
+def _data_args(p: argparse.ArgumentParser, limit: int | None) -> None:
+    p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    p.add_argument("--limit", type=int, default=limit, help="first N examples of the split")
+    p.add_argument("--no-cache", action="store_true", help="recompute even if a cached result exists")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("importance", help="head importance over a split (gradient, ablation, captum)")
+    add_model_args(p)
+    _data_args(p, 1000)
+    p.add_argument("--method", default="gradient", choices=["gradient", "ablation", "captum", "all"])
+    p.add_argument("--n-steps", type=int, default=8, help="integration steps for --method captum")
+    p.add_argument("--top", type=int, default=10, help="how many top heads to list")
+    p.set_defaults(fn=cmd_importance)
+
+    p = sub.add_parser("attention", help="attention maps and rollout for one sentence")
+    add_model_args(p, dataset=False)
+    p.add_argument("--text", required=True)
+    p.add_argument("--layer", type=int)
+    p.add_argument("--head", type=int)
+    p.add_argument("--html", help="write a self-contained HTML figure (model view, or the chosen head)")
+    p.set_defaults(fn=cmd_attention)
+
+    p = sub.add_parser("head-stats", help="per-head entropy, attention distance, [CLS]/[SEP]/punctuation share")
+    add_model_args(p)
+    _data_args(p, 1000)
+    p.set_defaults(fn=cmd_head_stats)
+
+    p = sub.add_parser("attribute", help="token attributions (integrated gradients) for one sentence")
+    add_model_args(p, dataset=False)
+    p.add_argument("--text", required=True)
+    p.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
+    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--method", default="auto", choices=["auto", "integrated_gradients", "occlusion"])
+    p.set_defaults(fn=cmd_attribute)

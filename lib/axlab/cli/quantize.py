@@ -1,0 +1,94 @@
+"""``axlab quantize``: quantize a model (int8 dynamic, k-bit RTN, GPFQ) and measure it.
+
+    axlab quantize default --method gpfq --bits 4 --json
+    axlab quantize default --method rtn --bits 3 --group-size 64 --limit 500
+    axlab quantize default --method gpfq --bits 3 --avg-bits 3.5 --save gpfq-mixed
+"""
+
+from __future__ import annotations
+
+import time
+
+from axlab.cli.common import add_model_args
+
+__all__ = ["add_commands", "recipe_from_args"]
+
+
+def recipe_from_args(args) -> list[dict]:
+    from axlab.compress import Step
+    from axlab.compress.gpfq import GPFQConfig
+    if args.method == "int8":
+        return [Step("quantize_int8", embeddings=args.embeddings)]
+    if args.method == "rtn":
+        return [Step("quantize_rtn", bits=args.bits, group_size=args.group_size, embeddings=args.embeddings,
+                     scale_search=args.scale_search, outliers=args.outliers or 0.0)]
+    params = dict(bits=args.bits, group_size=args.group_size, embeddings=args.embeddings,
+                  n_calibration=args.calibration, sparsity=args.sparsity,
+                  outliers=GPFQConfig.outliers if args.outliers is None else args.outliers,
+                  refine_passes=0 if args.sparsity else args.refine_passes)
+    if args.avg_bits is not None:
+        params["avg_bits"] = args.avg_bits
+        params["candidates"] = list(args.candidates)
+    if args.no_scale_search:
+        params["scale_grid"] = None
+    if args.no_bias_correction:
+        params["bias_correction"] = False
+    return [Step("quantize_gpfq", **params)]
+
+
+def cmd_quantize(args) -> None:
+    from axlab.compress import apply_recipe
+    from axlab.core.data import load_dataset
+    from axlab.core.loading import load_model
+    from axlab.core.measure import hardware_info, measure
+    from axlab.store.variants import Variant, VariantStore
+
+    bundle = load_model(args.model, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    splits = load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column)
+    recipe = recipe_from_args(args)
+    t0 = time.perf_counter()
+    model = apply_recipe(bundle.model, recipe, tokenizer=bundle.tokenizer, splits=splits, progress=False)
+    seconds = time.perf_counter() - t0
+    split = splits[args.split].head(args.limit)
+    m = measure(model, bundle.tokenizer, split, split_name=args.split, with_latency=not args.no_latency,
+                threads=args.threads, progress=False)
+    out = {"model": args.model, "dataset": splits.name, "method": args.method,
+           "bits": None if args.method == "int8" else args.bits, "recipe": recipe,
+           "quantize_seconds": round(seconds, 2), **m.to_dict()}
+    report = getattr(model, "axlab_gpfq_report", None)
+    if report is not None:
+        rows = report.layers
+        out["gpfq"] = {"mean_rel_error": sum(r["rel_error"] for r in rows) / max(len(rows), 1),
+                       "mean_rtn_rel_error": sum(r["rtn_rel_error"] for r in rows) / max(len(rows), 1),
+                       "bits_per_layer": {r["name"]: r["bits"] for r in rows}, "n_tokens": report.n_tokens}
+    if args.save:
+        v = VariantStore().add(Variant(name=args.save, base=args.model, dataset=splits.name, recipe=recipe,
+                                       measurements=m.to_dict(), hardware=hardware_info()))
+        out["variant_id"] = v.id
+    emit(out, args.json)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("quantize", help="quantize a model (int8, k-bit RTN, GPFQ) and measure it")
+    add_model_args(p)
+    p.add_argument("--method", choices=["int8", "rtn", "gpfq"], default="gpfq")
+    p.add_argument("--bits", type=int, default=4, help="2..8 (rtn, gpfq)")
+    p.add_argument("--group-size", type=int, default=None, help="one scale per group of inputs (default per channel)")
+    p.add_argument("--embeddings", action="store_true", help="also store the word embeddings in 8 bits per row")
+    p.add_argument("--scale-search", action="store_true", help="rtn: pick scales by weight MSE")
+    p.add_argument("--calibration", type=int, default=256, help="gpfq: calibration texts from the training split")
+    p.add_argument("--sparsity", type=float, default=0.0, help="gpfq: soft threshold (in steps) for zeros")
+    p.add_argument("--avg-bits", type=float, default=None, help="gpfq: mixed precision under this average")
+    p.add_argument("--candidates", type=int, nargs="+", default=[2, 3, 4],
+                   help="gpfq --avg-bits: the bit widths a layer may get")
+    p.add_argument("--outliers", type=float, default=None,
+                   help="fraction of each layer's weights kept exact in float16 (gpfq default 0.001, rtn 0)")
+    p.add_argument("--refine-passes", type=int, default=3, help="gpfq: coordinate-descent passes (0 = plain)")
+    p.add_argument("--no-scale-search", action="store_true", help="gpfq: plain max scaling")
+    p.add_argument("--no-bias-correction", action="store_true")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--save", metavar="NAME", help="add the variant (recipe + measurements) to the variant store")
+    p.set_defaults(fn=cmd_quantize)

@@ -1,0 +1,219 @@
+"""Load a sequence-classification model: a hub id, a local folder, or ``"default"``.
+
+The hub path is the real transformers path (``from_pretrained``); tests exercise it with
+local folders and with ``HF_HUB_OFFLINE=1``. Loading is safe by default: safetensors
+only (pickle checkpoints are refused unless ``allow_pickle=True``) and never
+``trust_remote_code`` unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from axlab.core import registry
+from axlab.core.attention import use_axlab_attention
+from axlab.core.errors import ModelLoadError, UnsupportedModelError
+
+__all__ = ["ModelBundle", "load_model", "resolve_source"]
+
+log = logging.getLogger(__name__)
+
+_PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+_SAFE_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model with what it needs to be used: tokenizer, label names, provenance."""
+
+    model: nn.Module
+    tokenizer: object
+    labels: list[str]
+    source: str                      # what the user asked for ("default", a hub id, a folder)
+    path: str                        # where it was loaded from (folder or hub id)
+    info: dict = field(default_factory=dict)   # model card etc.
+
+    @property
+    def arch(self) -> str:
+        return self.model.config.model_type
+
+    @property
+    def n_layers(self) -> int:
+        return len(registry.layers(self.model))
+
+    @property
+    def n_heads(self) -> int:
+        return registry.n_heads_config(self.model)
+
+
+def resolve_source(source: str) -> tuple[str, str]:
+    """Return (kind, location): kind is "default", "folder" or "hub"."""
+    source = str(source).strip()
+    if not source:
+        raise ModelLoadError("No model given.", "Pass 'default', a local folder, or a hub id such as "
+                             "'textattack/bert-base-uncased-SST-2'.")
+    if source == "default":
+        from axlab.core.train import default_model_dir
+        folder = default_model_dir()
+        if not (folder / "config.json").exists():
+            raise ModelLoadError("The default model has not been built yet.",
+                                 "Run `axlab prepare` once (about 10 minutes on 2 cores); it is cached afterwards.")
+        return "default", str(folder)
+    p = Path(source).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelLoadError(f"'{source}' is a file, not a model folder.",
+                                 "Pass the folder that holds config.json and the weights.")
+        return "folder", str(p.resolve())
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+    if looks_like_path:
+        raise ModelLoadError(f"Folder '{source}' does not exist.", "Check the path, or give a hub id like 'org/name'.")
+    return "hub", source
+
+
+def _check_folder(folder: Path, allow_pickle: bool) -> None:
+    if not (folder / "config.json").exists():
+        if (folder / "axlab_variant.json").exists():
+            return
+        raise ModelLoadError(f"Folder '{folder}' has no config.json, so it is not a transformers model folder.",
+                             "Point at the folder written by `save_pretrained` (it holds config.json and weights).")
+    files = {f.name for f in folder.iterdir()}
+    if any(f in files for f in _SAFE_FILES) or any(f.startswith("model-") and f.endswith(".safetensors") for f in files):
+        return
+    pickles = [f for f in _PICKLE_FILES if f in files]
+    if pickles:
+        if allow_pickle:
+            return
+        raise ModelLoadError(
+            f"Folder '{folder}' only has a pickle checkpoint ({pickles[0]}); axlab loads safetensors by default "
+            "because unpickling can execute code.",
+            "If you trust the file, pass allow_pickle=True (CLI: --allow-pickle; app: 'allow pickle' box), "
+            "or convert it once with `model.save_pretrained(folder, safe_serialization=True)`.")
+    raise ModelLoadError(f"Folder '{folder}' has a config.json but no weights (no model.safetensors).",
+                         "Copy the weights file into the folder, or save the model with `save_pretrained`.")
+
+
+def _check_config(config, where: str) -> None:
+    registry.spec_for(config.model_type)  # raises UnsupportedModelError
+    archs = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelLoadError(
+            f"{where} has no sequence-classification head (architectures: {archs or 'none listed'}).",
+            "axlab works on fine-tuned classifiers. Pick a *ForSequenceClassification checkpoint, or fine-tune "
+            "this encoder first (see `axlab prepare` for how the default model is built).")
+
+
+def load_model(source: str = "default", *, allow_pickle: bool = False, trust_remote_code: bool = False,
+               revision: str | None = None) -> ModelBundle:
+    """Load a fine-tuned sequence classifier and its tokenizer, routed through axlab attention."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    kind, location = resolve_source(source)
+    if kind in ("default", "folder"):
+        folder = Path(location)
+        _check_folder(folder, allow_pickle)
+        if (folder / "axlab_variant.json").exists():
+            return load_variant(folder)
+    common = dict(trust_remote_code=trust_remote_code, revision=revision)
+    try:
+        config = AutoConfig.from_pretrained(location, **common)
+    except UnsupportedModelError:
+        raise
+    except (OSError, ValueError) as e:
+        if kind == "hub":
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            raise ModelLoadError(
+                f"Could not load '{source}' from the Hugging Face hub"
+                + (" (offline mode: HF_HUB_OFFLINE=1)." if offline else f": {str(e).splitlines()[0]}"),
+                "Check the id (it looks like 'org/name') and your network. Without a network, download the "
+                "model elsewhere, copy the folder here and pass its path.") from None
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(f"'{source}' needs custom code to load.",
+                                 "Only if you trust its author, pass trust_remote_code=True.") from None
+        raise ModelLoadError(f"Could not read the config in '{location}': {str(e).splitlines()[0]}",
+                             "Check that config.json is a valid transformers config.") from None
+    _check_config(config, f"Model '{source}'")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            location, attn_implementation="eager", use_safetensors=None if allow_pickle else True, **common)
+    except OSError as e:
+        msg = str(e).splitlines()[0]
+        if "safetensors" in msg.lower() and not allow_pickle:
+            raise ModelLoadError(f"'{source}' has no safetensors weights: {msg}",
+                                 "If you trust the checkpoint, pass allow_pickle=True (CLI: --allow-pickle).") from None
+        raise ModelLoadError(f"Could not load the weights of '{source}': {msg}",
+                             "Check the id or folder; without a network, pass a local folder.") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"'{source}' has weights but no usable tokenizer: {str(e).splitlines()[0]}",
+                             "Save the tokenizer into the same folder (`tokenizer.save_pretrained(folder)`).") from None
+    model.eval()
+    use_axlab_attention(model)
+    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    info = {}
+    card = Path(location) / "axlab_card.json"
+    if kind != "hub" and card.exists():
+        info = json.loads(card.read_text())
+    log.info("loaded %s (%s, %d layers x %d heads)", source, config.model_type,
+             len(registry.layers(model)), registry.n_heads_config(model))
+    return ModelBundle(model=model, tokenizer=tokenizer, labels=labels, source=str(source), path=location, info=info)
+
+
+def load_variant(folder: str | Path, *, verify: bool = True):
+    """Rebuild an exported variant: same shapes, same modules, same weights -> same logits.
+
+    Returns a :class:`ModelBundle`. With ``verify`` the stored probe logits
+    are recomputed and compared (tolerance 1e-4).
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from axlab.core.folder import PROBE_ATOL, WEIGHTS_FILE, probe_logits, read_sidecar
+    from axlab.core.qmodules import apply_quant_layout
+    from axlab.core.surgery import apply_layout
+
+    folder = Path(folder).expanduser().resolve()
+    sidecar = read_sidecar(folder)
+    if not (folder / WEIGHTS_FILE).exists():
+        raise ModelLoadError(f"'{folder}' has no {WEIGHTS_FILE}.",
+                             "The export is incomplete; export the variant again.")
+    config = AutoConfig.from_pretrained(folder)
+    registry.spec_for(config.model_type)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    model.eval()
+    use_axlab_attention(model)
+    apply_layout(model, sidecar.get("layout") or {})
+    if sidecar.get("quant_layout"):
+        model = apply_quant_layout(model, sidecar["quant_layout"]) or model
+    state = load_file(str(folder / WEIGHTS_FILE))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"The weights in '{folder}' do not fit the rebuilt model: {str(e).splitlines()[0]}",
+                             "The export is damaged or was made by another axlab version; export it again.") from None
+    model.eval()
+    use_axlab_attention(model)
+    model.axlab_recipe = list(sidecar.get("recipe") or [])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    probe = sidecar.get("probe")
+    if verify and probe:
+        got = probe_logits(model, tokenizer)
+        want = torch.tensor(probe["logits"])
+        diff = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+        if diff > PROBE_ATOL:
+            raise ModelLoadError(f"The reloaded model in '{folder}' gives different logits than when it was "
+                                 f"exported (max difference {diff:.2e}).",
+                                 "The weights or the layout record are damaged, or this axlab version rebuilds "
+                                 "the variant differently; export it again.")
+    labels = list(sidecar.get("labels") or [str(config.id2label[i]) for i in range(config.num_labels)])
+    log.info("loaded variant %s (%d steps)", folder, len(model.axlab_recipe))
+    return ModelBundle(model=model, tokenizer=tokenizer, labels=labels, source=str(folder), path=str(folder),
+                       info=sidecar)

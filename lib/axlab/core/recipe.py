@@ -1,0 +1,106 @@
+"""Recipes: a JSON list of steps, and the table of transforms that replay them.
+
+A *step* is ``{"op": name, "params": {...}}``. Transforms register themselves with
+:func:`register_transform`; a registered function receives a model it may modify in
+place (``apply_recipe`` hands it a private copy) and a :class:`RecipeContext` giving the
+tokenizer and data (for calibration). Replaying a recipe on the base rebuilds the
+variant: the store keeps recipes and measurements, never pickled models.
+
+The table lives here, at the bottom of the package, so every layer can name steps; the
+built-in transforms (``axlab.compress``) fill it when they are imported. Use
+``axlab.compress.apply_recipe`` (or ``axlab.apply_recipe``), which guarantees that.
+
+Public transforms (``axlab.compress.prune.prune_heads`` ...) copy their input first, so
+they never mutate it; ``apply_recipe`` copies the base once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from axlab.core.errors import AxlabError
+
+__all__ = ["Step", "RecipeContext", "register_transform", "TRANSFORMS", "apply_step", "apply_recipe",
+           "validate_recipe"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecipeContext:
+    """What a transform may need besides the model: tokenizer, data splits, label names."""
+
+    tokenizer: object = None
+    splits: object = None           # axlab.data.Splits or None
+    progress: object = None
+    base: object = None             # the unmodified base model (e.g. the teacher for distillation)
+
+    def require_splits(self, op: str):
+        if self.splits is None:
+            raise AxlabError(f"Step '{op}' needs data (calibration or training examples).",
+                             "Pass the dataset's splits in the RecipeContext (apply_recipe(..., splits=...)).")
+        return self.splits
+
+
+TransformFn = Callable[[nn.Module, RecipeContext], nn.Module]
+TRANSFORMS: dict[str, Callable] = {}
+
+
+def register_transform(op: str):
+    """Decorator: ``@register_transform("prune_heads") def f(model, ctx, **params) -> model``."""
+    def deco(fn):
+        TRANSFORMS[op] = fn
+        return fn
+    return deco
+
+
+def Step(op: str, **params) -> dict:  # noqa: N802  (reads like a constructor)
+    return {"op": op, "params": params}
+
+
+def validate_recipe(recipe: list[dict], *, check_ops: bool = True) -> list[dict]:
+    """Raise AxlabError unless ``recipe`` is a JSON list of known steps; return it.
+
+    ``check_ops=False`` checks the structure only (the variant store does that: it keeps
+    recipes whether or not the transforms are imported in this process).
+    """
+    if not isinstance(recipe, list):
+        raise AxlabError("A recipe must be a list of steps.", "Use e.g. [{'op': 'prune_heads', 'params': {...}}].")
+    for i, step in enumerate(recipe):
+        if not isinstance(step, dict) or "op" not in step:
+            raise AxlabError(f"Step {i} is not a {{'op': ..., 'params': ...}} mapping.", "Fix the recipe JSON.")
+        if not isinstance(step.get("params", {}), dict):
+            raise AxlabError(f"Step {i}'s params are not a mapping.", "Fix the recipe JSON.")
+        if check_ops and step["op"] not in TRANSFORMS:
+            raise AxlabError(f"Step {i} has unknown op '{step['op']}'.",
+                             f"Known ops: {', '.join(sorted(TRANSFORMS)) or 'none yet'} (the built-in transforms "
+                             "register when axlab.compress is imported: use axlab.compress.apply_recipe).")
+    json.dumps(recipe)  # must be JSON-serialisable
+    return recipe
+
+
+def apply_step(model: nn.Module, step: dict, ctx: RecipeContext) -> nn.Module:
+    """Apply one step to ``model`` in place (the model must be private to the caller)."""
+    fn = TRANSFORMS.get(step["op"])
+    if fn is None:
+        validate_recipe([step])       # raises the clear unknown-op error
+    out = fn(model, ctx, **step.get("params", {}))
+    return out if out is not None else model
+
+
+def apply_recipe(base: nn.Module, recipe: list[dict], *, tokenizer=None, splits=None, progress=None) -> nn.Module:
+    """A new model: the base with every step of ``recipe`` applied. The base is not touched."""
+    validate_recipe(recipe)
+    model = copy.deepcopy(base)
+    ctx = RecipeContext(tokenizer=tokenizer, splits=splits, progress=progress, base=base)
+    for step in recipe:
+        model = apply_step(model, step, ctx)
+    model.eval()
+    model.axlab_recipe = list(recipe)
+    return model
