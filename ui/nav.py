@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 __all__ = ["HOME", "PAGES", "nav"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HOME = ("app.py", "Home", ":material/home:")
 # (file, label, icon, what the page is for)
@@ -24,7 +28,10 @@ PAGES = [
      "Every variant's accuracy, latency and size; the Pareto front; before/after views."),
     ("pages/7_Export.py", "7. Export", ":material/ios_share:",
      "A reloadable folder, an ONNX file, and a self-contained report."),
+    ("pages/8_Sweep.py", "8. Sweep", ":material/grid_view:",
+     "Many recipes at once (on Ray), and the Pareto front of accuracy, latency and size."),
 ]
+PAGES = [p for p in PAGES if (ROOT / p[0]).exists()]
 
 
 def nav() -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from axlab.core.errors import AxlabError
 
 __all__ = ["Step", "RecipeContext", "register_transform", "TRANSFORMS", "apply_step", "apply_recipe",
-           "validate_recipe"]
+           "validate_recipe", "describe_step", "describe_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +104,42 @@ def apply_recipe(base: nn.Module, recipe: list[dict], *, tokenizer=None, splits=
     model.eval()
     model.axlab_recipe = list(recipe)
     return model
+
+
+def _count_lists(mapping) -> int:
+    return sum(len(v) for v in (mapping or {}).values())
+
+
+def describe_step(step: dict) -> str:
+    """One step in words, e.g. ``remove 29 heads in 6 layers`` or ``GPFQ 4-bit weights``."""
+    op, p = step.get("op", "?"), step.get("params", {}) or {}
+    if op == "prune_heads":
+        heads = p.get("heads") or {}
+        return f"remove {_count_lists(heads)} heads in {sum(1 for v in heads.values() if v)} layers"
+    if op == "prune_ffn":
+        neurons = p.get("neurons") or {}
+        return f"remove {_count_lists(neurons)} FFN neurons in {sum(1 for v in neurons.values() if v)} layers"
+    if op == "drop_layers":
+        return f"drop layers {sorted(p.get('layers') or [])}"
+    if op == "prune_vocab":
+        return "keep only the vocabulary the task uses"
+    if op == "unstructured":
+        return f"unstructured sparsity {float(p.get('sparsity', 0)):.0%} ({p.get('criterion', 'magnitude')})"
+    if op == "hard_attention":
+        topk = {k: v for k, v in (p.get("topk") or {}).items() if v}
+        return "top-k hard attention in " + (", ".join(f"layer {k} (k={v})" for k, v in topk.items()) or "no layer")
+    if op == "distill":
+        return f"distill from the base ({p.get('steps', '?')} steps)"
+    if op == "quantize_int8":
+        return "int8 weights and activations" + (" + int8 embeddings" if p.get("embeddings") else "")
+    if op in ("quantize_rtn", "quantize_gpfq"):
+        name = "RTN" if op == "quantize_rtn" else "GPFQ"
+        bits = f"{p['avg_bits']:g}-bit average" if p.get("avg_bits") is not None else f"{p.get('bits', 4)}-bit"
+        group = f", groups of {p['group_size']}" if p.get("group_size") else ""
+        return f"{name} {bits} weights{group}" + (" + quantized embeddings" if p.get("embeddings") else "")
+    return op.replace("_", " ")
+
+
+def describe_recipe(recipe: list[dict]) -> str:
+    """A recipe in one line of words (``the base model`` for an empty one)."""
+    return "; ".join(describe_step(s) for s in recipe) if recipe else "the base model"
