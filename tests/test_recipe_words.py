@@ -6,6 +6,6 @@ def test_recipes_in_words_follow_their_parameters():
     heads = {"0": [1, 2, 3], "5": list(range(12)), "3": []}
     assert describe_recipe([Step("prune_heads", heads=heads)]) == "remove 15 heads in 2 layers"
     text = describe_recipe([Step("prune_heads", heads={"1": [0]}), Step("quantize_gpfq", bits=3, group_size=64)])
-    assert text == "remove 1 heads in 1 layers; GPFQ 3-bit weights, groups of 64"
+    assert text == "remove 1 head in 1 layer; GPFQ 3-bit weights, groups of 64"
     assert describe_recipe([Step("quantize_int8", embeddings=True)]) == "int8 weights and activations + int8 embeddings"
     assert "2.5-bit average" in describe_recipe([Step("quantize_gpfq", bits=4, avg_bits=2.5)])

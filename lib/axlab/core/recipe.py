@@ -110,15 +110,20 @@ def _count_lists(mapping) -> int:
     return sum(len(v) for v in (mapping or {}).values())
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def describe_step(step: dict) -> str:
     """One step in words, e.g. ``remove 29 heads in 6 layers`` or ``GPFQ 4-bit weights``."""
     op, p = step.get("op", "?"), step.get("params", {}) or {}
     if op == "prune_heads":
         heads = p.get("heads") or {}
-        return f"remove {_count_lists(heads)} heads in {sum(1 for v in heads.values() if v)} layers"
+        return f"remove {_n(_count_lists(heads), 'head')} in {_n(sum(1 for v in heads.values() if v), 'layer')}"
     if op == "prune_ffn":
         neurons = p.get("neurons") or {}
-        return f"remove {_count_lists(neurons)} FFN neurons in {sum(1 for v in neurons.values() if v)} layers"
+        return (f"remove {_n(_count_lists(neurons), 'FFN neuron')} in "
+                f"{_n(sum(1 for v in neurons.values() if v), 'layer')}")
     if op == "drop_layers":
         return f"drop layers {sorted(p.get('layers') or [])}"
     if op == "prune_vocab":
