@@ -31,7 +31,7 @@ from torch import nn
 
 from axlab.core import registry
 from axlab.core.attention import AttentionControl
-from axlab.core.data import Split
+from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError, DataError
 from axlab.core.measure import MAX_LENGTH, iter_batches
 from axlab.core.progress import Progress, as_progress
@@ -67,10 +67,12 @@ def _check_differentiable(model: nn.Module, method: str) -> None:
                          "that have none.", "Use method='ablation' for this variant, or measure the fp32 model.")
 
 
-def _check_split(split: Split) -> None:
+def _check_split(split: Split, model: nn.Module) -> Split:
+    """The split with its labels matched to the model's by name (raises DataError on a mismatch)."""
     if len(split) == 0:
         raise DataError("The split is empty, so head importance cannot be measured.",
                         "Pass a split with labelled texts (e.g. splits.validation.head(500)).")
+    return align_labels(split, model)
 
 
 def _batches(tokenizer, split: Split, batch_size: int, max_length: int = MAX_LENGTH):
@@ -91,7 +93,7 @@ def gradient_importance(model: nn.Module, tokenizer, split: Split, *, batch_size
     The absolute value is taken per batch of ``batch_size`` examples (as the authors'
     released bertology code does), then averaged over examples.
     """
-    _check_split(split)
+    split = _check_split(split, model)
     _check_differentiable(model, "gradient")
     n_layers, n_heads = _grid(model)
     gates = torch.ones(n_layers, n_heads, requires_grad=True)
@@ -225,7 +227,7 @@ def _ablation_arrays(model: nn.Module, tokenizer, split: Split, batch_size: int,
 def head_ablation(model: nn.Module, tokenizer, split: Split, *, batch_size: int = 64, progress: Progress = None,
                   cache_results: bool = True, model_key: str | None = None) -> AblationResult:
     """Loss and accuracy on ``split`` with each present head alone gated to 0."""
-    _check_split(split)
+    split = _check_split(split, model)
     arrays = cache.cached("importance", lambda: _ablation_arrays(model, tokenizer, split, batch_size, progress),
                           model=model, split=split, params={"method": "ablation_full"},
                           enabled=cache_results, key=model_key)
@@ -255,7 +257,7 @@ def captum_importance(model: nn.Module, tokenizer, split: Split, *, batch_size: 
     """
     from captum.attr import IntegratedGradients
 
-    _check_split(split)
+    split = _check_split(split, model)
     _check_differentiable(model, "captum")
     if n_steps < 2:
         raise ValueError(f"n_steps must be at least 2, got {n_steps}")
@@ -309,7 +311,7 @@ def head_importance(model: nn.Module, tokenizer, split: Split, method: str = "gr
     """
     if method not in METHODS:
         raise AxlabError(f"Unknown importance method '{method}'.", f"Choose one of: {', '.join(METHODS)}.")
-    _check_split(split)
+    split = _check_split(split, model)
     if method == "ablation":
         return head_ablation(model, tokenizer, split, progress=progress, cache_results=cache_results,
                              model_key=model_key, **kw).loss_increase

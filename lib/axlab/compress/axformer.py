@@ -42,7 +42,7 @@ import axlab.compress.prune  # noqa: F401  (registers the prune ops that a searc
 from axlab.compress.hard_attention import DEFAULT_KS
 from axlab.core import registry, surgery
 from axlab.core.attention import get_topk
-from axlab.core.data import Split
+from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError
 from axlab.core.measure import iter_batches
 from axlab.core.paths import cache_dir
@@ -290,7 +290,7 @@ def search(model: nn.Module, tokenizer, splits, tolerance: float | None = None, 
     that stage). ``progress`` may raise :class:`axlab.progress.Stopped` to stop early.
     """
     cfg = _resolve_config(config, tolerance, hard_attention)
-    val = _validation(splits).head(cfg.n_val)
+    val = align_labels(_validation(splits), model).head(cfg.n_val)   # labels matched to the model by name
     if len(val) == 0:
         raise AxlabError("The validation split is empty.", "Use a dataset with a validation split.")
     t0 = time.time()

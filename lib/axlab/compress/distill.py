@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from axlab.core import registry
-from axlab.core.data import Split
+from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError
 from axlab.core.progress import Progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
@@ -95,7 +95,7 @@ def _bounded_subset(split: Split, n: int, seed: int) -> Split:
     rng = np.random.default_rng(seed)
     reps = -(-n // len(split))
     idx = np.concatenate([rng.permutation(len(split)) for _ in range(reps)])[:n]
-    return Split([split.texts[i] for i in idx], [split.labels[i] for i in idx])
+    return split.take(idx)
 
 
 def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, cfg: DistillConfig,
@@ -104,6 +104,7 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
 
     if len(split) == 0:
         raise AxlabError("Distillation needs training examples.", "Pass the training split (splits.train).")
+    split = align_labels(split, teacher)        # labels matched to the model's by name
     if student.config.num_labels != teacher.config.num_labels:
         raise AxlabError("Student and teacher predict different numbers of labels.",
                          "Distil a variant of the same fine-tuned model.")

@@ -131,6 +131,9 @@ def rtn(model: nn.Module, bits: int, group_size: int | None = None, embeddings: 
 
 def calibration_texts(splits, n: int = 256, seed: int = 0) -> list[str]:
     """``n`` texts drawn (seeded) from the training split, for calibration."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)) and not hasattr(n, "__index__") or int(n) != n or n < 1:
+        raise AxlabError(f"The number of calibration texts must be a positive whole number, not {n!r}.",
+                         "Use e.g. 256 (CLI: --calibration 256).")
     texts = list(splits.train.texts)
     if not texts:
         raise AxlabError("The training split is empty, so there is no calibration data.",
