@@ -33,12 +33,29 @@ if bundle is None:
 source, dataset, ws = current()
 
 model, model_name = pick_model(bundle, splits, key="attn_model")
-text = st.text_input("Sentence", value=splits.validation.texts[0], key="attn_text")
+text = st.text_input("Sentence", value=splits.validation.texts[0], key="attn_text",
+                     help="Any text; long texts are cut to the model's first tokens, as when measuring.")
 try:
-    result = maps.attention_for(model, bundle.tokenizer, text)
+    full = maps.attention_for(model, bundle.tokenizer, text)
 except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
     show_error(e)
     st.stop()
+
+kept = len(full.tokens[0])
+if full.truncated(0):
+    st.warning(f"This text has **{full.n_input_tokens[0]:,} tokens**; the model reads at most {kept}, so only the "
+               f"**first {kept} tokens were kept** (the rest, from \"{full.tokens[0][-2]}...\" on, does not reach "
+               "the model, here or when it classifies). Paste a shorter passage to look at another part.",
+               icon=":material/content_cut:")
+SHOW_DEFAULT = 40
+if kept > SHOW_DEFAULT:
+    shown = st.slider("Tokens to show", 8, kept, SHOW_DEFAULT, key="attn_first_n",
+                      help="The maps show the first N tokens (rows and columns) so their labels stay readable; "
+                           "the model still read all the tokens it kept.")
+    st.caption(f"Showing tokens 1-{shown} of the {kept} the model read.")
+    result = full.first_tokens(shown)
+else:
+    result = full
 
 t_model, t_head, t_roll, t_stats = st.tabs(["Model view", "Single head", "Rollout", "Statistics"])
 with t_model:
@@ -54,7 +71,8 @@ with t_head:
         show_error(e)
 with t_roll:
     st.caption("How much each input token (columns) flows into each position (rows) after all layers.")
-    st.plotly_chart(viz.rollout_figure(result), key="rollout")
+    st.plotly_chart(viz.rollout_figure(result, matrix=maps.rollout(full)[:len(result.tokens[0]), :len(result.tokens[0])]),
+                    key="rollout")
 with t_stats:
     n = st.slider("Validation sentences", 20, len(splits.validation), min(200, len(splits.validation)), step=20,
                   key="stats_n")

@@ -5,8 +5,9 @@ import streamlit as st
 from axlab.analysis import importance as imp_mod
 from axlab.analysis import viz
 
-from ui import jobs
+from ui import estimate, jobs
 from ui.common import intro
+from ui.insight import agreement_words, low_in_all
 from ui.sidebar import sidebar
 from ui.state import analysis_results, bundle_and_splits, current, show_error
 
@@ -41,6 +42,15 @@ def importance_key(method: str, n: int):
     return ("importance", source, dataset, method, n)
 
 
+try:
+    cost = estimate.costs(bundle, splits)
+    estimate.caption(f"{method} importance on {n} examples",
+                     estimate.importance_s(cost, method, n, bundle.n_layers * bundle.n_heads),
+                     "a result computed before on the same examples comes back at once"
+                     + ("; gradient is the fastest method" if method != "gradient" else ""))
+except Exception:  # noqa: BLE001  (an estimate is a nicety; the page works without it)
+    pass
+
 if st.button("Compute importance", type="primary", key="imp_go"):
     key = importance_key(method, n)
     jobs.start(ws, "importance", f"Importance ({method}, {n} examples)",
@@ -68,6 +78,23 @@ with right:
     if len(done) >= 2:
         table = imp_mod.agreement(done)
         st.plotly_chart(viz.agreement_figure(table), key="imp_agree_fig")
-        st.caption("Spearman rank correlation over heads (1 = same ranking).")
+        st.markdown(agreement_words(table))
     else:
         st.caption(f"Compute a second method on the same {n} examples to see whether they agree.")
+
+st.subheader("Heads every method ranks low")
+low = low_in_all(done, 0.25)
+methods = ", ".join(done)
+if len(done) < 2:
+    st.caption(f"With one method ({methods}) these are simply its lowest quarter; compute another method on the "
+               "same examples to keep only the heads they all rank low (the safest to remove).")
+if low:
+    labels = [f"L{layer}.H{head}" for layer, head in low]
+    st.markdown(f"**{len(low)}** heads are in the lowest quarter of every method computed ({methods}): "
+                + ", ".join(f"`{x}`" for x in labels))
+    if st.button(f"Pick these {len(low)} heads on the Prune page", key="imp_to_prune"):
+        st.session_state["hand_heads"] = labels
+        st.switch_page("pages/4_Prune.py")
+else:
+    st.markdown(f"No head is in the lowest quarter of every method ({methods}): the rankings share no safe "
+                "candidates, so let the AxFormer search on the Prune page check each removal.")

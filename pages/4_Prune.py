@@ -10,10 +10,12 @@ from axlab.compress import axformer as ax
 from axlab.compress import Step, prune
 from axlab.core.progress import Stopped
 
-from ui import jobs
-from ui.common import create_variant, intro, measure_settings
+from ui import estimate, jobs
+from ui.common import create_variant, ensure_base, intro, measure_settings
+from ui.guards import degenerate
+from ui.names import budget_name, hand_name, name_box
 from ui.sidebar import sidebar
-from ui.state import analysis_results, bundle_and_splits, current, show_error
+from ui.state import analysis_results, bundle_and_splits, current, show_error, workspace_variants
 
 st.set_page_config(page_title="Prune - axlab", page_icon=":material/content_cut:", layout="wide")
 sidebar()
@@ -62,13 +64,47 @@ def head_grid_figure(selected: dict, title: str):
     return fig
 
 
+def measuring_estimate() -> float | None:
+    try:
+        c = estimate.costs(bundle, splits)
+    except Exception:  # noqa: BLE001  (an estimate is a nicety)
+        return None
+    return estimate.measure_s(c, min(int(st.session_state.measure_n), len(splits.test)),
+                              int(st.session_state.latency_runs))
+
+
 def save_button(recipe: list, default_name: str, key: str, notes: str = "", model=None):
-    name = st.text_input("Variant name", value=default_name, key=f"{key}_name")
-    if st.button("Create variant", type="primary", key=f"{key}_go"):
+    """The name box (following the settings), a warning before a degenerate model, and Create variant."""
+    taken = {v.name for v in workspace_variants()}
+    name = name_box(default_name, f"{key}_name", taken)
+    why = degenerate(recipe, n_layers, n_heads)
+    confirmed = True
+    if why:
+        st.warning(why, icon=":material/warning:")
+        confirmed = st.checkbox("I understand: create this variant anyway", key=f"{key}_confirm")
+    sec = measuring_estimate()
+    if sec is not None:
+        estimate.caption("building and measuring it", sec + (0 if model is not None else 1.0),
+                         f"{int(st.session_state.measure_n)} test examples; fewer under Measurement settings")
+    if st.button("Create variant", type="primary", key=f"{key}_go", disabled=not confirmed):
         try:
             create_variant(bundle, splits, recipe, name, model=model, notes=notes)
         except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
             show_error(e)
+
+
+def baseline_note(key: str) -> None:
+    """Removing nothing is the base model itself: explain, and offer to measure it."""
+    st.info("Removing nothing gives the base model itself, which is already the 0-removal baseline: it is "
+            "measured and saved as **base** with your first variant, and every ratio on the Compare page is "
+            "relative to it. No separate variant is needed.", icon=":material/info:")
+    if not any(not v.recipe for v in workspace_variants()):
+        if st.button("Measure the base model now", key=f"{key}_base"):
+            try:
+                ensure_base(bundle, splits)
+                st.success("The base model is measured and saved as **base**.", icon=":material/check_circle:")
+            except Exception as e:  # noqa: BLE001
+                show_error(e)
 
 
 t_budget, t_hand, t_search, t_unstr = st.tabs(["Heads by budget", "Heads by hand", "AxFormer search",
@@ -92,31 +128,43 @@ with t_budget:
     if imps:
         labels = {f"{m} ({n} examples)": (m, n) for (m, n) in imps}
         which = st.selectbox("Importance", list(labels), key="budget_imp")
-        fraction = st.slider("Fraction of heads to remove", 0.05, 0.9, 0.25, step=0.05, key="budget_frac")
-        heads = prune.heads_by_budget(imps[labels[which]], fraction)
+        fraction = st.slider("Fraction of heads to remove", 0.0, 1.0, 0.25, step=0.05, key="budget_frac")
+        heads = prune.heads_by_budget(imps[labels[which]], fraction) if fraction > 0 else {}
+        heads = {layer: hs for layer, hs in heads.items() if hs}
         n_removed = sum(len(h) for h in heads.values())
-        st.markdown(f"Removes **{n_removed}** of {n_layers * n_heads} heads: "
-                    + ", ".join(f"layer {layer}: {hs}" for layer, hs in heads.items()))
-        fig = head_grid_figure(heads, "importance (x = removed)")
-        if fig is not None:
-            st.plotly_chart(fig, key="budget_fig")
-        recipe = [Step("prune_heads", heads={str(k): v for k, v in heads.items()})]
-        save_button(recipe, f"heads-{int(round(fraction * 100))}%", "budget",
-                    notes=f"heads by budget {fraction:.2f} on {which}")
+        if n_removed == 0:
+            baseline_note("budget")
+        else:
+            st.markdown(f"Removes **{n_removed}** of {n_layers * n_heads} heads: "
+                        + ", ".join(f"layer {layer}: {hs}" for layer, hs in heads.items()))
+            fig = head_grid_figure(heads, "importance (x = removed)")
+            if fig is not None:
+                st.plotly_chart(fig, key="budget_fig")
+            recipe = [Step("prune_heads", heads={str(k): v for k, v in heads.items()})]
+            save_button(recipe, budget_name(fraction, n_removed, n_layers * n_heads), "budget",
+                        notes=f"heads by budget {fraction:.2f} on {which}")
 
 with t_hand:
     options = [f"L{layer}.H{head}" for layer in range(n_layers) for head in range(n_heads)]
     st.caption("Click heads in the grid (shift-click or box-select for several) or pick them in the list; "
                "colour = importance, if computed (darker = less important).")
-    event = st.plotly_chart(viz.head_picker(importance_grid(), "Heads: click to select"), key="hand_picker",
-                            on_select="rerun", selection_mode=("points", "box", "lasso"))
+    # merge the grid's last selection first (it arrives in session state), so the marks drawn are current;
     # the picker is a scatter with x = head, y = layer
-    clicked = sorted({f"L{int(p['y'])}.H{int(p['x'])}" for p in (event.selection.points if event else [])
-                      if "x" in p and "y" in p})
+    prev = st.session_state.get("hand_picker")
+    points = prev.get("selection", {}).get("points", []) if hasattr(prev, "get") else []
+    clicked = sorted({f"L{int(p['y'])}.H{int(p['x'])}" for p in points if "x" in p and "y" in p})
     if clicked and clicked != st.session_state.get("hand_last_click"):
         st.session_state.hand_last_click = clicked
         st.session_state.hand_heads = sorted(set(st.session_state.get("hand_heads", [])) | set(clicked),
                                              key=options.index)
+    already = [p for p in st.session_state.get("hand_heads", []) if p in options]
+    marked = [(int(p[1:].split(".H")[0]), int(p.split(".H")[1])) for p in already]
+    picker = viz.head_picker(importance_grid(), "Heads: click to select (x = picked for removal)")
+    if marked:
+        picker.add_scatter(x=[h for _, h in marked], y=[layer for layer, _ in marked], mode="markers",
+                           marker=dict(symbol="x-thin", size=18, line=dict(width=3, color="crimson")),
+                           name="picked", hoverinfo="skip", showlegend=False)
+    st.plotly_chart(picker, key="hand_picker", on_select="rerun", selection_mode=("points", "box", "lasso"))
     picked = st.multiselect("Heads to remove", options, key="hand_heads")
     heads = {}
     for p in picked:
@@ -125,14 +173,25 @@ with t_hand:
     if heads:
         st.markdown(f"Removes **{len(picked)}** of {n_layers * n_heads} heads.")
         save_button([Step("prune_heads", heads={str(k): sorted(v) for k, v in sorted(heads.items())})],
-                    f"hand-{len(picked)}-heads", "hand")
+                    hand_name(len(picked), n_layers * n_heads), "hand")
+    else:
+        baseline_note("hand")
 
 with t_search:
+    n_all = len(splits.validation)
+    quick_n = min(300, n_all)
+    mode = st.radio("Search pass", ["Quick", "Thorough", "Custom"], horizontal=True, key="ax_mode",
+                    captions=[f"{quick_n} validation examples: a first look", f"all {n_all} validation examples: "
+                              "steadier decisions", "choose the number of examples"],
+                    help="Every candidate change is scored on the validation examples. Fewer is faster but the "
+                         "search then overfits them more: confirm a quick result with a thorough pass.")
     c1, c2, c3 = st.columns(3)
-    n_val = c1.slider("Validation examples", 100, len(splits.validation), len(splits.validation),
-                      step=100, key="ax_nval",
-                      help="Every candidate change is scored on these examples. Fewer is faster but the "
-                           "search then overfits them more.")
+    if mode == "Custom":
+        n_val = c1.slider("Validation examples", min(100, n_all), n_all, quick_n, step=100 if n_all >= 200 else 1,
+                          key="ax_nval")
+    else:
+        n_val = quick_n if mode == "Quick" else n_all
+        c1.metric("Validation examples", n_val)
     tol = c2.number_input("Tolerance (allowed validation-loss increase)", 0.0, 0.5, 0.0, step=0.01,
                           key="ax_tol")
     hard = c3.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
@@ -146,9 +205,24 @@ with t_search:
                             help="calibrated_loss: the loss at the best temperature, so softening an "
                                  "over-confident model does not count as an improvement.")
         guard = r3.checkbox("Validation accuracy must not drop", value=False, key="ax_guard")
+    # the command line's (and the benchmark's) settings: FFN in 4 groups, top-k 8
+    search_cfg = dict(n_val=n_val, tolerance=tol, significance=sig, criterion=crit, accuracy_guard=guard,
+                      ffn_groups=4, topk_values=(8,))
+    steps = estimate.axformer_steps(n_layers, n_heads, 4, (8,), hard)
+    try:
+        known = estimate.search_cached(bundle, splits, ax.SearchConfig(**search_cfg), hard)
+        cost = estimate.costs(bundle, splits)
+        if known:
+            st.caption(":material/timer: These settings were searched before on this model and data: the result "
+                       "comes back **at once**.")
+        else:
+            estimate.caption(f"the search ({steps} candidate changes x {n_val} examples)",
+                             estimate.axformer_s(cost, steps, n_val, n_layers),
+                             "the search stops early if you press Stop and keeps what it found")
+    except Exception:  # noqa: BLE001  (an estimate is a nicety)
+        pass
     if st.button("Run the search", type="primary", key="ax_go"):
-        config = ax.SearchConfig(n_val=n_val, tolerance=tol, significance=sig, criterion=crit,
-                                 accuracy_guard=guard)
+        config = ax.SearchConfig(**search_cfg)
         run = getattr(ax, "cached_search", None)
 
         def work(progress):
@@ -195,7 +269,9 @@ with t_search:
         st.dataframe(log, hide_index=True, key="ax_log")
         with st.expander("Recipe found"):
             st.code(json.dumps(res["recipe"], indent=1), language="json")
-        save_button(res["recipe"], "axformer", "search",
+        from axlab.core.recipe import describe_recipe
+        st.markdown(f"**Found:** {describe_recipe(res['recipe'])}")
+        save_button(res["recipe"], f"axformer-{res['n_val']}val", "search",
                     notes=f"AxFormer search, tolerance {res['tol']}, {res['n_val']} validation examples",
                     model=st.session_state.get("search_model"))
 
@@ -208,4 +284,4 @@ with t_unstr:
     st.caption("The zeros shrink neither the file nor the latency of a dense model: compare the size and latency "
                "columns on the Compare page.")
     save_button([Step("unstructured", sparsity=sparsity, criterion=criterion, scope=scope)],
-                f"sparse-{int(round(sparsity * 100))}%", "unstr")
+                f"sparse-{int(round(sparsity * 100))}%-{criterion}-{scope}", "unstr")

@@ -5,10 +5,16 @@ import streamlit as st
 from axlab.compress import Step, apply_recipe
 from axlab.compress import quantize as quant
 
-from ui import jobs
+import json
+import time
+
+from axlab.core.recipe import describe_recipe, describe_step
+
+from ui import estimate, jobs
 from ui.common import create_variant, intro, measure_settings, pick_start
+from ui.names import name_box, step_name
 from ui.sidebar import sidebar
-from ui.state import bundle_and_splits, current, show_error, variant_model
+from ui.state import bundle_and_splits, current, show_error, variant_model, workspace_variants
 
 st.set_page_config(page_title="Quantize - axlab", page_icon=":material/compress:", layout="wide")
 sidebar()
@@ -43,16 +49,18 @@ recipe, start_name = pick_start(splits, key="quant_start")
 method = st.radio("Method", ["int8 (dynamic)", "Round-to-nearest (RTN)", "GPFQ"], horizontal=True, key="quant_method")
 embeddings = st.checkbox("Also quantize the word embeddings (half of MiniLM's parameters) to 8 bits",
                          key="quant_emb")
-prefix = "" if start_name == "base model" else start_name.split(" (")[0] + "+"
+start_variant = next((v for v in workspace_variants() if v.recipe
+                      and start_name == f"{v.name} ({len(v.recipe)} steps)"), None)
+prefix = "" if start_variant is None else start_variant.name + "+"
 if method.startswith("int8"):
-    step, name = Step("quantize_int8", embeddings=embeddings), "int8"
+    step = Step("quantize_int8", embeddings=embeddings)
 else:
     c1, c2 = st.columns(2)
     bits = c1.select_slider("Bits per weight", [2, 3, 4, 5, 6, 8], value=4, key="quant_bits")
     group = c2.selectbox("Scale per", ["output row", "group of 32", "group of 64", "group of 128"], key="quant_group")
     group_size = None if group == "output row" else int(group.split()[-1])
     if method.startswith("Round"):
-        step, name = Step("quantize_rtn", bits=bits, group_size=group_size, embeddings=embeddings), f"rtn{bits}"
+        step = Step("quantize_rtn", bits=bits, group_size=group_size, embeddings=embeddings)
     else:
         c1, c2, c3 = st.columns(3)
         n_cal = c1.slider("Calibration texts (from train)", 32, 1024, 128, step=32, key="gpfq_n")
@@ -72,13 +80,40 @@ else:
         step = Step("quantize_gpfq", bits=bits, n_calibration=n_cal, group_size=group_size, embeddings=embeddings,
                     sparsity=sparsity, bias_correction=bias_corr, outliers=outliers,
                     refine_passes=0 if sparsity else passes)
-        name = f"gpfq{bits}"
 
-st.caption(f"Recipe: {len(recipe)} step(s) from **{start_name}**, then `{step['op']}` {step['params']}")
-vname = st.text_input("Variant name", value=prefix + name, key=f"quant_name_{start_name}_{name}")
+start_words = ("the base model" if start_variant is None
+               else f"**{start_variant.name}** ({describe_recipe(recipe)})")
+st.markdown(f"**Recipe:** {start_words}, then **{describe_step(step)}**")
+with st.expander("The recipe as JSON"):
+    st.code(json.dumps(recipe + [step], indent=1), language="json")
+vname = name_box(prefix + step_name(step), "quant_name", {v.name for v in workspace_variants()})
+
+# how long: measuring (from this machine's forward cost) + GPFQ (learned from the last GPFQ run here)
+gpfq_units = 0.0
+try:
+    cost = estimate.costs(bundle, splits)
+    seconds = estimate.measure_s(cost, min(int(st.session_state.measure_n), len(splits.test)),
+                                 int(st.session_state.latency_runs))
+    note = f"{int(st.session_state.measure_n)} test examples; fewer under Measurement settings"
+    if step["op"] == "quantize_gpfq":
+        p = step["params"]
+        gpfq_units = p["n_calibration"] * (1 + p["refine_passes"]) * (2 if p["embeddings"] else 1)
+        per_unit = estimate.learned("gpfq")
+        if per_unit is None:
+            per_unit = 0.35 * cost["per_example"] / 0.005        # a first guess, scaled by this machine's speed
+            note = "GPFQ: a first guess; later estimates use this machine's last GPFQ run. " + note
+        seconds += gpfq_units * per_unit
+    estimate.caption("building and measuring this variant", seconds, note)
+except Exception:  # noqa: BLE001  (an estimate is a nicety)
+    pass
 if st.button("Create variant", type="primary", key="quant_go"):
     try:
+        t0 = time.time()
         create_variant(bundle, splits, recipe + [step], vname)
+        if gpfq_units:
+            measured = estimate.measure_s(estimate.costs(bundle, splits), int(st.session_state.measure_n),
+                                          int(st.session_state.latency_runs))
+            estimate.learn("gpfq", time.time() - t0 - measured, gpfq_units)
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
         show_error(e)
 

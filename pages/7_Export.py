@@ -9,7 +9,7 @@ import streamlit as st
 from axlab.core.paths import data_dir
 from axlab.deploy import export
 
-from ui import jobs
+from ui import estimate, jobs
 from ui.common import fmt_bytes, intro
 from ui.sidebar import sidebar
 from ui.state import bundle_and_splits, current, model_cache, show_error, variant_model, workspace_variants
@@ -45,6 +45,14 @@ int8 = c2.checkbox("ONNX int8 too", value=False, key="exp_int8", disabled=not on
 report = c3.checkbox("Comparison report", value=True, key="exp_report")
 overwrite = c4.checkbox("Overwrite", value=False, key="exp_overwrite")
 
+cost_kind = f"export-onnx{int(onnx)}-int8{int(onnx and int8)}-report{int(report)}"
+per_export = estimate.learned(cost_kind)
+if per_export is not None:
+    estimate.caption("this export", per_export, "from the last export with these options on this machine")
+else:
+    estimate.caption("this export", None, "the first export with these options here: usually under a minute for "
+                     "the folder, a few minutes with ONNX (it checks the ONNX model on real sentences); "
+                     "later exports show an estimate")
 if st.button("Export", type="primary", key="exp_go"):
     limit, cache = int(st.session_state.measure_n), model_cache()
 
@@ -56,8 +64,12 @@ if st.button("Export", type="primary", key="exp_go"):
                                  limit=limit, report_variants=variants, report=report,
                                  progress=progress)
     jobs.start(ws, "export", f"Exporting '{name}'", work)
+    st.session_state.export_cost_kind = cost_kind
 try:
+    job = jobs.get(ws, "export")
     res = jobs.collect(ws, "export")
+    if res is not None and job is not None and job.error is None:
+        estimate.learn(st.session_state.get("export_cost_kind", cost_kind), job.elapsed, 1)
     if res is not None:
         st.session_state.export_result = {"folder": str(res.folder), "files": res.files,
                                           "onnx": res.measurements.get("onnx"),

@@ -4,6 +4,13 @@ A job belongs to one workspace and has a key (what it computes). The page that s
 waits for it with a progress bar; if the user goes to another page meanwhile, the job
 keeps running and its result is there when they come back (other pages stay usable).
 A Stop button sets a flag that the progress callback turns into ``axlab.core.progress.Stopped``.
+
+One Stop: Streamlit's header Stop (or leaving the page) ends only the page's script run,
+never the job. The job stays in the registry with its progress; the next run of its page
+shows it again (progress, elapsed and remaining time, its own Stop button), and every
+page's sidebar lists the workspace's running jobs with a Stop button each
+(:func:`running`). Progress text carries elapsed time and an estimate of the time left,
+from the job's own progress (:func:`eta_text`).
 (axlab is imported lazily here and in ui.state: importing it loads torch and transformers,
 which the home page does not need for its first paint.)
 """
@@ -19,7 +26,8 @@ from typing import Any, Callable
 
 import streamlit as st
 
-__all__ = ["Job", "start", "get", "wait", "collect", "run_with_progress", "forget"]
+__all__ = ["Job", "start", "get", "wait", "collect", "run_with_progress", "forget", "running", "fmt_seconds",
+           "status_text"]
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +45,15 @@ class Job:
     stop_requested: bool = False
     started: float = field(default_factory=time.time)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    ended: float | None = None
+    phase_started: float | None = None  # when the current count began (a job may count several phases)
+    phase_done0: int = 0
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         """The ``progress`` callback handed to the library."""
+        now = time.time()
+        if self.phase_started is None or total != self.total or done < self.done:
+            self.phase_started, self.phase_done0 = now, done      # a new count: estimate from here
         self.done, self.total, self.message = done, total, message
         if self.stop_requested:
             from axlab.core.progress import Stopped
@@ -48,6 +62,46 @@ class Job:
     @property
     def fraction(self) -> float:
         return min(1.0, self.done / self.total) if self.total else 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended or time.time()) - self.started
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left at the current rate of this count (None until two updates of it have come)."""
+        if not self.total or self.phase_started is None:
+            return None
+        done = self.done - self.phase_done0
+        spent = time.time() - self.phase_started
+        if done <= 0 or spent <= 0.5:
+            return None
+        return max(0.0, spent / done * (self.total - self.done))
+
+
+def fmt_seconds(s: float | None) -> str:
+    """``8 s``, ``2 min 05 s``, ``1 h 03 min``."""
+    if s is None:
+        return "?"
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def status_text(job: Job) -> str:
+    """``Label: message (12/150) - 1 min 05 s elapsed, about 6 min 10 s left``."""
+    if job.finished:
+        how = "stopped" if job.stop_requested else ("failed" if job.error is not None else "done")
+        return f"{job.label}: {how} after {fmt_seconds(job.elapsed)}"
+    count = f" ({job.done}/{job.total})" if job.total else ""
+    left = job.remaining
+    eta = f", about {fmt_seconds(left)} left" if left is not None else (", estimating the time left..."
+                                                                         if job.total else "")
+    msg = f": {job.message}" if job.message else ""
+    return f"{job.label}{msg}{count} - {fmt_seconds(job.elapsed)} elapsed{eta}"
 
 
 @st.cache_resource
@@ -61,6 +115,11 @@ def get(workspace: str, key: str) -> Job | None:
 
 def forget(workspace: str, key: str) -> None:
     _registry()["jobs"].pop((workspace, key), None)
+
+
+def running(workspace: str) -> list[Job]:
+    """The workspace's jobs that have not finished yet (for the sidebar)."""
+    return [j for (ws, _), j in list(_registry()["jobs"].items()) if ws == workspace and not j.finished]
 
 
 def start(workspace: str, key: str, label: str, fn: Callable[[Callable], Any]) -> Job:
@@ -81,6 +140,7 @@ def start(workspace: str, key: str, label: str, fn: Callable[[Callable], Any]) -
             if type(e).__name__ != "Stopped":
                 log.exception("job %s failed", label)
         finally:
+            job.ended = time.time()
             job.finished = True
 
     threading.Thread(target=target, name=f"axlab-{label}", daemon=True).start()
@@ -88,19 +148,22 @@ def start(workspace: str, key: str, label: str, fn: Callable[[Callable], Any]) -
 
 
 def wait(job: Job, stop_button: bool = True) -> Job:
-    """Show a progress bar until ``job`` finishes (the page's script waits; the job does the work)."""
-    bar = st.progress(job.fraction, text=f"{job.label}: starting...")
+    """Show progress (count, elapsed, time left) and a Stop button until ``job`` finishes.
+
+    The page's script waits; the job does the work. If this run ends early (header Stop,
+    another page), the job goes on and the next run of the page comes back here.
+    """
+    bar = st.progress(job.fraction, text=status_text(job))
     stop_slot = st.empty()
     if stop_button and not job.finished:
-        if stop_slot.button("Stop", key=f"stop-{job.key}-{job.uid}", icon=":material/stop_circle:"):
+        if stop_slot.button("Stop", key=f"stop-{job.key}-{job.uid}", icon=":material/stop_circle:",
+                            help="Stops the job and keeps what it has found so far (where it can)."):
             job.stop_requested = True
     while not job.finished:
-        text = f"{job.label}: {job.message} ({job.done}/{job.total})" if job.total else f"{job.label}..."
-        bar.progress(job.fraction, text=text)
+        bar.progress(job.fraction, text=status_text(job))
         time.sleep(0.25)
     stop_slot.empty()
-    bar.progress(1.0, text=f"{job.label}: {'stopped' if job.stop_requested else 'done'} after "
-                 f"{time.time() - job.started:.1f} s")
+    bar.progress(1.0, text=status_text(job))
     return job
 
 

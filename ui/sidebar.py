@@ -8,7 +8,11 @@ import streamlit as st
 
 from . import jobs
 from .nav import nav
-from .state import current, current_splits, init_state, load_base, workspace_variants
+from .state import current, current_splits, dataset_label, init_state, load_base, workspace_variants
+
+# job slot -> the page that shows it in full (its result appears there)
+JOB_PAGES = {"importance": "pages/3_Heads.py", "search": "pages/4_Prune.py", "head_stats": "pages/2_Attention.py",
+             "export": "pages/7_Export.py", "layer_errors": "pages/5_Quantize.py"}
 
 __all__ = ["sidebar", "refresh_variants"]
 
@@ -63,7 +67,7 @@ def sidebar() -> None:
     try:
         splits = current_splits()
         sizes = splits.sizes
-        sb.markdown(f"**Data:** `{splits.name}`  \n{sizes['train']:,} train / {sizes['validation']:,} val / "
+        sb.markdown(f"**Data:** `{dataset_label(dataset)}`  \n{sizes['train']:,} train / {sizes['validation']:,} val / "
                     f"{sizes['test']:,} test")
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
         sb.markdown(f"**Data:** `{dataset}`")
@@ -71,6 +75,24 @@ def sidebar() -> None:
     _workspace_box()
     st.session_state["_variants_box"] = sb.empty()
     refresh_variants()
-    job = jobs.get(ws, "variant")
-    if job is not None and not job.finished:
-        sb.info(f"Working: {job.label} ({job.fraction:.0%})", icon=":material/hourglass_top:")
+    running_jobs(ws)
+
+
+def running_jobs(ws: str) -> None:
+    """Jobs still running in this workspace (e.g. after the header's Stop or a page change): progress + Stop."""
+    for job in jobs.running(ws):
+        box = st.sidebar.container(border=True, key=f"sb-job-{job.uid}")
+        box.markdown(f":material/hourglass_top: **Still running:** {jobs.status_text(job)}")
+        box.progress(job.fraction)
+        c1, c2 = box.columns(2)
+        if job.stop_requested:
+            c1.caption("Stopping...")
+        elif c1.button("Stop", key=f"sb-stop-{job.uid}", icon=":material/stop_circle:"):
+            job.stop_requested = True
+            c1.caption("Stopping...")
+        target = JOB_PAGES.get(job.key)
+        if target:
+            try:
+                c2.page_link(target, label="Open", icon=":material/open_in_new:")
+            except Exception:  # noqa: BLE001  (a page run on its own has no links)
+                pass

@@ -23,7 +23,7 @@ import streamlit as st
 
 __all__ = ["init_state", "current", "load_base", "load_splits", "current_splits", "bundle_and_splits", "analysis_results", "variant_store", "variant_model", "model_cache", "remember_model",
            "save_upload", "show_error", "DEFAULT_SOURCE", "DEFAULT_DATASET", "workspace_variants",
-           "recipe_key"]
+           "recipe_key", "page_hint", "control_of", "dataset_label", "CONTROL_HINTS"]
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +188,76 @@ def save_upload(uploaded) -> Path:
     path = data_dir("uploads") / f"{stem}-{digest}{suffix}"
     if not path.exists():
         path.write_bytes(raw)
+    try:
+        st.session_state.setdefault("upload_names", {})[str(path)] = uploaded.name
+    except Exception:  # noqa: BLE001  (outside a session: only the file matters)
+        pass
     return path
 
 
-def show_error(e: Exception) -> None:
-    """An AxlabError as st.error: what is wrong and how to fix it (no traceback)."""
+# What a fix means on the page: the control an AxlabError names (``e.control``, or recognised
+# from an API/CLI hint) -> the hint in the words of the app's boxes and checkboxes.
+CONTROL_HINTS = {
+    "label_column": 'Type the name of the label column in the "Label column" box beside the uploader '
+                    "(or rename that column to `label` in the file).",
+    "text_column": 'Type the name of the text column in the "Text column" box beside the uploader '
+                   "(or rename that column to `text` in the file).",
+    "overwrite": 'Tick the "Overwrite" checkbox to replace it, or type another folder in the "Folder" box.',
+    "allow_pickle": 'Tick "Allow pickle checkpoints" under the model source, only if you trust the file.',
+}
+_HINT_PATTERNS = [(re.compile(r"\blabel_column=|--label-column"), "label_column"),
+                  (re.compile(r"\btext_column=|--text-column"), "text_column"),
+                  (re.compile(r"\boverwrite=True|--overwrite"), "overwrite"),
+                  (re.compile(r"\ballow_pickle=True|--allow-pickle"), "allow_pickle")]
+
+
+def control_of(e: Exception) -> str | None:
+    """The app control an error's fix is about: ``e.control``, else recognised in an API/CLI hint."""
+    control = getattr(e, "control", None)
+    if control:
+        return control
+    hint = getattr(e, "hint", "") or ""
+    return next((c for pat, c in _HINT_PATTERNS if pat.search(hint)), None)
+
+
+def page_hint(e: Exception, controls: dict | None = None) -> str:
+    """The hint to show in the app: the page's own control when the error names one, else the error's hint."""
+    control = control_of(e)
+    table = {**CONTROL_HINTS, **(controls or {})}
+    if control in table:
+        return table[control]
+    return getattr(e, "hint", "") or ""
+
+
+def show_error(e: Exception, controls: dict | None = None) -> None:
+    """An AxlabError as st.error: what is wrong and how to fix it, in terms of this page's controls.
+
+    ``controls`` adds or overrides page-specific wording (``{control: hint}``).
+    """
     from axlab.core.errors import AxlabError
+    if type(e).__name__ == "Stopped":
+        st.warning("Stopped. Nothing was saved from the unfinished job; start it again to redo it.",
+                   icon=":material/stop_circle:")
+        return
     if isinstance(e, AxlabError):
-        st.error(f"**{e.message}**\n\nHow to fix: {e.hint}" if e.hint else f"**{e.message}**", icon=":material/error:")
+        hint = page_hint(e, controls)
+        st.error(f"**{e.message}**\n\nHow to fix: {hint}" if hint else f"**{e.message}**", icon=":material/error:")
     else:
         log.exception("unexpected error in the app")
         st.error(f"**Something went wrong:** {type(e).__name__}: {e}\n\nThe rest of the workbench still works; "
                  "please report this with the steps that led to it.", icon=":material/error:")
+
+
+_UPLOAD_NAME = re.compile(r"^(?P<stem>.+)-[0-9a-f]{16}(?P<suffix>\.[A-Za-z0-9]+)$")
+
+
+def dataset_label(dataset: str) -> str:
+    """How to show a dataset: its name, or an upload's original file name (not the hashed copy's)."""
+    p = Path(str(dataset))
+    if p.suffix:
+        m = _UPLOAD_NAME.match(p.name)
+        original = st.session_state.get("upload_names", {}).get(str(p)) if hasattr(st, "session_state") else None
+        if original:
+            return original
+        return f"{m['stem']}{m['suffix']}" if m else p.name
+    return str(dataset)

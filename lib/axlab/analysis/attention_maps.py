@@ -7,6 +7,11 @@ weights over that text's real tokens only (padding is removed with the attention
 so it never shows). Heads removed by pruning are NaN rows on the original head grid,
 so (layer, head) always means the same head as in the base model.
 
+Texts longer than ``max_length`` tokens are cut to it (as everywhere in axlab);
+``result.n_input_tokens[i]`` is the full length, ``result.truncated(i)`` says whether text i
+was cut, and ``result.first_tokens(n)`` keeps the first ``n`` tokens of every map for a
+readable view of a long input.
+
 ``rollout(result, index)`` is attention rollout (Abnar & Zuidema 2020): per layer the
 head-averaged attention plus the residual connection, ``A_l = 0.5 * mean_h(W_l) + 0.5 * I``
 (rows renormalised), multiplied through the layers, ``R = A_L @ ... @ A_1``. Row i of R
@@ -47,6 +52,7 @@ class AttentionResult:
     head_ids: list[list[int]]
     n_heads: int
     special: list[list[bool]] = field(default_factory=list)   # per token: is it [CLS]/[SEP]/...
+    n_input_tokens: list[int] = field(default_factory=list)   # per text: tokens before the length limit
 
     def __post_init__(self):
         if len(self.tokens) != len(self.weights) or len(self.texts) != len(self.tokens):
@@ -75,6 +81,20 @@ class AttentionResult:
                              f"Pick one of the heads still present: {self.head_ids[layer]}.")
         return self.weights[index][layer][head]
 
+    def truncated(self, index: int = 0) -> bool:
+        """Whether text ``index`` was longer than the length limit (only its first tokens were kept)."""
+        self._check_index(index)
+        return bool(self.n_input_tokens) and self.n_input_tokens[index] > len(self.tokens[index])
+
+    def first_tokens(self, n: int) -> "AttentionResult":
+        """A copy showing only the first ``n`` tokens of each text (query and key); the weights are not renormalised."""
+        if n < 1:
+            raise AxlabError("Show at least one token.", "Pick a number of tokens of 1 or more.")
+        return AttentionResult(texts=list(self.texts), tokens=[t[:n] for t in self.tokens],
+                               weights=[[w[:, :n, :n].copy() for w in per_layer] for per_layer in self.weights],
+                               head_ids=[list(h) for h in self.head_ids], n_heads=self.n_heads,
+                               special=[s[:n] for s in self.special], n_input_tokens=list(self.n_input_tokens))
+
     def _check_index(self, index: int) -> None:
         if not 0 <= index < len(self):
             raise AxlabError(f"Text index {index} is out of range; this result holds {len(self)} text(s).",
@@ -99,6 +119,7 @@ def attention_for(model: nn.Module, tokenizer, texts, *, max_length: int = MAX_L
     head_ids = [list(registry.attention_module(model, i).axlab_head_ids) for i in range(n_layers)]
     special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     all_tokens, all_weights, all_special = [], [], []
+    full = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
     was_training = model.training
     model.eval()
     try:
@@ -124,7 +145,7 @@ def attention_for(model: nn.Module, tokenizer, texts, *, max_length: int = MAX_L
     finally:
         model.train(was_training)
     return AttentionResult(texts=texts, tokens=all_tokens, weights=all_weights, head_ids=head_ids,
-                           n_heads=n_heads, special=all_special)
+                           n_heads=n_heads, special=all_special, n_input_tokens=full)
 
 
 def rollout(result: AttentionResult, index: int = 0, *, residual: float = 0.5,

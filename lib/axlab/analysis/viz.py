@@ -21,13 +21,15 @@ from plotly.subplots import make_subplots
 from axlab.analysis.attention_maps import AttentionResult, rollout
 
 __all__ = ["head_heatmap", "model_view", "head_picker", "sentence_entropy", "rollout_figure", "layer_head_heatmap", "importance_figure",
-           "statistics_figures", "agreement_figure", "attribution_html", "attribution_compare_html", "save_html"]
+           "statistics_figures", "agreement_figure", "attribution_html", "attribution_compare_html", "attribution_legend", "save_html"]
 
 _BLUES = "Blues"
 
 
 def _token_axis(tokens: list[str]) -> dict:
-    return dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens)
+    """Token tick labels; the font shrinks as tokens grow so neighbouring labels do not overlap."""
+    size = max(7, min(12, int(700 / max(1, len(tokens)))))
+    return dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens, tickfont=dict(size=size))
 
 
 def head_heatmap(result: AttentionResult, layer: int, head: int, index: int = 0) -> go.Figure:
@@ -187,10 +189,26 @@ def _display_token(tok: str) -> tuple[str, bool]:
     return tok, False
 
 
-def attribution_html(tokens: list[str], scores, *, scale: float | None = None, title: str | None = None) -> str:
+_SWATCH = ('<span style="display:inline-block;width:14px;height:14px;border-radius:3px;vertical-align:middle;'
+           'background:rgba({rgb},{a})"></span>')
+
+
+def attribution_legend(label: str | None = None) -> str:
+    """The key to :func:`attribution_html`'s colours."""
+    target = f"<b>{html.escape(str(label))}</b>" if label is not None else "the predicted class"
+    green = "".join(_SWATCH.format(rgb="22,150,60", a=a) for a in (0.2, 0.5, 0.85))
+    red = "".join(_SWATCH.format(rgb="210,40,40", a=a) for a in (0.2, 0.5, 0.85))
+    return ('<div style="font-family:sans-serif;font-size:13px;color:#555;margin-top:6px">'
+            f'{green} pushes toward {target} &nbsp;&nbsp; {red} pushes away from it &nbsp;&nbsp; '
+            'stronger colour = larger share; hover a word for its score</div>')
+
+
+def attribution_html(tokens: list[str], scores, *, scale: float | None = None, title: str | None = None,
+                     legend: bool | str = True) -> str:
     """Tokens as coloured spans: green pushes toward the target class, red away; hover shows the score.
 
     ``scale`` fixes the score that gets full colour (pass the same value to compare views).
+    ``legend``: append the colour key (a string names the target class in it).
     """
     s = np.asarray(scores, dtype=float)
     if len(tokens) != len(s):
@@ -205,7 +223,8 @@ def attribution_html(tokens: list[str], scores, *, scale: float | None = None, t
                 f'padding:2px 3px;margin:1px 0;border-radius:3px;line-height:2">{html.escape(text)}</span>')
         parts.append(span if glued or not parts else " " + span)
     head = f'<div style="font-weight:600;margin-bottom:4px">{html.escape(title)}</div>' if title else ""
-    return f'<div style="font-family:sans-serif;font-size:15px">{head}{"".join(parts)}</div>'
+    key = attribution_legend(legend if isinstance(legend, str) else None) if legend else ""
+    return f'<div style="font-family:sans-serif;font-size:15px">{head}{"".join(parts)}{key}</div>'
 
 
 def attribution_compare_html(attributions: dict) -> str:
@@ -217,8 +236,9 @@ def attribution_compare_html(attributions: dict) -> str:
     for name, a in attributions.items():
         label = a.label if a.label is not None else str(a.target)
         title = f"{name}: p({label}) = {a.output:.3f} [{a.method}]"
-        rows.append(attribution_html(a.tokens, a.scores, scale=scale, title=title))
-    return '<div style="display:flex;flex-direction:column;gap:10px">' + "".join(rows) + "</div>"
+        rows.append(attribution_html(a.tokens, a.scores, scale=scale, title=title, legend=False))
+    return ('<div style="display:flex;flex-direction:column;gap:10px">' + "".join(rows) + attribution_legend()
+            + "</div>")
 
 
 def save_html(fig: go.Figure, path: str | Path) -> Path:

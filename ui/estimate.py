@@ -1,0 +1,152 @@
+"""How long will it take? Up-front estimates for the long jobs, from costs measured on this machine.
+
+``costs(bundle, splits)`` times the base model once per (model, data) and caches it:
+seconds per validation example in a batch of 64 (``per_example``) and one batch-1
+forward (``batch1``). Every estimate below is a count of forward passes times these costs
+(a backward pass counted as two forwards). Jobs whose cost is not a plain count of
+forwards (GPFQ, export) learn it: each finished job records its seconds per unit of work
+(``learn``) and the next estimate of that kind uses the record; before the first run the
+page says the figure is a first guess. Estimates are rough (they move with whatever else
+the machine runs) and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import streamlit as st
+
+from .jobs import fmt_seconds
+
+__all__ = ["search_cached", "costs", "measure_s", "importance_s", "axformer_steps", "axformer_s", "learn", "learned", "about",
+           "caption"]
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _costs(source: str, data_key: str, _bundle, _splits) -> dict:
+    from axlab.core.measure import predict_logits
+    model, tok = _bundle.model, _bundle.tokenizer
+    texts = list(_splits.validation.texts[:64]) or ["a short sentence"]
+    predict_logits(model, tok, texts[:8], batch_size=64)                   # warm-up
+    t0 = time.perf_counter()
+    predict_logits(model, tok, texts, batch_size=64)
+    per_example = (time.perf_counter() - t0) / len(texts)
+    t0 = time.perf_counter()
+    for t in texts[:3]:
+        predict_logits(model, tok, [t], batch_size=1)
+    batch1 = (time.perf_counter() - t0) / min(3, len(texts))
+    return {"per_example": per_example, "batch1": batch1, "when": time.time()}
+
+
+def costs(bundle, splits) -> dict:
+    """Measured once per model and data (about a second): ``per_example`` and ``batch1`` seconds."""
+    return _costs(str(bundle.source), str(getattr(splits, "key", splits.name)), bundle, splits)
+
+
+def measure_s(c: dict, n_test: int, latency_runs: int) -> float:
+    """Measuring a variant: accuracy on ``n_test`` examples, batch-1 runs, 5 batch-32 runs (+ warm-ups)."""
+    return n_test * c["per_example"] + (latency_runs + 5) * c["batch1"] + 7 * 32 * c["per_example"]
+
+
+def importance_s(c: dict, method: str, n: int, n_heads_total: int, captum_steps: int = 8) -> float:
+    """gradient: a forward and a backward per example; ablation: one pass per head (+1); captum: per step."""
+    pe = c["per_example"]
+    if method == "ablation":
+        return (n_heads_total + 1) * n * pe
+    if method == "captum":
+        return captum_steps * 3 * n * pe
+    return 3 * n * pe
+
+
+def axformer_steps(n_layers: int, n_heads: int, ffn_groups: int, topk_values, hard: bool) -> int:
+    """Candidate changes the search tries (each one scored on the validation examples)."""
+    per_layer = 1 + ffn_groups + 1 + n_heads + (len(tuple(topk_values)) if hard else 0)
+    return per_layer * n_layers + 1
+
+
+def axformer_s(c: dict, steps: int, n_val: int, n_layers: int) -> float:
+    """Each trial re-runs the layers from the one being changed upward (on average about half the model)."""
+    return steps * n_val * c["per_example"] * (n_layers + 1) / (2 * n_layers)
+
+
+# --------------------------------------------------------------------------- learned per-unit costs
+
+def _path():
+    from axlab.core.paths import data_dir
+    return data_dir() / "job_costs.json"
+
+
+def learned(kind: str) -> float | None:
+    """Seconds per unit of work of ``kind`` from the last finished job of that kind on this machine."""
+    try:
+        return json.loads(_path().read_text()).get(kind)
+    except (OSError, ValueError):
+        return None
+
+
+def learn(kind: str, seconds: float, units: float) -> None:
+    """Record a finished job's cost (called from the job's thread)."""
+    if units <= 0 or seconds <= 0:
+        return
+    with _lock:
+        try:
+            path = _path()
+            data = json.loads(path.read_text()) if path.exists() else {}
+            data[kind] = seconds / units
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            tmp.replace(path)
+        except (OSError, ValueError):
+            log.warning("could not record the cost of %s", kind)
+
+
+def about(seconds: float) -> str:
+    """A rough duration in words: ``under 10 s``, ``about 40 s``, ``about 3 min``, ``about 1 h 10 min``."""
+    if seconds < 10:
+        return "under 10 s"
+    if seconds < 90:
+        return f"about {int(round(seconds, -1))} s"
+    if seconds < 3600:
+        return f"about {int(round(seconds / 60))} min"
+    return f"about {fmt_seconds(seconds)}"
+
+
+def caption(what: str, seconds: float | None, note: str = "") -> None:
+    """``⏱ Estimated time for <what> on this machine: about 3 min`` (as a caption above the button)."""
+    if seconds is None:
+        text = f":material/timer: **{what}**: no estimate yet" + (f" ({note})" if note else "")
+    else:
+        text = f":material/timer: Estimated time for {what} on this machine: **{about(seconds)}**" + (
+            f" ({note})" if note else "")
+    st.caption(text)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _fingerprint(source: str, _model) -> str:
+    from axlab.compress.axformer import model_fingerprint
+    return model_fingerprint(_model)
+
+
+def search_cached(bundle, splits, config, hard_attention: bool) -> bool:
+    """Whether ``axlab.compress.axformer.cached_search`` already holds this search (it then returns at once).
+
+    Mirrors cached_search's key (model weights + data + options); a mismatch only costs a wrong estimate.
+    """
+    import hashlib
+
+    from axlab.compress import axformer as ax
+    from axlab.core.paths import cache_dir
+    cfg = ax._resolve_config(config, None, hard_attention)
+    opts = {k: v for k, v in cfg.to_dict().items() if k != "time_budget_s"}
+    data_key = getattr(splits, "key", None)
+    if not data_key:
+        return False
+    key = hashlib.sha256(json.dumps([_fingerprint(str(bundle.source), bundle.model), data_key, opts],
+                                    sort_keys=True).encode()).hexdigest()[:20]
+    return (cache_dir("axformer") / f"{key}.json").exists()
