@@ -1,5 +1,6 @@
 """Export folders: round trip (also in a fresh process), plain transformers loading, atomicity, overwrite."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -118,7 +119,7 @@ def test_overwrite_is_refused_then_explicit(tokenizer, tmp_path):
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_crash_mid_export_leaves_no_complete_looking_folder(tokenizer, tmp_path, monkeypatch, existing):
-    import axlab.deploy.export as ex
+    import axlab.core.folder as ex
     old = tiny_model("bert", seed=1)
     target = tmp_path / "v"
     if existing:
@@ -134,6 +135,41 @@ def test_crash_mid_export_leaves_no_complete_looking_folder(tokenizer, tmp_path,
     else:
         assert not target.exists()
     assert [p.name for p in tmp_path.iterdir()] == (["v"] if existing else [])
+
+
+def test_leftovers_of_a_killed_export_are_cleaned_by_the_next_export(tokenizer, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from axlab.core.errors import ModelLoadError
+    from axlab.core.loading import load_model
+    target = tmp_path / "v"
+    done = export_variant(tiny_model("bert", seed=1), tokenizer, tmp_path / "src", base="a")
+    # a killed export: a full-looking temporary folder of a process that is gone (old and new name formats)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [tmp_path / f".v.axlab-tmp-{int(dead.stdout)}-abcd1234", tmp_path / ".v.axlab-tmp-1a2b3c4d"]
+    for p in stale:
+        shutil.copytree(done, p)
+    with pytest.raises(ModelLoadError, match="interrupted export"):      # never mistaken for an export
+        load_model(str(stale[0]))
+    # a temporary folder of a live process (another export in progress) is left alone
+    live = tmp_path / f".v.axlab-tmp-{os.getpid()}-livelive"
+    live.mkdir()
+    export_variant(tiny_model("bert", seed=2), tokenizer, target, base="b")
+    assert load_variant(target).info["base"] == "b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", "v", live.name])
+
+
+def test_an_export_killed_between_its_two_renames_gets_the_old_folder_back(tokenizer, tmp_path):
+    import shutil
+
+    from axlab.core.folder import clean_leftovers
+    done = export_variant(tiny_model("bert", seed=1), tokenizer, tmp_path / "src", base="a")
+    shutil.copytree(done, tmp_path / ".v.axlab-old-deadbeef")          # moved aside, the new one never arrived
+    assert clean_leftovers(tmp_path / "v") == []
+    assert load_variant(tmp_path / "v").info["base"] == "a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "v"]
 
 
 def test_damaged_weights_are_detected(tokenizer, tmp_path):

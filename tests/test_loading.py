@@ -92,5 +92,29 @@ def test_load_does_not_execute_remote_code(tmp_path):
     cfg["auto_map"] = {"AutoModelForSequenceClassification": "evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "evil.py").write_text("raise SystemExit('remote code was executed')\n")
-    b = load_model(str(folder))  # the stock class is used; evil.py is never imported
-    assert type(b.model).__name__ == "BertForSequenceClassification"
+    # refused with a clear error (loading it with the stock class would silently ignore its code); never imported
+    with pytest.raises(ModelLoadError, match="auto_map") as e:
+        load_model(str(folder))
+    assert "trust_remote_code" in e.value.hint and "auto_map" in e.value.hint
+
+
+def test_failing_remote_code_is_a_model_load_error(tmp_path):
+    folder = save_tiny(tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "custom.MyConfig", "AutoModelForSequenceClassification": "custom.MyModel"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "custom.py").write_text("raise RuntimeError('broken custom code')\n")
+    with pytest.raises(ModelLoadError, match="own code.*failed") as e:
+        load_model(str(folder), trust_remote_code=True)
+    assert "broken custom code" in e.value.message and e.value.hint
+
+
+@pytest.mark.parametrize("keep", [4, 100, -1000])
+def test_truncated_safetensors_is_a_clear_error_before_loading(tmp_path, keep):
+    folder = save_tiny(tmp_path / "m")
+    w = folder / "model.safetensors"
+    raw = w.read_bytes()
+    w.write_bytes(raw[:keep])                       # cut inside the length, inside the header, inside the data
+    with pytest.raises(ModelLoadError, match="safetensors|truncated") as e:
+        load_model(str(folder))
+    assert "again" in e.value.hint

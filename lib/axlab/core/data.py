@@ -334,10 +334,12 @@ def _read_user_file(path: Path, text_column: str | None, label_column: str | Non
         if role == "split" and split_column is None:
             continue
         if col is None or col not in cols:
-            raise DataError(f"'{path.name}' has no {role} column" + (f" named '{col}'" if col else "")
+            err = DataError(f"'{path.name}' has no {role} column" + (f" named '{col}'" if col else "")
                             + f" (columns: {', '.join(map(str, cols))}).",
                             f"Rename the column to '{role}' or name it with {flag}= "
                             f"(CLI: --{flag.replace('_', '-')}; app: the '{role} column' box).")
+            err.control = flag              # the setting to fix (the app points at its box)
+            raise err
     keep = {text_column: "text", label_column: "label"}
     if split_column:
         keep[split_column] = "split"

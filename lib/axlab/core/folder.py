@@ -20,9 +20,11 @@ A variant whose shapes equal the config's (no pruning, no quantization, no hard
 attention) is marked ``plain``: it also loads with
 ``AutoModelForSequenceClassification.from_pretrained(folder)``.
 
-Writes are atomic: everything goes into a hidden temporary sibling folder which is
-renamed into place at the very end, so a crash never leaves a folder at the target
-path that looks complete. An existing target is replaced only with ``overwrite=True``.
+Writes are atomic: everything goes into a hidden temporary sibling folder
+(``.NAME.axlab-tmp-PID-TAG``) which is renamed into place at the very end, so a crash never
+leaves a folder at the target path that looks complete. An existing target is replaced
+only with ``overwrite=True``. Hidden folders left by a killed export (their process is
+gone) are removed by the next export to the same place; ``load_model`` refuses them.
 
 This module sits in ``axlab.core`` because both sides need it: ``axlab.deploy.export``
 writes folders and ``axlab.core.loading`` reads them.
@@ -47,7 +49,7 @@ from axlab.core.errors import ExportError, ModelLoadError
 
 __all__ = ["VARIANT_FILE", "WEIGHTS_FILE", "FORMAT_VERSION", "PROBE_TEXTS", "PROBE_ATOL", "write_variant_files",
            "read_sidecar", "probe_logits", "is_plain", "quant_layout_of", "weight_names", "eval_mode",
-           "atomic_folder", "check_target"]
+           "atomic_folder", "check_target", "clean_leftovers"]
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +74,69 @@ def check_target(folder: str | Path, overwrite: bool) -> Path:
     """Resolve ``folder`` and refuse to replace an existing one unless ``overwrite``."""
     folder = Path(folder).expanduser().resolve()
     if folder.exists() and not folder.is_dir():
-        raise ExportError(f"'{folder}' exists and is a file, not a folder.", "Choose another output folder.")
+        raise _control(ExportError(f"'{folder}' exists and is a file, not a folder.", "Choose another output folder."),
+                       "export_folder")
     if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise ExportError(f"'{folder}' already exists and is not empty.",
-                          "Choose a new folder, or replace it explicitly with overwrite=True (CLI: --overwrite).")
+        raise _control(ExportError(f"'{folder}' already exists and is not empty.",
+                                   "Choose a new folder, or replace it explicitly with overwrite=True "
+                                   "(CLI: --overwrite)."), "overwrite")
     parent = folder.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ExportError(f"Cannot create '{parent}': {e.strerror}.", "Choose a folder you can write to.") from None
+        raise _control(ExportError(f"Cannot create '{parent}': {e.strerror}.", "Choose a folder you can write to."),
+                       "export_folder") from None
     if not os.access(parent, os.W_OK):
-        raise ExportError(f"'{parent}' is not writable.", "Choose a folder you can write to.")
+        raise _control(ExportError(f"'{parent}' is not writable.", "Choose a folder you can write to."),
+                       "export_folder")
     return folder
+
+
+def _control(err, control: str):
+    """Name the setting the fix is about (``AxlabError.control``, read by the app)."""
+    err.control = control
+    return err
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(target: str | Path) -> list[Path]:
+    """Remove ``.NAME.axlab-tmp-*`` / ``.NAME.axlab-old-*`` siblings of ``target`` left by a killed export.
+
+    A folder whose writing process is still alive is kept. An ``-old-`` folder is a complete
+    earlier export moved aside just before the new one took its place: if the target is
+    missing (killed between the two renames) it is put back instead. Returns what was removed.
+    """
+    target = Path(target).expanduser().resolve()
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    for p in sorted(parent.glob(f".{target.name}.axlab-*")):
+        kind, _, rest = p.name[len(target.name) + 8:].partition("-")     # "tmp" / "old", "PID-TAG" or "TAG"
+        if kind not in ("tmp", "old") or not p.is_dir():
+            continue
+        pid = rest.split("-")[0] if "-" in rest else ""
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not target.exists() and (p / VARIANT_FILE).exists():
+            os.replace(p, target)
+            log.warning("restored %s from %s (an export was interrupted while replacing it)", target, p.name)
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+        log.info("removed %s, left by an interrupted export", p)
+    return removed
 
 
 class atomic_folder:  # noqa: N801  (used as a context manager, reads like a function)
@@ -94,8 +147,9 @@ class atomic_folder:  # noqa: N801  (used as a context manager, reads like a fun
     """
 
     def __init__(self, target: str | Path, overwrite: bool = False):
+        clean_leftovers(target)
         self.target = check_target(target, overwrite)
-        tag = uuid.uuid4().hex[:8]
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp = self.target.parent / f".{self.target.name}.axlab-tmp-{tag}"
         self.old = self.target.parent / f".{self.target.name}.axlab-old-{tag}"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from axlab.core import registry
 from axlab.core.attention import use_axlab_attention
-from axlab.core.errors import ModelLoadError, UnsupportedModelError
+from axlab.core.errors import AxlabError, ModelLoadError, UnsupportedModelError
 
 __all__ = ["ModelBundle", "load_model", "resolve_source"]
 
@@ -71,11 +72,39 @@ def resolve_source(source: str) -> tuple[str, str]:
         if not p.is_dir():
             raise ModelLoadError(f"'{source}' is a file, not a model folder.",
                                  "Pass the folder that holds config.json and the weights.")
+        if _LEFTOVER.match(p.resolve().name):
+            raise ModelLoadError(f"'{source}' is a temporary folder left by an interrupted export, not an export.",
+                                 "Export again to the same place (that removes it), or delete it.")
         return "folder", str(p.resolve())
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
     if looks_like_path:
         raise ModelLoadError(f"Folder '{source}' does not exist.", "Check the path, or give a hub id like 'org/name'.")
     return "hub", source
+
+
+_LEFTOVER = re.compile(r"^\..+\.axlab-(tmp|old)-[0-9a-z-]+$")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse a damaged (e.g. truncated) safetensors file from its header alone, before the slow load."""
+    size = path.stat().st_size
+    fix = ("The weights file is damaged or incomplete (an interrupted copy or download?). Copy or save it "
+           "again (`model.save_pretrained(folder)`).")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                raise ModelLoadError(f"'{path.name}' in '{path.parent}' is not a valid safetensors file "
+                                     f"({size} bytes; its header is cut off).", fix)
+            header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelLoadError(f"'{path.name}' in '{path.parent}' has an unreadable safetensors header.", fix) from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        raise ModelLoadError(f"'{path.name}' in '{path.parent}' is truncated: it has {size:,} bytes, its header "
+                             f"describes {8 + n + end:,}.", fix)
 
 
 def _check_folder(folder: Path, allow_pickle: bool) -> None:
@@ -85,7 +114,10 @@ def _check_folder(folder: Path, allow_pickle: bool) -> None:
         raise ModelLoadError(f"Folder '{folder}' has no config.json, so it is not a transformers model folder.",
                              "Point at the folder written by `save_pretrained` (it holds config.json and weights).")
     files = {f.name for f in folder.iterdir()}
-    if any(f in files for f in _SAFE_FILES) or any(f.startswith("model-") and f.endswith(".safetensors") for f in files):
+    shards = sorted(f for f in files if f == "model.safetensors" or (f.startswith("model-") and f.endswith(".safetensors")))
+    if shards or "model.safetensors.index.json" in files:
+        for f in shards:
+            _check_safetensors(folder / f)
         return
     pickles = [f for f in _PICKLE_FILES if f in files]
     if pickles:
@@ -126,7 +158,17 @@ def load_model(source: str = "default", *, allow_pickle: bool = False, trust_rem
         config = AutoConfig.from_pretrained(location, **common)
     except UnsupportedModelError:
         raise
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001
+        if trust_remote_code and not isinstance(e, (OSError, ValueError)):
+            raise _load_failure(source, "config", e, True) from None
+        if not isinstance(e, (OSError, ValueError)):
+            raise ModelLoadError(f"Could not read the config of '{source}': {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}",
+                                 "Check that config.json is a valid transformers config.") from None
+        config = None
+        error = e
+    if config is None:
+        e = error
         if kind == "hub":
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise ModelLoadError(
@@ -139,10 +181,19 @@ def load_model(source: str = "default", *, allow_pickle: bool = False, trust_rem
                                  "Only if you trust its author, pass trust_remote_code=True.") from None
         raise ModelLoadError(f"Could not read the config in '{location}': {str(e).splitlines()[0]}",
                              "Check that config.json is a valid transformers config.") from None
+    auto_map = getattr(config, "auto_map", None)
+    if auto_map and not trust_remote_code:
+        raise ModelLoadError(
+            f"'{source}' declares its own code (auto_map: {', '.join(sorted(auto_map))}). axlab does not run it, and "
+            f"loading it with the stock {config.model_type} classes instead could give different outputs.",
+            "Only if you trust its author, pass trust_remote_code=True (CLI: --trust-remote-code). If the stock "
+            "class is right for it, remove the 'auto_map' entry from its config.json.")
     _check_config(config, f"Model '{source}'")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             location, attn_implementation="eager", use_safetensors=None if allow_pickle else True, **common)
+    except AxlabError:
+        raise
     except OSError as e:
         msg = str(e).splitlines()[0]
         if "safetensors" in msg.lower() and not allow_pickle:
@@ -150,11 +201,15 @@ def load_model(source: str = "default", *, allow_pickle: bool = False, trust_rem
                                  "If you trust the checkpoint, pass allow_pickle=True (CLI: --allow-pickle).") from None
         raise ModelLoadError(f"Could not load the weights of '{source}': {msg}",
                              "Check the id or folder; without a network, pass a local folder.") from None
+    except Exception as e:  # noqa: BLE001  (damaged weights, shapes that do not fit the config, remote code)
+        raise _load_failure(source, "weights", e, trust_remote_code) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"'{source}' has weights but no usable tokenizer: {str(e).splitlines()[0]}",
                              "Save the tokenizer into the same folder (`tokenizer.save_pretrained(folder)`).") from None
+    except Exception as e:  # noqa: BLE001
+        raise _load_failure(source, "tokenizer", e, trust_remote_code) from None
     model.eval()
     use_axlab_attention(model)
     labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
@@ -165,6 +220,19 @@ def load_model(source: str = "default", *, allow_pickle: bool = False, trust_rem
     log.info("loaded %s (%s, %d layers x %d heads)", source, config.model_type,
              len(registry.layers(model)), registry.n_heads_config(model))
     return ModelBundle(model=model, tokenizer=tokenizer, labels=labels, source=str(source), path=location, info=info)
+
+
+def _load_failure(source: str, part: str, e: Exception, remote: bool) -> ModelLoadError:
+    msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if remote:
+        return ModelLoadError(f"The model's own code (trust_remote_code) failed while loading the {part} of "
+                              f"'{source}': {msg}",
+                              "This is a problem in the model repository's code or its requirements: check its "
+                              "README for the packages and versions it needs, or ask its author. axlab's supported "
+                              "architectures load without --trust-remote-code.")
+    hint = ("The weights file is damaged or incomplete, or does not fit config.json; save the model again with "
+            "`save_pretrained`." if part == "weights" else "Save the tokenizer again with `save_pretrained`.")
+    return ModelLoadError(f"Could not load the {part} of '{source}': {msg}", hint)
 
 
 def load_variant(folder: str | Path, *, verify: bool = True):
@@ -185,6 +253,7 @@ def load_variant(folder: str | Path, *, verify: bool = True):
     if not (folder / WEIGHTS_FILE).exists():
         raise ModelLoadError(f"'{folder}' has no {WEIGHTS_FILE}.",
                              "The export is incomplete; export the variant again.")
+    _check_safetensors(folder / WEIGHTS_FILE)
     config = AutoConfig.from_pretrained(folder)
     registry.spec_for(config.model_type)
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
