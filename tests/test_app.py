@@ -123,7 +123,8 @@ def test_unsupported_model_shows_error(tmp_path, tiny_folder):
     cfg = GPT2Config(n_layer=1, n_head=2, n_embd=8)
     cfg.architectures = ["GPT2ForSequenceClassification"]
     cfg.save_pretrained(tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))   # a valid file of the wrong model
     at = page(new_app(tiny_folder), "1_Model_and_data")
     at.radio(key="model_kind").set_value("Local folder").run()
     at.text_input(key="model_folder").input(str(tmp_path)).run()
@@ -140,6 +141,8 @@ def test_csv_without_label_column_shows_error(tiny_folder):
     at.button(key="load_data").click().run()
     assert not at.exception
     assert "no label column" in errors(at) and "How to fix" in errors(at)
+    assert '"Label column" box' in errors(at)                 # the hint names the box on the page...
+    assert "label_column=" not in errors(at) and "--label-column" not in errors(at)   # ...not the API or CLI
     assert at.session_state["dataset"] == "rotten_tomatoes"  # the previous data stays
 
 
@@ -151,7 +154,7 @@ def test_csv_upload_with_label_column_becomes_the_dataset(tiny_folder):
     at.button(key="load_data").click().run()
     assert_clean(at, "upload")
     assert Path(at.session_state["dataset"]).name.startswith("mine-")
-    assert any("`mine-" in m.value for m in at.sidebar.markdown)
+    assert any("`mine.csv`" in m.value for m in at.sidebar.markdown)     # the upload's own name, not the hashed copy
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -216,15 +219,20 @@ def test_main_path_on_the_default_model(default_bundle, tmp_path):
     at.slider(key="budget_frac").set_value(0.25).run()
     at.button(key="budget_go").click().run()
     assert_clean(at, "prune by budget")
-    assert "heads-25%" in at.success[0].value
+    pruned_name = "heads-25% (18 of 72)"
+    assert pruned_name in at.success[0].value
 
     page(at, "5_Quantize")
-    at.selectbox(key="quant_start").set_value("heads-25% (1 steps)").run()
+    at.selectbox(key="quant_start").set_value(f"{pruned_name} (1 steps)").run()
+    assert at.text_input(key="quant_name").value == f"{pruned_name}+int8"
     at.button(key="quant_go").click().run()
     assert_clean(at, "int8")
 
     variants = {v.name: v for v in _variants(at)}
-    assert set(variants) == {"base", "heads-25%", "heads-25%+int8"}
+    both = f"{pruned_name}+int8"
+    assert set(variants) == {"base", pruned_name, both}
+    variants["heads-25%"] = variants.pop(pruned_name)
+    variants["heads-25%+int8"] = variants.pop(both)
     assert variants["heads-25%+int8"].recipe[0]["op"] == "prune_heads"
     assert variants["heads-25%+int8"].recipe[-1]["op"] == "quantize_int8"
     base_acc = variants["base"].measurements["accuracy"]
@@ -242,8 +250,8 @@ def test_main_path_on_the_default_model(default_bundle, tmp_path):
 
     page(at, "7_Export")
     folder = tmp_path / "exported"
-    at.selectbox(key="exp_variant").set_value("heads-25%").run()
-    at.text_input(key="exp_folder_heads-25%").input(str(folder)).run()
+    at.selectbox(key="exp_variant").set_value(pruned_name).run()
+    at.text_input(key=f"exp_folder_{pruned_name}").input(str(folder)).run()
     at.checkbox(key="exp_onnx").uncheck().run()
     at.checkbox(key="exp_report").uncheck().run()
     at.button(key="exp_go").click().run()
@@ -292,13 +300,174 @@ def test_a_job_keeps_running_without_its_page_and_can_be_stopped():
 
 def test_axformer_search_shows_its_log_and_saves_the_variant(tiny_folder):
     at = page(new_app(tiny_folder, measure_n=60, latency_runs=5), "4_Prune")
+    assert at.radio(key="ax_mode").value == "Quick"                   # the fast pass is the default
+    at.radio(key="ax_mode").set_value("Custom").run()
     at.slider(key="ax_nval").set_value(100).run()
+    assert any("Estimated time for the search" in c.value for c in at.caption)
     at.button(key="ax_go").click().run()
     assert_clean(at, "search")
     assert any(h.value == "Decision log" for h in at.subheader)
     kept = next(m for m in at.metric if m.label == "Changes kept").value
+    if any(c.key == "search_confirm" for c in at.checkbox):      # a random tiny model may lose every head
+        assert at.button(key="search_go").disabled and at.warning
+        at.checkbox(key="search_confirm").check().run()
     at.button(key="search_go").click().run()
     assert_clean(at, "save search")
     found = at.session_state["search_result"]["recipe"]
-    saved = {v.name: v for v in _variants(at)}["axformer"]
+    saved = {v.name: v for v in _variants(at)}["axformer-100val"]
     assert saved.recipe == found and kept.endswith(f"of {len(at.session_state['search_result']['log'])}")
+
+
+# ----------------------------------------------------------------------------- the first hour (issue 19)
+
+@pytest.fixture(scope="module")
+def folder_72(tmp_path_factory):
+    """A tiny RoBERTa with the default model's grid: 6 layers x 12 heads (72 heads)."""
+    from axlab.core.testing import save_tiny
+    return str(save_tiny(tmp_path_factory.mktemp("tiny72") / "roberta", "roberta", layers=6, heads=12, hidden=48))
+
+
+def _prune_page_with_importance(folder):
+    """The Prune page with a (random) importance map already computed for this model and data."""
+    from ui.state import analysis_results
+    at = new_app(folder, measure_n=50, latency_runs=5)
+    imp = torch.rand(6, 12, generator=torch.Generator().manual_seed(1))
+    analysis_results()[("importance", folder, at.session_state["dataset"], "gradient", 200)] = imp
+    return page(at, "4_Prune"), imp
+
+
+def test_default_names_follow_the_settings(folder_72):
+    from axlab.compress import prune
+    at, imp = _prune_page_with_importance(folder_72)
+    assert_clean(at, "prune")
+    for fraction in (0.4, 0.25):
+        at.slider(key="budget_frac").set_value(fraction).run()
+        n = sum(len(h) for h in prune.heads_by_budget(imp, fraction).values())
+        assert at.text_input(key="budget_name").value == f"heads-{round(fraction * 100)}% ({n} of 72)"
+        assert f"Removes **{n}** of 72 heads" in " ".join(m.value for m in at.markdown)
+    assert at.text_input(key="budget_name").value == "heads-25% (18 of 72)"
+    # hand-picked: the name counts the heads picked
+    options = [f"L{layer}.H{head}" for layer in range(6) for head in range(12)]
+    for k, name in ((3, "hand-3-heads"), (12, "hand-12-heads"), (72, "hand-all-72-heads")):
+        at.multiselect(key="hand_heads").set_value(options[:k]).run()
+        assert at.text_input(key="hand_name").value == name, k
+    # a name the user typed is kept when the settings change
+    at.text_input(key="budget_name").input("my-cut").run()
+    at.slider(key="budget_frac").set_value(0.5).run()
+    assert at.text_input(key="budget_name").value == "my-cut"
+    # saving makes the name taken: the next suggestion gets a suffix
+    at.multiselect(key="hand_heads").set_value(options[:3]).run()
+    at.button(key="hand_go").click().run()
+    assert_clean(at, "save hand-3-heads")
+    assert "hand-3-heads" in {v.name for v in _variants(at)}
+    at.run()
+    assert at.text_input(key="hand_name").value == "hand-3-heads-2"
+
+
+def test_removing_every_head_asks_for_confirmation_and_nothing_explains_the_baseline(folder_72):
+    at, _ = _prune_page_with_importance(folder_72)
+    options = [f"L{layer}.H{head}" for layer in range(6) for head in range(12)]
+    at.multiselect(key="hand_heads").set_value([]).run()
+    assert any("0-removal baseline" in i.value for i in at.info)          # removing nothing: explained
+    at.multiselect(key="hand_heads").set_value(options).run()
+    warning = " ".join(w.value for w in at.warning)
+    assert "all 72 attention heads" in warning and "same answer for every input" in warning
+    assert at.button(key="hand_go").disabled                               # not without the confirmation
+    at.slider(key="budget_frac").set_value(1.0).run()                      # the budget slider's 100% too
+    assert at.checkbox(key="budget_confirm") is not None
+    at.checkbox(key="hand_confirm").check().run()
+    assert not at.button(key="hand_go").disabled
+    at.button(key="hand_go").click().run()
+    assert_clean(at, "all heads, confirmed")
+    saved = {v.name: v for v in _variants(at)}
+    assert "hand-all-72-heads" in saved
+    assert sum(len(h) for h in saved["hand-all-72-heads"].recipe[0]["params"]["heads"].values()) == 72
+
+
+def test_a_long_text_says_how_many_tokens_were_kept(tiny_folder):
+    at = page(new_app(tiny_folder), "2_Attention")
+    long_text = " ".join(["a remarkably long and winding review of the film"] * 500)   # ~5,000 words
+    at.text_input(key="attn_text").input(long_text).run()
+    assert_clean(at, "long text")
+    notice = " ".join(w.value for w in at.warning)
+    from axlab.core.measure import MAX_LENGTH
+    assert f"first {MAX_LENGTH} tokens were kept" in notice and "tokens**" in notice
+    full = int(notice.split("has **")[1].split(" tokens")[0].replace(",", ""))
+    assert full > 4000                                                     # the whole text was counted
+    at.slider(key="attn_first_n").set_value(20).run()
+    assert_clean(at, "first 20 tokens")
+    assert any("Showing tokens 1-20" in c.value for c in at.caption)
+    at.text_input(key="attn_text").input("a short one.").run()
+    assert not at.warning                                                  # no notice when nothing is cut
+
+
+def test_a_job_stopped_from_the_header_keeps_its_visible_state(tiny_folder):
+    """The header's Stop ends the page's run, not its job: the job shows in the sidebar of every page with its
+    progress and a Stop button, and the next run of its page shows it and picks up its result."""
+    import threading
+
+    from ui import jobs
+    from ui.state import analysis_results
+
+    at = new_app(tiny_folder)
+    ws, dataset = at.session_state["workspace"], at.session_state["dataset"]
+    release = threading.Event()
+    key = ("importance", tiny_folder, dataset, "gradient", 200)
+
+    def importance(progress):                 # what the Heads page's button starts, slowed down
+        for i in range(10_000):
+            progress(i, 10_000, "scoring heads")
+            if release.wait(0.01):
+                break
+        analysis_results()[key] = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+        return "done"
+
+    # the Heads page started the job, then its run was stopped from the header: nothing waits for the job now
+    job = jobs.start(ws, "importance", "Importance (gradient, 200 examples)", importance)
+    page(at, "2_Attention")                   # another page: the job is listed in the sidebar
+    assert_clean(at, "attention while the job runs")
+    side = " ".join(m.value for m in at.sidebar.markdown)
+    assert "Still running" in side and "Importance (gradient, 200 examples)" in side and "elapsed" in side
+    assert at.sidebar.button(key=f"sb-stop-{job.uid}") is not None
+    assert not job.finished
+
+    threading.Timer(1.0, release.set).start()
+    page(at, "3_Heads")                       # back on its page, without clicking: it shows the job and its result
+    assert_clean(at, "heads picks the job up")
+    assert job.finished and job.result == "done"
+    assert any("done after" in str(getattr(p, "proto", p)) for p in at.get("progress"))
+    assert any(h.value == "Ranking" for h in at.subheader)               # the result arrived
+    assert jobs.get(ws, "importance") is None
+
+    # the sidebar's Stop stops a running job
+    release.clear()
+    job = jobs.start(ws, "importance", "Importance again", importance)
+    page(at, "2_Attention")
+    at.sidebar.button(key=f"sb-stop-{job.uid}").click().run()
+    assert job.stop_requested
+    release.set()
+
+
+def test_names_are_unique_and_say_what_was_done():
+    from axlab.compress import Step
+    from ui.names import budget_name, hand_name, recipe_name, step_name, unique
+    assert budget_name(0.4, 29, 72) == "heads-40% (29 of 72)"
+    assert [hand_name(k, 72) for k in (1, 3, 72)] == ["hand-1-head", "hand-3-heads", "hand-all-72-heads"]
+    assert unique("int8", {"int8", "int8-2"}) == "int8-3" and unique("int8", set()) == "int8"
+    assert step_name(Step("quantize_gpfq", bits=3, group_size=64, embeddings=True)) == "gpfq3-g64-emb"
+    assert step_name(Step("quantize_rtn", bits=4, group_size=None)) == "rtn4"
+    assert recipe_name([Step("prune_heads", heads={"0": [1, 2]}), Step("quantize_int8")], 8) == "heads-2-of-8+int8"
+
+
+def test_heads_every_method_ranks_low_and_the_agreement_in_words():
+    import pandas as pd
+
+    from ui.insight import agreement_words, low_in_all
+    a = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    b = a.clone()
+    b[0, 0], b[0, 1] = 100.0, 0.5                                       # b ranks head (0, 0) high
+    assert low_in_all({"a": a, "b": b}, 0.25) == [(0, 1), (0, 2)]
+    table = pd.DataFrame([[1.0, -0.19], [-0.19, 1.0]], index=["x", "y"], columns=["x", "y"])
+    assert "barely agree" in agreement_words(table)
+    table = pd.DataFrame([[1.0, 0.9], [0.9, 1.0]], index=["x", "y"], columns=["x", "y"])
+    assert "agree" in agreement_words(table) and "barely" not in agreement_words(table)
