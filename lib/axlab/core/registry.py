@@ -4,7 +4,9 @@ This is the one module that knows attribute names inside transformers models. Ev
 other module asks it for "the attention of layer i" or "the FFN of layer i" and works on
 plain ``nn.Linear`` objects.
 
-Supported: BERT (MiniLM is a BERT), RoBERTa, ELECTRA, DistilBERT.
+Supported text encoders: BERT (MiniLM is a BERT), RoBERTa, ELECTRA, DistilBERT.
+Supported vision transformers: ViT, DeiT, DINOv2 (``*ForImageClassification``; their
+attention modules hold q/k/v/o together, like DistilBERT's). ``spec.modality`` says which.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from torch import nn
 
 from axlab.core.errors import UnsupportedModelError
 
-__all__ = ["ArchSpec", "AttentionParts", "FFNParts", "SUPPORTED", "spec_for", "layers",
+__all__ = ["ArchSpec", "AttentionParts", "FFNParts", "SUPPORTED", "TEXT_TYPES", "IMAGE_TYPES", "spec_for", "modality",
+           "layers",
            "attention_module", "attention_parts", "ffn_parts", "word_embeddings", "base_model", "classifier_modules"]
 
 
@@ -33,6 +36,7 @@ class ArchSpec:
     ffn_out: str         # dotted path from a layer to the FFN down-projection
     attn_block: str      # dotted path from a layer to the whole attention block
     n_heads_attr: str    # config attribute with the number of heads
+    modality: str = "text"   # "text" (input_ids) or "image" (pixel_values)
 
 
 _BERT_LIKE = dict(layers="encoder.layer", attn_self="attention.self", q="query", k="key", v="value",
@@ -47,6 +51,17 @@ SUPPORTED: dict[str, ArchSpec] = {
                            q="q_lin", k="k_lin", v="v_lin", o="attention.out_lin", ffn_in="ffn.lin1",
                            ffn_out="ffn.lin2", attn_block="attention", n_heads_attr="n_heads"),
 }
+# transformers 5 vision transformers: layer.attention.{q,k,v,o}_proj, layer.mlp.fc1/fc2
+_VIT_LIKE = dict(attn_self="attention", q="q_proj", k="k_proj", v="v_proj", o="attention.o_proj",
+                 ffn_in="mlp.fc1", ffn_out="mlp.fc2", attn_block="attention", n_heads_attr="num_attention_heads",
+                 modality="image")
+SUPPORTED.update({
+    "vit": ArchSpec("vit", base="vit", layers="layers", **_VIT_LIKE),
+    "deit": ArchSpec("deit", base="deit", layers="layers", **_VIT_LIKE),
+    "dinov2": ArchSpec("dinov2", base="dinov2", layers="encoder.layer", **_VIT_LIKE),
+})
+TEXT_TYPES = tuple(t for t, s in SUPPORTED.items() if s.modality == "text")
+IMAGE_TYPES = tuple(t for t, s in SUPPORTED.items() if s.modality == "image")
 
 
 def spec_for(model_or_type) -> ArchSpec:
@@ -113,6 +128,10 @@ def attention_parts(model: nn.Module, layer: int) -> AttentionParts:
 
 def ffn_parts(model: nn.Module, layer: int) -> FFNParts:
     spec = spec_for(model)
+    if getattr(model.config, "use_swiglu_ffn", False):
+        raise UnsupportedModelError("This DINOv2 model uses a SwiGLU FFN, whose neurons axlab cannot prune yet.",
+                                    "Use a DINOv2 model with the plain MLP (use_swiglu_ffn=False), or prune heads "
+                                    "and layers only.")
     lay = layers(model)[layer]
     return FFNParts(up=_get(lay, spec.ffn_in), down=_get(lay, spec.ffn_out))
 
@@ -127,14 +146,22 @@ def n_heads_config(model: nn.Module) -> int:
     return getattr(model.config, spec_for(model).n_heads_attr)
 
 
+def modality(model_or_type) -> str:
+    """``"text"`` or ``"image"``."""
+    return spec_for(model_or_type).modality
+
+
 def word_embeddings(model: nn.Module) -> nn.Embedding:
+    if modality(model) != "text":
+        raise UnsupportedModelError(f"A {model.config.model_type} model reads pixels: it has no word embeddings.",
+                                    "Vocabulary pruning and embedding quantization apply to text models only.")
     return base_model(model).embeddings.word_embeddings
 
 
 def classifier_modules(model: nn.Module) -> list[nn.Module]:
     """Modules after the encoder (pooler/pre-classifier/classifier)."""
     out = []
-    for name in ("pooler", ):
+    for name in ("pooler", "layernorm"):
         m = getattr(base_model(model), name, None)
         if m is not None:
             out.append(m)

@@ -228,7 +228,7 @@ def layout(model: nn.Module) -> dict:
     skipped = [i for i in range(n_layers) if is_skipped(model, i)]
     if skipped:
         out["skipped"] = skipped
-    emb = registry.word_embeddings(model)
+    emb = registry.word_embeddings(model) if registry.modality(model) == "text" else None
     if isinstance(emb, RemappedEmbedding):
         out["vocab"] = {"original": int(emb.old_to_new.numel()), "kept": int(emb.weight.shape[0])}
     return out

@@ -13,9 +13,13 @@ import torch
 from axlab.core.attention import use_axlab_attention
 from axlab.core.data import Split
 
-__all__ = ["ARCHS", "tiny_model", "tiny_tokenizer", "save_tiny", "tiny_split"]
+__all__ = ["ARCHS", "VISION_ARCHS", "tiny_model", "tiny_vision_model", "tiny_pixels", "tiny_tokenizer", "save_tiny",
+           "tiny_split"]
 
 ARCHS = ("bert", "roberta", "distilbert", "electra")
+VISION_ARCHS = ("vit", "deit", "dinov2")
+_VISION_CLASSES = {"vit": "ViTForImageClassification", "deit": "DeiTForImageClassification",
+                   "dinov2": "Dinov2ForImageClassification"}
 
 
 def tiny_tokenizer():
@@ -46,6 +50,33 @@ def tiny_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, hidden: i
     model.config.architectures = [type(model).__name__]
     model.eval()
     return use_axlab_attention(model)
+
+
+def tiny_vision_model(arch: str = "vit", num_labels: int = 3, seed: int = 0, hidden: int = 32, layers: int = 2,
+                      heads: int = 4, intermediate: int = 64, image_size: int = 28, patch_size: int = 7,
+                      channels: int = 1):
+    """A randomly initialised ``*ForImageClassification`` (ViT, DeiT, DINOv2) routed through axlab attention."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(arch, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=intermediate, image_size=image_size, patch_size=patch_size,
+                               num_channels=channels, num_labels=num_labels)
+    if arch == "dinov2":
+        cfg.mlp_ratio = max(1, intermediate // hidden)
+        cfg.layerscale_value = 0.5          # not 1e-5: let the tests see every layer's contribution
+    cfg.architectures = [_VISION_CLASSES[arch]]          # DeiT's auto mapping has two classes
+    cfg._attn_implementation = "eager"
+    model = AutoModelForImageClassification.from_config(cfg, attn_implementation="eager")
+    model.config.architectures = [type(model).__name__]
+    model.eval()
+    return use_axlab_attention(model)
+
+
+def tiny_pixels(n: int = 4, seed: int = 0, image_size: int = 28, channels: int = 1) -> torch.Tensor:
+    """Random images as ``pixel_values`` (n, channels, image_size, image_size)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, image_size, image_size, generator=g)
 
 
 def save_tiny(folder: str | Path, arch: str = "bert", **kw) -> Path:
