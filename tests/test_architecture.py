@@ -11,7 +11,7 @@ import pytest
 
 LIB = Path(__file__).resolve().parents[1] / "lib" / "axlab"
 # lower number = lower layer; a module may import its own layer and the ones below
-LAYERS = {"core": 0, "store": 1, "analysis": 2, "compress": 3, "deploy": 4, "cli": 5}
+LAYERS = {"core": 0, "store": 1, "analysis": 2, "compress": 3, "deploy": 4, "sweep": 5, "cli": 6}
 
 
 def module_name(path: Path) -> str:

@@ -181,12 +181,20 @@ def _loss_acc(model: nn.Module, batches, gates: torch.Tensor | None, feed: dict 
 
 
 def _ablation_arrays(model: nn.Module, tokenizer, split: Split, batch_size: int,
-                     progress: Progress) -> dict[str, np.ndarray]:
+                     progress: Progress, heads=None) -> dict[str, np.ndarray]:
     """Gate each head alone to 0. A head in layer l cannot change layers below l, so the
     hidden states entering l are computed once (in the full-model pass) and each ablation
-    of a head in l reruns only layers l..top: about 40% less work than full passes."""
+    of a head in l reruns only layers l..top: about 40% less work than full passes.
+
+    ``heads``: only these (layer, head) pairs (the others stay NaN); axlab.sweep.ablation
+    hands each Ray task a share of the heads."""
     n_layers, n_heads = _grid(model)
     present = _present_mask(model)
+    if heads is not None:
+        wanted = torch.zeros_like(present)
+        for layer, head in heads:
+            wanted[layer, head] = True
+        present = present & wanted
     work = copy.deepcopy(model).eval()                 # layers get swapped below; never touch the caller's
     layers = registry.layers(work)
     batches = _batches(tokenizer, split, batch_size)
