@@ -12,11 +12,11 @@ import json
 import logging
 import sys
 
-from axlab.cli import analysis, export, prune, quantize
+from axlab.cli import analysis, export, prune, quantize, sweep
 from axlab.cli.common import add_model_args, emit
 from axlab.core.errors import AxlabError
 
-COMMAND_MODULES = (analysis, prune, quantize, export)   # each adds its commands with add_commands(sub)
+COMMAND_MODULES = (analysis, prune, quantize, export, sweep)   # each adds its commands with add_commands(sub)
 
 
 def cmd_prepare(args) -> None:
