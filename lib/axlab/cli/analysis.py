@@ -45,7 +45,10 @@ def cmd_importance(args) -> None:
         kw = {"n_steps": args.n_steps} if method == "captum" else {}
         t0 = time.perf_counter()
         if method == "ablation":
-            ab = head_ablation(bundle.model, bundle.tokenizer, split, cache_results=not args.no_cache)
+            ablate = head_ablation
+            if args.ray:
+                from axlab.sweep.ablation import ray_head_ablation as ablate
+            ab = ablate(bundle.model, bundle.tokenizer, split, cache_results=not args.no_cache)
             imp = ab.loss_increase
         else:
             imp = head_importance(bundle.model, bundle.tokenizer, split, method=method, progress=None,
@@ -114,6 +117,7 @@ def add_commands(sub) -> None:
     p.add_argument("--method", default="gradient", choices=["gradient", "ablation", "captum", "all"])
     p.add_argument("--n-steps", type=int, default=8, help="integration steps for --method captum")
     p.add_argument("--top", type=int, default=10, help="how many top heads to list")
+    p.add_argument("--ray", action="store_true", help="ablation: one Ray task per share of the heads (local, or RAY_ADDRESS)")
     p.set_defaults(fn=cmd_importance)
 
     p = sub.add_parser("attention", help="attention maps and rollout for one sentence")
