@@ -283,3 +283,48 @@ def test_bad_backend_and_workers_are_refused(tmp_path):
         run(tiny_spec(), backend="dask", bundle=tiny_bundle(), splits=tiny_splits(), store=VariantStore(tmp_path / "s"))
     with pytest.raises(AxlabError, match="workers"):
         run(tiny_spec(), workers=0, bundle=tiny_bundle(), splits=tiny_splits(), store=VariantStore(tmp_path / "s"))
+
+
+# ----------------------------------------------------------------------------- command line
+
+@pytest.fixture(scope="module")
+def tiny_cli_inputs(tmp_path_factory):
+    from axlab.core.testing import save_tiny
+    root = tmp_path_factory.mktemp("cli")
+    folder = save_tiny(root / "model", "bert", num_labels=3)
+    rows = ["text,label"] + [f'"{t}",{["neg", "neu", "pos"][y]}' for t, y in
+                             zip(*(lambda s: (s.texts, s.labels))(tiny_split(90, 7, 3)))]
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    return folder, root / "data.csv"
+
+
+def test_cli_sweep_prints_the_front_and_resumes(tiny_cli_inputs, tmp_path, capsys):
+    from axlab.cli.main import main
+    folder, data = tiny_cli_inputs
+    spec = SweepSpec(model=str(folder), dataset=str(data), space={"head_fraction": [0.5], "quantizer": ["none", "rtn"],
+                                                                  "bits": [8]}, n_val=None, n_test=None, latency_runs=2)
+    path = spec.save(tmp_path / "spec.yaml")
+    assert main(["sweep", str(path), "--backend", "sequential", "--json", "--workspace", "cli"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sweep_id"] == spec.sweep_id and out["counts"] == {"ok": 3, "failed": 0, "total": 3}
+    assert len(out["trials"]) == 3 and out["front"] and out["chosen"]["label"] in {t["label"] for t in out["trials"]}
+    assert any("remove 4 heads" in t["recipe"] for t in out["trials"])    # 2 layers x 4 heads, half of them
+    assert main(["sweep", str(path), "--backend", "sequential", "--json", "--workspace", "cli"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["ran"] == 0 and again["skipped"] == 3
+    assert main(["sweep", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_importance_ablation_on_ray(shared_ray, tiny_cli_inputs, capsys):
+    from axlab.cli.main import main
+    folder, data = tiny_cli_inputs
+    args = ["importance", str(folder), "--dataset", str(data), "--method", "ablation", "--limit", "12", "--no-cache",
+            "--json"]
+    assert main(args) == 0
+    seq = json.loads(capsys.readouterr().out)["methods"]["ablation"]
+    assert main(args + ["--ray"]) == 0
+    par = json.loads(capsys.readouterr().out)["methods"]["ablation"]
+    np.testing.assert_allclose(np.array(par["importance"], dtype=float), np.array(seq["importance"], dtype=float),
+                               atol=1e-5)
+    assert par["base_accuracy"] == seq["base_accuracy"]
