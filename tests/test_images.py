@@ -6,10 +6,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from axlab.core.errors import DataError
 from axlab.core.images import SHIFTS, load_image_dataset, shift_images
+from PIL import Image
 
 
 def test_mnist_from_the_wheel():
