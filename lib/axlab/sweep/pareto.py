@@ -7,7 +7,7 @@ import pandas as pd
 
 from axlab.sweep.spec import OBJECTIVES
 
-__all__ = ["pareto_mask", "choose"]
+__all__ = ["pareto_mask", "choose", "front_figure"]
 
 
 def _signed(df: pd.DataFrame, objectives: list[str]) -> np.ndarray:
@@ -55,3 +55,35 @@ def choose(df: pd.DataFrame, objectives: list[str], base_accuracy: float | None,
         if len(within) and costs:
             return within.sort_values(costs + ["val_accuracy"], ascending=[True] * len(costs) + [False]).index[0]
     return acc[front].idxmax()
+
+
+def front_figure(df: pd.DataFrame, x: str = "latency_b1_ms", y: str = "val_accuracy", title: str | None = None):
+    """The trials as a plotly scatter: ``y`` against ``x``, colour = size (MB); filled markers are on
+    the Pareto front (over all objectives), the chosen point is a star, the base a diamond."""
+    import plotly.graph_objects as go
+
+    names = {"latency_b1_ms": "latency, batch 1 (ms, median)", "val_accuracy": "validation accuracy",
+             "accuracy": "test accuracy", "size_mb": "size (MB)", "latency_b32_ms": "latency, batch 32 (ms)"}
+    fig = go.Figure()
+    ok = df[(df.status == "ok") & df[x].notna() & df[y].notna()] if len(df) else df
+    if ok.empty:
+        fig.update_layout(title=title or "no trial measured yet", template="plotly_white")
+        return fig
+    front = ok[ok.pareto].sort_values(x)
+    if len(front):
+        fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line=dict(color="#999", dash="dash", shape="hv"),
+                                 name="Pareto front", hoverinfo="skip"))
+    symbol = np.where(ok.chosen, "star", np.where(ok.label == "base", "diamond",
+                                                  np.where(ok.pareto, "circle", "circle-open")))
+    fig.add_trace(go.Scatter(
+        x=ok[x], y=ok[y], mode="markers+text", text=ok.label, textposition="top center", name="trials",
+        marker=dict(size=np.where(ok.chosen, 20, 12), symbol=symbol, color=ok.size_mb, colorscale="Viridis",
+                    showscale=True, colorbar=dict(title="MB"), line=dict(width=1.5, color="#333")),
+        customdata=np.stack([ok.recipe, ok.accuracy.round(4), ok.size_mb.round(1)], axis=-1),
+        hovertemplate="<b>%{text}</b><br>" + names.get(y, y) + ": %{y:.4f}<br>" + names.get(x, x)
+                      + ": %{x:.3g}<br>test accuracy: %{customdata[1]}<br>size: %{customdata[2]} MB"
+                      "<br>%{customdata[0]}<extra></extra>"))
+    fig.update_layout(title=title or f"{names.get(y, y)} vs {names.get(x, x)} ({int(ok.pareto.sum())} on the front)",
+                      xaxis_title=names.get(x, x), yaxis_title=names.get(y, y), template="plotly_white",
+                      showlegend=False, margin=dict(l=60, r=20, t=60, b=50))
+    return fig
