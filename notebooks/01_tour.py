@@ -34,7 +34,7 @@
 # Parameters
 MODEL = "default"              # "default", or a local model folder
 DATASET = "rotten_tomatoes"    # a packaged dataset name, or a CSV file
-N_EXAMPLES = 1000              # validation reviews for accuracy and head statistics
+N_EXAMPLES = 500               # validation reviews for accuracy and head statistics (all: 1000)
 SENTENCE = "The plot is thin, but the two leads are so warm and funny that I loved every minute."
 LAYER, HEAD = 0, 0             # a head to look at up close
 

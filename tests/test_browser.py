@@ -3,6 +3,13 @@
 Starts `streamlit run app.py`, clicks load -> attention -> importance -> prune by budget ->
 int8 -> compare -> export, and saves a screenshot of every page under
 test-artifacts/browser/ (gitignored). Skips with a reason when chromium is missing.
+
+The first-hour screenshots (issue 19):
+  03b_long_text_notice     the Attention page with a 5,000-word text: how many tokens were kept
+  04a_estimate_long_job    ablation importance: the estimate up front, then the running job's
+                           elapsed / time left and its Stop button (stopped after the shot)
+  05a_confirm_all_heads    Prune by budget at 100%: the warning and the confirmation box
+  09_report_recipes        the exported report (report.html) with its recipes
 """
 
 import os
@@ -42,8 +49,8 @@ def server(default_bundle):
 
 
 def go(page, nav: str, title: str, ready: str) -> None:
-    """Click a page in the sidebar navigation; wait for its title, a text near its end, and the end of its run."""
-    page.locator('[data-testid="stSidebarNav"]').get_by_text(nav, exact=True).click()
+    """Click a page in the sidebar's page list; wait for its title, a text near its end, and the end of its run."""
+    page.locator('[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]').filter(has_text=nav).first.click()
     page.get_by_role("heading", name=title, level=1).wait_for(timeout=60_000)
     main(page).get_by_text(ready, exact=True).first.wait_for(timeout=STEP_MS)
     wait_idle(page, STEP_MS)
@@ -95,7 +102,10 @@ def test_walk_the_main_path_in_chromium(server):
             assert "6 layers x 12 heads" in page.locator('[data-testid="stSidebar"]').inner_text()
             shots.append(shot(page, 1, "home"))
 
-            go(page, "Model and data", "Model & data", "Measure the base model")
+            nav_text = page.locator('[data-testid="stSidebar"]').inner_text()
+            assert "Home" in nav_text and "\napp\n" not in f"\n{nav_text}\n"      # the home page is named
+
+            go(page, "Model & data", "Model & data", "Measure the base model")
             no_exception(page)
             shots.append(shot(page, 2, "model_and_data"))
 
@@ -103,8 +113,27 @@ def test_walk_the_main_path_in_chromium(server):
             page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=STEP_MS)
             no_exception(page)
             shots.append(shot(page, 3, "attention"))
+            box = page.get_by_role("textbox", name="Sentence")
+            box.fill(" ".join(["A remarkably long and winding review of a film that never ends."] * 450))
+            box.press("Enter")
+            main(page).get_by_text("tokens were kept").wait_for(timeout=STEP_MS)
+            wait_idle(page, STEP_MS)
+            no_exception(page)
+            shots.append(shot(page, 3, "b_long_text_notice"))
 
             go(page, "Heads", "Head importance", "Compute importance")
+            page.locator('[data-testid="stSelectbox"]').filter(has_text="Method").click()
+            page.get_by_role("option", name="ablation").click()
+            wait_idle(page)
+            main(page).get_by_text("Estimated time for ablation importance").wait_for(timeout=STEP_MS)
+            click_button(page, "Compute importance")
+            main(page).get_by_text(re.compile(r"elapsed, about .* left")).first.wait_for(timeout=STEP_MS)
+            shots.append(shot(page, 4, "a_estimate_long_job"))
+            click_button(page, "Stop")
+            wait_idle(page, STEP_MS)
+            page.locator('[data-testid="stSelectbox"]').filter(has_text="Method").click()
+            page.get_by_role("option", name="gradient").click()
+            wait_idle(page)
             click_button(page, "Compute importance")
             page.get_by_role("heading", name="Ranking").wait_for(timeout=STEP_MS)
             wait_idle(page, STEP_MS)
@@ -113,6 +142,18 @@ def test_walk_the_main_path_in_chromium(server):
 
             go(page, "Prune", "Prune", "Create variant")
             set_measurement(page, 300, 5)
+            slider = main(page).get_by_role("slider").first            # fraction of heads to remove
+            slider.focus()
+            slider.press("End")                                         # 100%: every head
+            main(page).get_by_text("I understand: create this variant anyway").wait_for(timeout=STEP_MS)
+            wait_idle(page)
+            no_exception(page)
+            shots.append(shot(page, 5, "a_confirm_all_heads"))
+            slider.press("Home")
+            for _ in range(5):                                          # 0% -> 25%
+                slider.press("ArrowRight")
+            main(page).get_by_text("Removes 18 of 72 heads").wait_for(timeout=STEP_MS)
+            wait_idle(page)
             click_button(page, "Create variant")
             main(page).get_by_text("Saved variant").wait_for(timeout=STEP_MS)
             wait_idle(page, STEP_MS)
@@ -121,7 +162,7 @@ def test_walk_the_main_path_in_chromium(server):
 
             go(page, "Quantize", "Quantize", "Create variant")
             page.locator('[data-testid="stSelectbox"]').filter(has_text="Start from").click()   # open it
-            page.get_by_role("option", name="heads-25% (1 steps)").click()
+            page.get_by_role("option", name="heads-25% (18 of 72) (1 steps)").click()
             wait_idle(page)
             click_button(page, "Create variant")
             main(page).get_by_text("Saved variant").wait_for(timeout=STEP_MS)
@@ -146,6 +187,12 @@ def test_walk_the_main_path_in_chromium(server):
             wait_idle(page, STEP_MS)
             no_exception(page)
             shots.append(shot(page, 8, "export"))
+
+            reports = sorted(Path(os.environ["AXLAB_DATA"]).glob(f"exports/{ws}/*/report/report.html"))
+            assert reports, "the export wrote no report.html"
+            page.goto(reports[-1].as_uri())
+            page.wait_for_load_state("load")
+            shots.append(shot(page, 9, "report_recipes"))
         finally:
             page.screenshot(path=str(ARTIFACTS / "last.png"))
             browser.close()
