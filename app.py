@@ -11,8 +11,7 @@ from ui.state import init_state, load_base, show_error
 
 st.set_page_config(page_title="axlab workbench", page_icon=":material/compress:", layout="wide")
 init_state()
-# The page text goes out first; the sidebar (which loads torch and the model, a few
-# seconds on a cold start) fills in after it.
+# The page text goes out first; the sidebar fills in after it without waiting for torch.
 
 st.title("axlab workbench")
 st.markdown(
@@ -42,9 +41,12 @@ with st.expander("How the workbench keeps your work"):
 status = st.empty()
 from ui.sidebar import sidebar  # noqa: E402
 
-sidebar()
-try:
-    load_base(st.session_state.source, st.session_state.allow_pickle)
-except Exception as e:  # noqa: BLE001  (a new user sees what to do, not a traceback)
-    with status.container():
-        show_error(e)
+# The sidebar describes the model from its config.json and loads it in the background (the next page
+# finds it ready); only when that is not possible (a hub id, a missing model) does the home page wait for the
+# load, to show what is wrong.
+if not sidebar(quick=True):
+    try:
+        load_base(st.session_state.source, st.session_state.allow_pickle)
+    except Exception as e:  # noqa: BLE001  (a new user sees what to do, not a traceback)
+        with status.container():
+            show_error(e)

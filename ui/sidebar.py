@@ -50,13 +50,35 @@ def refresh_variants() -> None:
             st.caption("None yet: prune or quantize to make one.")
 
 
-def sidebar() -> None:
-    """Initialise session state (pages can be opened directly) and draw the shared sidebar."""
+def sidebar(quick: bool = False) -> bool:
+    """Initialise session state (pages can be opened directly) and draw the shared sidebar.
+
+    ``quick`` (the home page): describe the model from its config.json and load it in the
+    background instead of waiting for torch and the weights. Returns whether the model line
+    came from the quick path (the caller then has not checked that the model loads).
+    """
     init_state()
     source, dataset, ws = current()
     sb = st.sidebar
     nav()
     sb.markdown("### axlab workbench")
+    from .quick import describe, warm
+    line = describe(source) if quick else None
+    if line is not None:
+        sb.markdown(f"**Model:** `{source}`  \n{line}")
+        warm(source, st.session_state.allow_pickle)
+    else:
+        _model_line(source)
+    _data_line(dataset)
+    _workspace_box()
+    st.session_state["_variants_box"] = sb.empty()
+    refresh_variants()
+    running_jobs(ws)
+    return line is not None
+
+
+def _model_line(source: str) -> None:
+    sb = st.sidebar
     try:
         bundle = load_base(source, st.session_state.allow_pickle)
         sb.markdown(f"**Model:** `{source}`  \n{bundle.arch}, {bundle.n_layers} layers x {bundle.n_heads} heads, "
@@ -64,6 +86,10 @@ def sidebar() -> None:
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
         sb.markdown(f"**Model:** `{source}`")
         sb.warning(getattr(e, "message", str(e)), icon=":material/warning:")
+
+
+def _data_line(dataset: str) -> None:
+    sb = st.sidebar
     try:
         splits = current_splits()
         sizes = splits.sizes
@@ -72,10 +98,6 @@ def sidebar() -> None:
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
         sb.markdown(f"**Data:** `{dataset}`")
         sb.warning(getattr(e, "message", str(e)), icon=":material/warning:")
-    _workspace_box()
-    st.session_state["_variants_box"] = sb.empty()
-    refresh_variants()
-    running_jobs(ws)
 
 
 def running_jobs(ws: str) -> None:
