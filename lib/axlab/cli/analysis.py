@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from axlab.cli.common import add_model_args, emit
+from axlab.cli.common import add_model_args, data_notes, emit, load_bundle, load_splits, positive_int
 
 __all__ = ["add_commands"]
 
@@ -24,22 +24,39 @@ def _matrix(a) -> list[list[float | None]]:
 
 
 def _load(args):
-    from axlab.core.loading import load_model
-    return load_model(args.model, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    return load_bundle(args)
 
 
-def _split(args):
-    from axlab.core.data import load_dataset
-    splits = load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column)
+def _split(args, bundle):
+    """The chosen split, its labels matched to the model's by name."""
+    splits = load_splits(args, bundle)
     return splits, splits[args.split].head(args.limit)
+
+
+def _target(bundle, target: str | None) -> int | None:
+    """--target as a class index or one of the model's label names."""
+    if target is None:
+        return None
+    names = list(bundle.labels)
+    if target in names:
+        return names.index(target)
+    folded = [n.casefold() for n in names]
+    if target.casefold() in folded and folded.count(target.casefold()) == 1:
+        return folded.index(target.casefold())
+    if target.lstrip("-").isdigit() and 0 <= int(target) < len(names):
+        return int(target)
+    from axlab.core.errors import AxlabError
+    raise AxlabError(f"--target {target!r} is not one of the model's classes.",
+                     "Use a label name or an index: " + ", ".join(f"{i} = {n}" for i, n in enumerate(names)) + ".")
 
 
 def cmd_importance(args) -> None:
     from axlab.analysis.importance import METHODS, agreement, head_ablation, head_importance, rank_heads
     bundle = _load(args)
-    splits, split = _split(args)
+    splits, split = _split(args, bundle)
     methods = list(METHODS) if args.method == "all" else [args.method]
-    out: dict = {"model": args.model, "dataset": splits.name, "split": args.split, "n": len(split), "methods": {}}
+    out: dict = {"model": args.model, "dataset": splits.name, "split": args.split, "n": len(split), "methods": {},
+                 "notes": data_notes(splits)}
     imps = {}
     for method in methods:
         kw = {"n_steps": args.n_steps} if method == "captum" else {}
@@ -88,7 +105,7 @@ def cmd_attention(args) -> None:
 def cmd_head_stats(args) -> None:
     from axlab.analysis.head_stats import head_statistics
     bundle = _load(args)
-    splits, split = _split(args)
+    splits, split = _split(args, bundle)
     t0 = time.perf_counter()
     stats = head_statistics(bundle.model, bundle.tokenizer, split, cache_results=not args.no_cache)
     out = {"model": args.model, "dataset": splits.name, "split": args.split, "n": len(split),
@@ -99,14 +116,15 @@ def cmd_head_stats(args) -> None:
 def cmd_attribute(args) -> None:
     from axlab.analysis.attributions import token_attributions
     bundle = _load(args)
-    a = token_attributions(bundle.model, bundle.tokenizer, args.text, target=args.target, n_steps=args.n_steps,
+    a = token_attributions(bundle.model, bundle.tokenizer, args.text, target=_target(bundle, args.target),
+                           n_steps=args.n_steps,
                            method=args.method)
     emit({"model": args.model, **a.to_dict()}, args.json)
 
 
 def _data_args(p: argparse.ArgumentParser, limit: int | None) -> None:
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
-    p.add_argument("--limit", type=int, default=limit, help="first N examples of the split")
+    p.add_argument("--limit", type=positive_int, default=limit, help="first N examples of the split")
     p.add_argument("--no-cache", action="store_true", help="recompute even if a cached result exists")
 
 
@@ -136,7 +154,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("attribute", help="token attributions (integrated gradients) for one sentence")
     add_model_args(p, dataset=False)
     p.add_argument("--text", required=True)
-    p.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
+    p.add_argument("--target", help="class to explain, by label name or index (default: the predicted one)")
     p.add_argument("--n-steps", type=int, default=50)
     p.add_argument("--method", default="auto", choices=["auto", "integrated_gradients", "occlusion"])
     p.set_defaults(fn=cmd_attribute)

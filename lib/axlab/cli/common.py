@@ -1,4 +1,4 @@
-"""What every ``axlab`` command shares: the model/data arguments and the output format."""
+"""What every ``axlab`` command shares: the model/data arguments, loading both (labels matched), the output format."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-__all__ = ["emit", "add_model_args"]
+__all__ = ["emit", "add_model_args", "add_data_args", "load_bundle", "load_splits", "load_model_and_data",
+           "data_notes", "positive_int"]
 
 
 def emit(obj, as_json: bool) -> None:
@@ -17,13 +18,106 @@ def emit(obj, as_json: bool) -> None:
             sys.stdout.write(f"{k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}\n")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (refused before anything slow runs)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {v}")
+    return v
+
+
+def add_data_args(p: argparse.ArgumentParser, default: str | None = "rotten_tomatoes") -> None:
+    p.add_argument("--dataset", default=default,
+                   help="registry name (see `axlab datasets`), a CSV/TSV path, or a JSON manifest of split files")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--train", metavar="FILE", help="your training split (CSV/TSV), used as given")
+    p.add_argument("--validation", metavar="FILE", help="your validation split, used as given")
+    p.add_argument("--test", metavar="FILE", help="your test split, used as given")
+    p.add_argument("--split-column", help="a column of the --dataset file saying train / validation / test "
+                                          "(a column named 'split' is used automatically)")
+    p.add_argument("--seed", type=int, default=0, help="seed for a split axlab makes itself")
+
+
 def add_model_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
     p.add_argument("model", nargs="?", default="default", help="'default', a local folder or a hub id")
     p.add_argument("--allow-pickle", action="store_true", help="allow a pickle (.bin) checkpoint you trust")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (only if trusted)")
     if dataset:
-        p.add_argument("--dataset", default="rotten_tomatoes", help="registry name or a CSV/TSV path")
-        p.add_argument("--text-column")
-        p.add_argument("--label-column")
-        p.add_argument("--seed", type=int, default=0)
+        add_data_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def load_bundle(args):
+    from axlab.core.loading import load_model
+    return load_model(args.model, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+
+
+def load_splits(args, bundle=None):
+    """The dataset named by the arguments, its labels matched to ``bundle``'s model by name (DataError if not)."""
+    from axlab.core.data import align_labels, load_dataset
+    splits = load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column,
+                          train=getattr(args, "train", None), validation=getattr(args, "validation", None),
+                          test=getattr(args, "test", None), split_column=getattr(args, "split_column", None))
+    return align_labels(splits, bundle.model) if bundle is not None else splits
+
+
+def load_model_and_data(args):
+    """(bundle, splits): the data is loaded second but checked against the model's labels at once."""
+    bundle = load_bundle(args)
+    return bundle, load_splits(args, bundle)
+
+
+def data_notes(splits) -> list[str]:
+    """What a reader of the figures must know about the data (who split it, how labels were matched)."""
+    return list(getattr(splits, "notes", []) or [])
+
+
+def measure_against_base(base_model, model, tokenizer, split, args, split_name: str = "test") -> tuple[dict, dict, dict]:
+    """(base, variant, compare): both measured on ``split``; latency interleaved in the same rounds.
+
+    ``compare`` holds the accuracy change, the size ratio and, per batch size, the speed-up with
+    its range over the rounds and ``within_noise`` (the rounds overlap: not a result).
+    """
+    from axlab.core.measure import describe_speedup, measure
+    with_latency = not getattr(args, "no_latency", False)
+    threads = getattr(args, "threads", None)
+    base = measure(base_model, tokenizer, split, split_name=split_name, with_latency=False, progress=False).to_dict()
+    new = measure(model, tokenizer, split, split_name=split_name, with_latency=with_latency, threads=threads,
+                  progress=False, compare_to=base_model if with_latency else None).to_dict()
+    compare = {"accuracy_delta_points": round(100 * (new["accuracy"] - base["accuracy"]), 2),
+               "size_ratio": new["size_bytes"] / base["size_bytes"] if base.get("size_bytes") else None}
+    vs = new.get("latency_vs_base")
+    if vs:
+        for key in ("b1", "b32"):
+            r = vs[key]
+            base[f"latency_{key}_ms"], base[f"latency_{key}_spread_ms"] = r["base_ms"], r["base_spread_ms"]
+            compare[f"speedup_{key}"] = r["speedup"]
+            compare[f"speedup_{key}_range"] = r["speedup_range"]
+            compare[f"within_noise_{key}"] = r["within_noise"]
+            compare[f"speedup_{key}_text"] = describe_speedup(r)
+        compare["latency_note"] = (f"base and variant measured interleaved in {vs['b1']['rounds']} rounds; a ratio "
+                                   "is 'within noise' when the per-round medians of the two overlap")
+    return base, new, compare
+
+
+def save_variant(args, splits, recipe: list, measurements: dict, base_measurements: dict | None = None,
+                 notes: str = "") -> str | None:
+    """Save the variant (``--save NAME``) and, once per workspace, the base model it is compared with."""
+    if not getattr(args, "save", None):
+        return None
+    from axlab.core.measure import hardware_info
+    from axlab.store.variants import Variant, VariantStore
+    store, hw = VariantStore(), hardware_info()
+    ws = getattr(args, "workspace", None) or "default"
+    kw = {"workspace": ws} if "workspace" in Variant.__dataclass_fields__ else {}
+    if base_measurements and not any(not v.recipe for v in store.list(workspace=ws, base=args.model,
+                                                                        dataset=splits.name)):
+        store.add(Variant(name="base", base=args.model, dataset=splits.name, recipe=[],
+                          measurements=base_measurements, hardware=hw, **kw))
+    v = store.add(Variant(name=args.save, base=args.model, dataset=splits.name, recipe=list(recipe),
+                          measurements=measurements, hardware=hw, notes=notes, **kw))
+    return v.id

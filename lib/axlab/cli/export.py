@@ -14,16 +14,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from axlab.cli.common import add_model_args, emit
+from axlab.cli.common import add_model_args, emit, load_splits, positive_int
 
 __all__ = ["add_commands", "cmd_export", "cmd_report"]
 
 log = logging.getLogger(__name__)
-
-
-def _splits(args):
-    from axlab.core.data import load_dataset
-    return load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column)
 
 
 def cmd_export(args) -> None:
@@ -39,7 +34,7 @@ def cmd_export(args) -> None:
     variant = store.get(args.variant) if args.variant else None
     source = variant.base if variant is not None and args.model == "default" else args.model
     bundle = load_model(source, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
-    splits = _splits(args)
+    splits = load_splits(args, bundle)
     if variant is not None:
         model = apply_recipe(bundle.model, variant.recipe, tokenizer=bundle.tokenizer, splits=splits)
         recipe, measurements, name = variant.recipe, dict(variant.measurements), args.name or variant.name
@@ -48,13 +43,27 @@ def cmd_export(args) -> None:
         recipe = list(getattr(model, "axlab_recipe", []) or [])
         measurements, name = dict(bundle.info.get("measurements") or {}), args.name or "base"
     split = splits[args.split].head(args.limit)
-    if measurements.get("accuracy") is None and not args.no_measure:
-        measurements.update(measure(model, bundle.tokenizer, split, split_name=args.split).to_dict())
+    base_measurements = None
+    if not args.no_measure and (measurements.get("accuracy") is None or variant is not None):
+        # the variant and its base, latency interleaved in the same rounds (the report's base row and ratios)
+        m = measure(model, bundle.tokenizer, split, split_name=args.split,
+                    compare_to=bundle.model if variant is not None else None).to_dict()
+        if variant is None or measurements.get("accuracy") is None:
+            measurements.update(m)
+        if variant is not None:
+            base_measurements = measure(bundle.model, bundle.tokenizer, split, split_name=args.split,
+                                        with_latency=False).to_dict()
+            vs = m["latency_vs_base"]
+            for key in ("b1", "b32"):
+                base_measurements[f"latency_{key}_ms"] = vs[key]["base_ms"]
+                base_measurements[f"latency_{key}_spread_ms"] = vs[key]["base_spread_ms"]
+            measurements.setdefault("latency_vs_base", vs)
     others = store.list(workspace=args.workspace, base=source, dataset=splits.name)
     res = export_all(model, bundle.tokenizer, args.out, recipe=recipe, measurements=measurements, base=source,
                      labels=bundle.labels, name=name, dataset=splits.name, overwrite=args.overwrite,
                      onnx=args.onnx, int8=args.int8, splits=None if args.no_measure else splits,
-                     measure_split=args.split, limit=args.limit, report_variants=others, report=not args.no_report)
+                     measure_split=args.split, limit=args.limit, report_variants=others, report=not args.no_report,
+                     base_measurements=base_measurements)
     if variant is not None:
         new = {k: res.measurements[k] for k in ("onnx", "onnx_int8") if k in res.measurements}
         if new:
@@ -82,12 +91,10 @@ def cmd_report(args) -> None:
                          "--workspace (see `axlab variants`).")
     splits = None
     datasets = {v.dataset for v in variants}
-    if len(datasets) == 1:
-        try:
-            from axlab.core.data import load_dataset
-            splits = load_dataset(next(iter(datasets)), seed=args.seed)
-        except AxlabError as e:
-            log.warning("data split hashes left out: %s", e.message)
+    from axlab.core.data import DATASETS
+    if len(datasets) == 1 and next(iter(datasets)) in DATASETS:     # a user's file: its path is not recorded here
+        from axlab.core.data import load_dataset
+        splits = load_dataset(next(iter(datasets)), seed=args.seed)
     paths = write_report(variants, args.out, splits=splits, title=args.title, overwrite=args.overwrite)
     emit({"variants": len(variants), **{k: str(p) for k, p in paths.items()}}, args.json)
 
@@ -105,7 +112,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-report", action="store_true", help="skip the comparison report")
     s.add_argument("--no-measure", action="store_true", help="do not measure accuracy/latency (faster)")
     s.add_argument("--split", default="test", choices=["validation", "test"])
-    s.add_argument("--limit", type=int, default=None, help="measure on the first N examples of the split")
+    s.add_argument("--limit", type=positive_int, default=None, help="measure on the first N examples of the split")
     s.add_argument("--workspace", default="default", help="variants to compare against in the report")
     s.set_defaults(fn=cmd_export)
 

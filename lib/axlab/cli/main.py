@@ -13,30 +13,54 @@ import logging
 import sys
 
 from axlab.cli import analysis, export, prune, quantize, sweep
-from axlab.cli.common import add_model_args, emit
+from axlab.cli.common import add_data_args, add_model_args, data_notes, emit, load_model_and_data, positive_int
 from axlab.core.errors import AxlabError
 
 COMMAND_MODULES = (analysis, prune, quantize, export, sweep)   # each adds its commands with add_commands(sub)
 
 
+def _card_summary(card: dict) -> dict:
+    return {"folder": card["folder"], "test_accuracy": (card.get("test") or {}).get("accuracy"),
+            "test_macro_f1": (card.get("test") or {}).get("macro_f1"),
+            "validation_accuracy": (card.get("validation") or {}).get("accuracy"), "cached": card["cached"],
+            "train_seconds": card["train_seconds"], "labels": card.get("labels"),
+            "split_sizes": card.get("split_sizes"), "notes": [n for n in (card.get("split_note"),) if n],
+            "use_it": f"axlab eval {card['folder']} ...  (or pass the folder as the model anywhere)"}
+
+
 def cmd_prepare(args) -> None:
     from axlab.core.train import prepare
-    card = prepare(force=args.force)
-    emit({"folder": card["folder"], "test_accuracy": card["test"]["accuracy"],
-          "validation_accuracy": card["validation"]["accuracy"], "cached": card["cached"],
-          "train_seconds": card["train_seconds"]}, args.json)
+    emit(_card_summary(prepare(force=args.force)), args.json)
+
+
+def cmd_train(args) -> None:
+    from axlab.cli.common import load_splits
+    from axlab.core.train import TrainConfig, train
+    if args.patience < 0:
+        from axlab.core.errors import AxlabError
+        raise AxlabError(f"--patience must be 0 or more, not {args.patience}.", "Use e.g. --patience 1 (0: no early stopping).")
+    if args.dataset is None and not (args.train or args.validation or args.test):
+        from axlab.core.errors import DataError
+        from axlab.core.data import DATASETS
+        raise DataError("No data to train on.", f"Pass --dataset (one of {', '.join(DATASETS)}, or a CSV/TSV file) "
+                                                "or your own splits with --train FILE [--validation FILE --test FILE].")
+    splits = load_splits(args)
+    cfg = TrainConfig(dataset=splits.name, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, max_length=args.max_length, encoder=args.encoder,
+                      patience=None if args.patience == 0 else args.patience, max_train=args.max_train)
+    card = train(cfg, splits=splits, out=args.out, force=args.force, progress=None if args.progress else False)
+    emit(_card_summary(card), args.json)
 
 
 def cmd_eval(args) -> None:
-    from axlab.core.data import load_dataset
-    from axlab.core.loading import load_model
     from axlab.core.measure import hardware_info, measure
-    bundle = load_model(args.model, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
-    splits = load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column)
+    bundle, splits = load_model_and_data(args)
     split = splits[args.split].head(args.limit)
     m = measure(bundle.model, bundle.tokenizer, split, split_name=args.split, with_latency=not args.no_latency,
                 threads=args.threads)
-    emit({"model": args.model, "dataset": splits.name, **m.to_dict(), "hardware": hardware_info()}, args.json)
+    out = {"model": args.model, "dataset": splits.name, **m.to_dict(),
+           "notes": data_notes(splits) + list(m.notes or []), "hardware": hardware_info()}
+    emit(out, args.json)
 
 
 def cmd_datasets(args) -> None:
@@ -59,10 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_prepare)
-    s = sub.add_parser("eval", help="accuracy, macro-F1, latency and size of a model")
+    s = sub.add_parser("train", help="fine-tune an encoder (default: the packaged MiniLM) on a dataset; cached")
+    from axlab.core.train import TRAIN_DEFAULTS, TrainConfig
+    d = TrainConfig()
+    s.add_argument("--encoder", default="minilm",
+                   help="'minilm' (the packaged encoder), a model folder or a hub id, with or without a head")
+    add_data_args(s, default=None)
+    s.add_argument("--epochs", type=positive_int, default=TRAIN_DEFAULTS["epochs"], help="at most this many epochs")
+    s.add_argument("--patience", type=int, default=TRAIN_DEFAULTS["patience"],
+                   help="stop after this many epochs without a better validation score (0: no early stopping)")
+    s.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    s.add_argument("--lr", type=float, default=d.lr)
+    s.add_argument("--max-length", type=positive_int, default=TRAIN_DEFAULTS["max_length"])
+    s.add_argument("--max-train", type=positive_int, default=None, help="train on a seeded subset of N examples")
+    s.add_argument("--out", help="save here instead of the cache (a model folder)")
+    s.add_argument("--force", action="store_true", help="train again even if cached")
+    s.add_argument("--progress", action="store_true", help="show a progress bar")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_train)
+    s = sub.add_parser("eval", help="accuracy, macro-F1, per-class figures, latency and size of a model")
     add_model_args(s)
     s.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    s.add_argument("--limit", type=int, default=None, help="first N examples of the split")
+    s.add_argument("--limit", type=positive_int, default=None, help="first N examples of the split")
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--no-latency", action="store_true")
     s.set_defaults(fn=cmd_eval)
@@ -86,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except AxlabError as e:
         sys.stderr.write(f"error: {e.message}\n" + (f"how to fix: {e.hint}\n" if e.hint else ""))
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
     return 0
 
 

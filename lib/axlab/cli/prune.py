@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from axlab.cli.common import add_model_args, emit
+from axlab.cli.common import (add_model_args, data_notes, emit, load_model_and_data, measure_against_base,
+                              positive_int, save_variant)
 
 __all__ = ["add_commands"]
 
@@ -18,44 +19,21 @@ def _layers_arg(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def _load(args):
-    from axlab.core.data import load_dataset
-    from axlab.core.loading import load_model
-    bundle = load_model(args.model, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
-    splits = load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column)
-    return bundle, splits
-
-
-def _measure(model, tok, split, args) -> dict:
-    from axlab.core.measure import measure
-    return measure(model, tok, split, split_name="test", with_latency=not args.no_latency, threads=args.threads,
-                   progress=False).to_dict()
-
-
-def _save(args, splits, model, measurements: dict, notes: str = "") -> str | None:
-    if not args.save:
-        return None
-    from axlab.core.measure import hardware_info
-    from axlab.store.variants import Variant, VariantStore
-    v = VariantStore().add(Variant(name=args.save, base=args.model, dataset=splits.name,
-                                   recipe=list(getattr(model, "axlab_recipe", [])), measurements=measurements,
-                                   hardware=hardware_info(), notes=notes))
-    return v.id
-
-
-def _compare(base: dict, new: dict) -> dict:
-    out = {"accuracy_delta_points": round(100 * (new["accuracy"] - base["accuracy"]), 2),
-           "size_ratio": new["size_bytes"] / base["size_bytes"] if base.get("size_bytes") else None}
-    if base.get("latency_b1_ms") and new.get("latency_b1_ms"):
-        out["speedup_b1"] = base["latency_b1_ms"] / new["latency_b1_ms"]
-        out["speedup_b32"] = base["latency_b32_ms"] / new["latency_b32_ms"]
-    return out
+def _check(args) -> None:
+    """Refuse bad fractions before loading anything."""
+    from axlab.core.errors import AxlabError
+    for flag in ("heads_fraction", "ffn_fraction", "unstructured"):
+        v = getattr(args, flag, 0.0) or 0.0
+        if not 0.0 <= v < 1.0:
+            raise AxlabError(f"--{flag.replace('_', '-')} must be at least 0 and below 1, not {v}.",
+                             f"Use e.g. --{flag.replace('_', '-')} 0.3 (the fraction to remove).")
 
 
 def cmd_prune(args) -> None:
     from axlab.compress import prune
     from axlab.core.errors import AxlabError
-    bundle, splits = _load(args)
+    _check(args)
+    bundle, splits = load_model_and_data(args)
     model, tok = bundle.model, bundle.tokenizer
     test = splits.test.head(args.limit)
     info: dict = {}
@@ -91,16 +69,16 @@ def cmd_prune(args) -> None:
         out = distill(out, model, tok, splits.train, steps=args.distill_steps, teacher_source="base", progress=False)
         info["distill_steps"] = args.distill_steps
     info["seconds"] = round(time.time() - t0, 1)
-    base_m, new_m = _measure(model, tok, test, args), _measure(out, tok, test, args)
-    vid = _save(args, splits, out, new_m)
+    base_m, new_m, compare = measure_against_base(model, out, tok, test, args)
+    vid = save_variant(args, splits, list(getattr(out, "axlab_recipe", [])), new_m, base_m)
     emit({"model": args.model, "dataset": splits.name, "test_n": len(test), "baseline": base_m, "pruned": new_m,
-          "compare": _compare(base_m, new_m), **info, "recipe_ops": [s["op"] for s in out.axlab_recipe],
-          "variant_id": vid, "note": "timings on a shared machine are noisy"}, args.json)
+          "compare": compare, **info, "recipe_ops": [s["op"] for s in out.axlab_recipe],
+          "variant_id": vid, "notes": data_notes(splits)}, args.json)
 
 
 def cmd_axformer(args) -> None:
     from axlab.compress.axformer import SearchConfig, cached_search
-    bundle, splits = _load(args)
+    bundle, splits = load_model_and_data(args)
     cfg = SearchConfig(tolerance=args.tolerance, n_val=args.n_val, time_budget_s=args.time_budget,
                        ffn_groups=args.ffn_groups, topk_values=tuple(args.topk),
                        criterion=args.criterion, significance=args.significance,
@@ -108,16 +86,17 @@ def cmd_axformer(args) -> None:
     res = cached_search(bundle.model, bundle.tokenizer, splits, config=cfg, hard_attention=not args.no_hard_attention,
                         refresh=args.refresh, progress=False)
     test = splits.test.head(args.limit)
-    base_m, new_m = _measure(bundle.model, bundle.tokenizer, test, args), _measure(res.model, bundle.tokenizer, test, args)
-    vid = _save(args, splits, res.model, new_m, notes="AxFormer search")
+    base_m, new_m, compare = measure_against_base(bundle.model, res.model, bundle.tokenizer, test, args)
+    vid = save_variant(args, splits, list(getattr(res.model, "axlab_recipe", res.recipe)), new_m, base_m,
+                       notes="AxFormer search")
     emit({"model": args.model, "dataset": splits.name, "search": res.summary(), "recipe": res.recipe,
-          "baseline_test": base_m, "axformer_test": new_m, "compare": _compare(base_m, new_m), "variant_id": vid,
-          "note": "search decisions used validation only; figures are on test; timings on a shared machine are noisy"},
+          "baseline_test": base_m, "axformer_test": new_m, "compare": compare, "variant_id": vid,
+          "notes": data_notes(splits) + ["search decisions used validation only; figures are on test"]},
          args.json)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=None, help="measure on the first N test examples")
+    p.add_argument("--limit", type=positive_int, default=None, help="measure on the first N test examples")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--save", metavar="NAME", help="save the variant (recipe + measurements) to the store")

@@ -9,9 +9,43 @@ from __future__ import annotations
 
 import time
 
-from axlab.cli.common import add_model_args
+from axlab.cli.common import (add_model_args, data_notes, emit, load_model_and_data, measure_against_base,
+                              positive_int, save_variant)
 
-__all__ = ["add_commands", "recipe_from_args"]
+DEFAULT_BITS = 4
+DEFAULT_CALIBRATION = 256
+
+__all__ = ["add_commands", "recipe_from_args", "check_args"]
+
+
+def check_args(args) -> None:
+    """Refuse options that do not fit the method, before the model and data load. Fills the defaults."""
+    from axlab.core.errors import AxlabError
+    if args.method == "int8":
+        given = [f for f, v in (("--bits", args.bits), ("--group-size", args.group_size),
+                                ("--calibration", args.calibration), ("--avg-bits", args.avg_bits)) if v is not None]
+        if given:
+            raise AxlabError(f"{', '.join(given)} do(es) not apply to --method int8 (always 8-bit dynamic "
+                             "quantization).", "Drop them, or use --method rtn / --method gpfq for k-bit weights.")
+        return
+    args.bits = DEFAULT_BITS if args.bits is None else args.bits
+    if not 2 <= args.bits <= 8:
+        raise AxlabError(f"--bits must be between 2 and 8, not {args.bits}.", "Use e.g. --bits 4.")
+    if args.group_size is not None and args.group_size < 1:
+        raise AxlabError(f"--group-size must be at least 1, not {args.group_size}.",
+                         "Use e.g. --group-size 64, or leave it out for one scale per output channel.")
+    if args.method != "gpfq":
+        given = [f for f, v in (("--calibration", args.calibration), ("--avg-bits", args.avg_bits)) if v is not None]
+        if given:
+            raise AxlabError(f"{', '.join(given)} only apply to --method gpfq.", "Drop them, or use --method gpfq.")
+        return
+    args.calibration = DEFAULT_CALIBRATION if args.calibration is None else args.calibration
+    if args.calibration < 1:
+        raise AxlabError(f"--calibration must be a positive number of texts, not {args.calibration}.",
+                         f"Use e.g. --calibration {DEFAULT_CALIBRATION} (texts drawn from the training split).")
+    if args.avg_bits is not None and not min(args.candidates) <= args.avg_bits <= max(args.candidates):
+        raise AxlabError(f"--avg-bits {args.avg_bits} is outside the candidate widths {args.candidates}.",
+                         "Pick an average between the smallest and largest --candidates.")
 
 
 def recipe_from_args(args) -> list[dict]:
@@ -38,33 +72,32 @@ def recipe_from_args(args) -> list[dict]:
 
 def cmd_quantize(args) -> None:
     from axlab.compress import apply_recipe
-    from axlab.core.data import load_dataset
-    from axlab.core.loading import load_model
-    from axlab.core.measure import hardware_info, measure
-    from axlab.store.variants import Variant, VariantStore
+    from axlab.core.errors import AxlabError
 
-    bundle = load_model(args.model, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
-    splits = load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column)
+    check_args(args)                                     # before anything slow
     recipe = recipe_from_args(args)
+    bundle, splits = load_model_and_data(args)
+    if args.method == "gpfq" and len(splits.train) == 0:
+        raise AxlabError("GPFQ calibrates on the training split, and this data has none.",
+                         "Give a training file (--train FILE) or use --method rtn / int8.")
     t0 = time.perf_counter()
     model = apply_recipe(bundle.model, recipe, tokenizer=bundle.tokenizer, splits=splits, progress=False)
     seconds = time.perf_counter() - t0
     split = splits[args.split].head(args.limit)
-    m = measure(model, bundle.tokenizer, split, split_name=args.split, with_latency=not args.no_latency,
-                threads=args.threads, progress=False)
+    base_m, m, compare = measure_against_base(bundle.model, model, bundle.tokenizer, split, args, args.split)
     out = {"model": args.model, "dataset": splits.name, "method": args.method,
            "bits": None if args.method == "int8" else args.bits, "recipe": recipe,
-           "quantize_seconds": round(seconds, 2), **m.to_dict()}
+           "quantize_seconds": round(seconds, 2), **m, "baseline": base_m, "compare": compare,
+           "notes": data_notes(splits) + list(m.get("notes") or [])}
     report = getattr(model, "axlab_gpfq_report", None)
     if report is not None:
         rows = report.layers
         out["gpfq"] = {"mean_rel_error": sum(r["rel_error"] for r in rows) / max(len(rows), 1),
                        "mean_rtn_rel_error": sum(r["rtn_rel_error"] for r in rows) / max(len(rows), 1),
                        "bits_per_layer": {r["name"]: r["bits"] for r in rows}, "n_tokens": report.n_tokens}
-    if args.save:
-        v = VariantStore().add(Variant(name=args.save, base=args.model, dataset=splits.name, recipe=recipe,
-                                       measurements=m.to_dict(), hardware=hardware_info()))
-        out["variant_id"] = v.id
+    vid = save_variant(args, splits, recipe, m, base_m)
+    if vid:
+        out["variant_id"] = vid
     emit(out, args.json)
 
 
@@ -72,11 +105,12 @@ def add_commands(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a model (int8, k-bit RTN, GPFQ) and measure it")
     add_model_args(p)
     p.add_argument("--method", choices=["int8", "rtn", "gpfq"], default="gpfq")
-    p.add_argument("--bits", type=int, default=4, help="2..8 (rtn, gpfq)")
+    p.add_argument("--bits", type=int, default=None, help=f"2..8 (rtn, gpfq; default {DEFAULT_BITS})")
     p.add_argument("--group-size", type=int, default=None, help="one scale per group of inputs (default per channel)")
     p.add_argument("--embeddings", action="store_true", help="also store the word embeddings in 8 bits per row")
     p.add_argument("--scale-search", action="store_true", help="rtn: pick scales by weight MSE")
-    p.add_argument("--calibration", type=int, default=256, help="gpfq: calibration texts from the training split")
+    p.add_argument("--calibration", type=int, default=None,
+                   help=f"gpfq: calibration texts from the training split (default {DEFAULT_CALIBRATION})")
     p.add_argument("--sparsity", type=float, default=0.0, help="gpfq: soft threshold (in steps) for zeros")
     p.add_argument("--avg-bits", type=float, default=None, help="gpfq: mixed precision under this average")
     p.add_argument("--candidates", type=int, nargs="+", default=[2, 3, 4],
@@ -87,7 +121,7 @@ def add_commands(sub) -> None:
     p.add_argument("--no-scale-search", action="store_true", help="gpfq: plain max scaling")
     p.add_argument("--no-bias-correction", action="store_true")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N examples of the split")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--save", metavar="NAME", help="add the variant (recipe + measurements) to the variant store")

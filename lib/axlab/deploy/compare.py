@@ -23,17 +23,18 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["RUNTIMES", "COLUMNS", "LABELS", "as_record", "variants_table", "pareto_front", "tradeoff_figure",
-           "figures", "display_table"]
+           "figures", "display_table", "confusion_figure", "per_class_table"]
 
 RUNTIMES = {"pytorch": None, "onnxruntime": "onnx", "onnxruntime-int8": "onnx_int8"}
 COLUMNS = ["name", "runtime", "accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_mb", "size_bytes",
            "params", "accuracy_delta", "speedup_b1", "speedup_b32", "compression", "is_base", "steps", "id", "n",
-           "variant", "recipe"]
+           "variant", "recipe", "speedup_b1_range", "latency_noise"]
 LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "latency_b1_ms": "latency, batch 1 (ms, median)",
           "latency_b32_ms": "latency, batch 32 (ms, median)", "size_mb": "size (MB)",
           "size_bytes": "size (bytes)", "params": "parameters",
           "accuracy_delta": "accuracy - base", "speedup_b1": "speed-up b1 (x)", "speedup_b32": "speed-up b32 (x)",
-          "compression": "compression (x)"}
+          "compression": "compression (x)", "speedup_b1_range": "speed-up b1 range (x)",
+          "latency_noise": "latency vs base"}
 
 
 def as_record(v) -> dict:
@@ -64,7 +65,8 @@ def _row(rec: dict, runtime: str, m: dict, fallback: dict) -> dict:
             "params": _num(m.get("params") if runtime == "pytorch" else None),
             "steps": ", ".join(s.get("op", "?") for s in rec["recipe"]) or "(base)",
             "recipe": json.dumps(rec["recipe"]), "id": rec["id"], "n": _num(m.get("n", fallback.get("n"))),
-            "is_base": False}
+            "is_base": False, "speedup_b1_range": None, "latency_noise": None,
+            "_vs": m.get("latency_vs_base") if runtime == "pytorch" else None}
 
 
 def variants_table(variants, base: str | None = None, runtimes: bool = True) -> pd.DataFrame:
@@ -78,6 +80,7 @@ def variants_table(variants, base: str | None = None, runtimes: bool = True) -> 
             for runtime, key in RUNTIMES.items():
                 if key and isinstance(m.get(key), dict):
                     rows.append(_row(rec, runtime, m[key], m))
+    vs = [r.pop("_vs") for r in rows]
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df
@@ -93,6 +96,16 @@ def variants_table(variants, base: str | None = None, runtimes: bool = True) -> 
         df["speedup_b1"] = b.latency_b1_ms / df.latency_b1_ms
         df["speedup_b32"] = b.latency_b32_ms / df.latency_b32_ms
         df["compression"] = b.size_mb / df.size_mb
+    # a speed-up measured interleaved with the base (same rounds) replaces the ratio of two separate runs
+    for i, v in enumerate(vs):
+        if v and v.get("b1"):
+            df.loc[i, "speedup_b1"] = v["b1"]["speedup"]
+            if v.get("b32"):
+                df.loc[i, "speedup_b32"] = v["b32"]["speedup"]
+            rng = v["b1"].get("speedup_range")
+            df.loc[i, "speedup_b1_range"] = f"{rng[0]:.2f}-{rng[1]:.2f}" if rng else None
+            df.loc[i, "latency_noise"] = ("within noise" if v["b1"].get("within_noise")
+                                          else "interleaved" if v["b1"].get("within_noise") is False else None)
     df["is_base"] = df["is_base"].astype(bool)
     return df.reset_index(drop=True)
 
@@ -155,10 +168,38 @@ def figures(df: pd.DataFrame) -> dict:
 def display_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table with readable columns and rounding, for display (app, Markdown, HTML)."""
     cols = ["name", "runtime", "accuracy", "macro_f1", "latency_b1_ms", "latency_b32_ms", "size_mb",
-            "accuracy_delta", "speedup_b1", "speedup_b32", "compression", "steps"]
+            "accuracy_delta", "speedup_b1", "speedup_b1_range", "latency_noise", "speedup_b32", "compression", "steps"]
     out = df[[c for c in cols if c in df]].copy()
     for c, nd in (("accuracy", 4), ("macro_f1", 4), ("accuracy_delta", 4), ("latency_b1_ms", 2),
                   ("latency_b32_ms", 1), ("size_mb", 1), ("speedup_b1", 2), ("speedup_b32", 2), ("compression", 2)):
         if c in out:
             out[c] = out[c].astype(float).round(nd)
     return out.rename(columns={c: LABELS.get(c, c) for c in out.columns})
+
+
+def per_class_table(measurements: dict) -> pd.DataFrame:
+    """Precision / recall / F1 / support per class from a variant's measurements (empty if not measured)."""
+    pc = (measurements or {}).get("per_class") or {}
+    rows = [{"class": k, **v} for k, v in pc.items()]
+    return pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support", "predicted"])
+
+
+def confusion_figure(measurements: dict, title: str | None = None):
+    """A plotly heatmap of the confusion matrix (rows: true class, columns: predicted; model label order)."""
+    import plotly.graph_objects as go
+
+    conf = (measurements or {}).get("confusion")
+    names = (measurements or {}).get("labels") or [str(i) for i in range(len(conf or []))]
+    fig = go.Figure()
+    if not conf:
+        fig.update_layout(title=title or "no confusion matrix recorded (measure the variant again)")
+        return fig
+    z = np.asarray(conf, dtype=float)
+    share = z / np.maximum(z.sum(1, keepdims=True), 1)
+    fig.add_trace(go.Heatmap(z=share, x=names, y=names, colorscale="Blues", zmin=0, zmax=1,
+                             text=z.astype(int), texttemplate="%{text}", colorbar=dict(title="share of row"),
+                             hovertemplate="true %{y}, predicted %{x}: %{text} (%{z:.1%} of the row)<extra></extra>"))
+    fig.update_layout(title=title or "confusion matrix (rows: true class)", xaxis_title="predicted",
+                      yaxis_title="true", yaxis_autorange="reversed", template="plotly_white",
+                      margin=dict(l=60, r=20, t=60, b=50), height=max(320, 60 * len(names) + 120))
+    return fig

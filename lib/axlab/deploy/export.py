@@ -64,7 +64,8 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
                name: str | None = None, dataset: str | None = None, overwrite: bool = False,
                onnx: bool = True, int8: bool = False, splits=None, measure_split: str = "test",
                limit: int | None = None, report_variants: list | None = None, report: bool = True,
-               progress: Progress = None, int8_per_channel: bool = True) -> ExportResult:
+               progress: Progress = None, int8_per_channel: bool = True,
+               base_measurements: dict | None = None) -> ExportResult:
     """Variant folder + ONNX (+ int8) + comparison report, in one atomic folder.
 
     The int8 file uses per-channel weight scales by default (``int8_per_channel``): on the
@@ -74,14 +75,19 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
     ``measure_split``, first ``limit`` examples, and ONNX Runtime latency); their
     size and latency join the measurements under ``"onnx"`` / ``"onnx_int8"``.
     ``report_variants`` are the other variants (axlab.variants.Variant or dicts) to
-    compare against; the exported one is added to them.
+    compare against; the exported one is added to them. The report always has a base-model
+    row: from ``report_variants`` (the one with an empty recipe), else ``base_measurements``,
+    else the exported model itself when its recipe is empty.
     """
+    from axlab.core.data import align_labels
     from axlab.deploy.onnx_export import export_onnx, measure_onnx
 
     steps = 1 + int(onnx) + int(onnx and int8) + int(report)
     prog = as_progress(progress, total=steps, desc="export")
     recipe = recipe if recipe is not None else list(getattr(model, "axlab_recipe", []) or [])
     measurements = dict(measurements or {})
+    if splits is not None:
+        splits = align_labels(splits, model)           # labels matched to the model's by name
     result_onnx = None
     with atomic_folder(folder, overwrite) as tmp, eval_mode(model):
         if onnx:
@@ -116,6 +122,9 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
             key = (this.name, json.dumps(this.recipe, sort_keys=True))
             others = [v for v in (report_variants or [])     # the exported variant itself is replaced by `this`
                       if (as_record(v)["name"], json.dumps(as_record(v)["recipe"], sort_keys=True)) != key]
+            if recipe and base_measurements and not any(not as_record(v)["recipe"] for v in others):
+                others = [Variant(name="base", base=str(base), dataset=dataset or "", recipe=[],
+                                  measurements=dict(base_measurements))] + others
             report_paths = write_report(others + [this], tmp / "report", splits=splits,
                                         title=f"axlab comparison: {name or 'exported variant'}")
             prog.update(1, "report written")

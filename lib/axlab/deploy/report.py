@@ -29,7 +29,9 @@ from pathlib import Path
 import pandas as pd
 
 from axlab.core.errors import ExportError
-from axlab.deploy.compare import LABELS, as_record, display_table, figures, pareto_front, variants_table
+from axlab.core.recipe import describe_recipe
+from axlab.deploy.compare import (LABELS, as_record, confusion_figure, display_table, figures, pareto_front,
+                                  per_class_table, variants_table)
 
 __all__ = ["write_report", "report_data", "library_versions", "split_hashes", "external_references", "render_html",
            "render_markdown"]
@@ -80,9 +82,18 @@ def report_data(variants, *, splits=None, hardware: dict | None = None, base: st
         fronts[x] = df.name[pareto_front(df, x, "accuracy")].tolist() if len(df) else []
     hw = hardware or next((r.get("hardware") for r in records if r.get("hardware")), None) or hardware_info()
     table = json.loads(df.drop(columns=["recipe"]).to_json(orient="records")) if len(df) else []
+    notes = []
+    if len(df) and not df.is_base.any():
+        notes.append("No base-model row: ratios (accuracy - base, speed-up, compression) need the base model measured "
+                     "in the same workspace (app: 'Measure the base model'; CLI: `axlab prune/quantize ... --save`).")
+    for r in records:
+        for n in (r.get("measurements") or {}).get("notes") or []:
+            if n not in notes:
+                notes.append(n)
     return {"title": title, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "axlab_version": __version__,
-            "variants": [{k: r.get(k) for k in ("id", "name", "base", "dataset", "recipe", "measurements", "notes")}
-                         for r in records],
+            "variants": [{**{k: r.get(k) for k in ("id", "name", "base", "dataset", "recipe", "measurements", "notes")},
+                          "summary": describe_recipe(r.get("recipe") or [])} for r in records],
+            "notes": notes,
             "table": table, "pareto_front_accuracy_vs": fronts, "hardware": hw, "versions": library_versions(),
             "data": split_hashes(splits),
             "reproduce": ["pip install -e . (axlab " + __version__ + ", versions listed above)",
@@ -116,6 +127,13 @@ def _kv_table(d: dict) -> str:
     return f"<table>{rows}</table>"
 
 
+def _frame_html(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{'–' if v is None or (isinstance(v, float) and pd.isna(v)) else html.escape(str(round(v, 4) if isinstance(v, float) else v))}</td>"
+                                    for v in row) + "</tr>" for row in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def _table_html(df: pd.DataFrame) -> str:
     if df.empty:
         return "<p>No variants.</p>"
@@ -137,7 +155,10 @@ def render_html(data: dict, df: pd.DataFrame) -> str:
              "<h2>Variants</h2>", _table_html(df),
              "<p class='note'>Bold names are on the Pareto front of accuracy vs batch-1 latency. Ratios compare "
              "with the base row (the model before any step): speed-up = base latency / latency, compression = "
-             "base size / size.</p>", "<h2>Trade-offs</h2>"]
+             "base size / size. A speed-up with a range was measured interleaved with the base in the same "
+             "rounds; 'within noise' means the rounds of the two overlap, so it is not a result.</p>"]
+    parts += [f"<p class='note'><b>Note:</b> {html.escape(n)}</p>" for n in data.get("notes") or []]
+    parts.append("<h2>Trade-offs</h2>")
     first = True
     for name, fig in figures(df).items():
         fig.update_layout(height=460)
@@ -147,11 +168,26 @@ def render_html(data: dict, df: pd.DataFrame) -> str:
     parts.append("<h2>Pareto fronts (accuracy vs ...)</h2><ul>")
     for x, names in data["pareto_front_accuracy_vs"].items():
         parts.append(f"<li>{html.escape(LABELS.get(x, x))}: {html.escape(', '.join(names) or '–')}</li>")
-    parts.append("</ul><h2>Recipes</h2>")
+    parts.append("</ul><h2>Recipes</h2><ul>")
     for v in data["variants"]:
-        parts.append(f"<details open><summary><b>{html.escape(str(v['name']))}</b> "
-                     f"<span class='note'>id {html.escape(str(v['id']))}, base {html.escape(str(v.get('base')))}"
-                     f"</span></summary><pre>{html.escape(json.dumps(v['recipe'], indent=2))}</pre></details>")
+        parts.append(f"<li><b>{html.escape(str(v['name']))}</b>: {html.escape(v['summary'])} "
+                     f"<details><summary class='note'>recipe JSON (id {html.escape(str(v['id']))}, base "
+                     f"{html.escape(str(v.get('base')))})</summary>"
+                     f"<pre>{html.escape(json.dumps(v['recipe'], indent=2))}</pre></details></li>")
+    parts.append("</ul>")
+    with_classes = [v for v in data["variants"] if (v.get("measurements") or {}).get("per_class")]
+    if with_classes:
+        parts.append("<h2>Per class</h2><p class='note'>Precision, recall and F1 per class on the measured split; "
+                     "the confusion matrix counts true classes (rows) against predictions (columns), in the "
+                     "model's label order. Macro-F1 averages over the classes present in the data.</p>")
+        for v in with_classes:
+            m = v["measurements"]
+            pc = per_class_table(m)
+            parts.append(f"<h3>{html.escape(str(v['name']))}</h3>" + _frame_html(pc))
+            fig = confusion_figure(m, title=f"{v['name']}: confusion matrix")
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"conf-{html.escape(str(v['id']))}",
+                                     config={"displaylogo": False, "responsive": True}))
+            first = False
     parts += ["<h2>Hardware</h2>", _kv_table(data["hardware"] or {}),
               "<h2>Library versions</h2>", _kv_table(data["versions"]),
               "<h2>Data</h2>", _kv_table(data["data"]) if data["data"] else "<p>No dataset recorded.</p>",
@@ -218,12 +254,19 @@ def _md_table(df: pd.DataFrame) -> str:
 def render_markdown(data: dict, df: pd.DataFrame) -> str:
     out = [f"# {data['title']}", "", f"Generated {data['created']} by axlab {data['axlab_version']}. "
            "Latencies are medians (ms) on the hardware below; noisy on a shared machine.", "",
-           "## Variants", "", _md_table(display_table(df)) if len(df) else "_No variants._", "",
-           "## Pareto fronts (accuracy vs ...)", ""]
+           "## Variants", "", _md_table(display_table(df)) if len(df) else "_No variants._", ""]
+    out += [f"> Note: {n}" for n in data.get("notes") or []] + ([""] if data.get("notes") else [])
+    out += ["## Pareto fronts (accuracy vs ...)", ""]
     out += [f"- {LABELS.get(x, x)}: {', '.join(n) or '–'}" for x, n in data["pareto_front_accuracy_vs"].items()]
     out += ["", "## Recipes", ""]
     for v in data["variants"]:
-        out += [f"### {v['name']} (id {v['id']})", "", "```json", json.dumps(v["recipe"], indent=2), "```", ""]
+        out += [f"- **{v['name']}** (id {v['id']}): {v['summary']}", "", "  <details><summary>recipe JSON</summary>",
+                "", "  ```json", *["  " + line for line in json.dumps(v["recipe"], indent=2).splitlines()], "  ```",
+                "", "  </details>", ""]
+    for v in data["variants"]:
+        pc = per_class_table(v.get("measurements") or {})
+        if len(pc):
+            out += [f"### Per class: {v['name']}", "", _md_table(pc), ""]
     for title, d in (("Hardware", data["hardware"] or {}), ("Library versions", data["versions"]),
                      ("Data", data["data"])):
         out += [f"## {title}", ""] + [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}"
