@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from axlab.core import registry, surgery
-from axlab.core.data import Split
+from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError
 from axlab.core.measure import iter_batches, size_report
 from axlab.core.progress import Progress, as_progress
@@ -203,7 +203,7 @@ def ffn_importance(model: nn.Module, criterion: str = "magnitude", tokenizer=Non
         return hook
 
     handles = [registry.ffn_parts(model, i).down.register_forward_pre_hook(make_hook(i)) for i in live]
-    labels = np.asarray(split.labels)
+    labels = np.asarray(align_labels(split, model).labels)     # matched to the model's labels by name
     prog = as_progress(progress, total=len(split), desc=f"FFN {criterion} importance")
     was_training = model.training
     model.eval()
