@@ -230,3 +230,30 @@ def test_cli_attention_and_importance(tmp_path, monkeypatch, capsys):
     assert out["spearman"]["gradient"]["gradient"] == pytest.approx(1.0)
     assert main(["attention", str(folder), "--text", "x", "--layer", "9", "--head", "0"]) == 2
     assert "no head" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_a_long_text_is_cut_and_says_so(arch, tokenizer):
+    from axlab.core.measure import MAX_LENGTH
+    model = tiny_model(arch)
+    long_text = " ".join(["the plot was not very good ."] * 100)             # ~700 tokens
+    res = attention_for(model, tokenizer, [long_text, "a short one ."])
+    assert len(res.tokens[0]) == MAX_LENGTH and res.truncated(0)
+    assert res.n_input_tokens[0] > 600 and not res.truncated(1)
+    assert res.n_input_tokens[1] == len(res.tokens[1])
+    first = res.first_tokens(10)
+    assert [len(t) for t in first.tokens] == [10, len(res.tokens[1])]     # a shorter text keeps all it has
+    assert first.weights[0][0].shape == (res.n_heads, 10, 10)
+    np.testing.assert_array_equal(first.weights[0][1], res.weights[0][1][:, :10, :10])
+    assert res.weights[0][0].shape[-1] == MAX_LENGTH                          # the original is untouched
+    with pytest.raises(AxlabError):
+        res.first_tokens(0)
+    fig = viz.head_heatmap(res, 0, 0)
+    assert fig.layout.xaxis.tickfont.size < 12                                # many tokens: a smaller font
+
+
+def test_attribution_colours_have_a_legend():
+    html = viz.attribution_html(["good", "bad"], [0.5, -0.2])
+    assert "pushes toward" in html and "pushes away" in html
+    assert "pushes toward" not in viz.attribution_html(["good"], [0.5], legend=False)
+    assert "<b>fresh</b>" in viz.attribution_html(["good"], [0.5], legend="fresh")
