@@ -98,8 +98,12 @@ def status_text(job: Job) -> str:
         return f"{job.label}: {how} after {fmt_seconds(job.elapsed)}"
     count = f" ({job.done}/{job.total})" if job.total else ""
     left = job.remaining
-    eta = f", about {fmt_seconds(left)} left" if left is not None else (", estimating the time left..."
-                                                                         if job.total else "")
+    if job.total and job.done >= job.total:
+        eta = ", finishing..."
+    elif left is not None:
+        eta = f", about {fmt_seconds(left)} left"
+    else:
+        eta = ", estimating the time left..." if job.total else ""
     msg = f": {job.message}" if job.message else ""
     return f"{job.label}{msg}{count} - {fmt_seconds(job.elapsed)} elapsed{eta}"
 
