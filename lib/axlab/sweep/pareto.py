@@ -83,7 +83,9 @@ def front_figure(df: pd.DataFrame, x: str = "latency_b1_ms", y: str = "val_accur
         hovertemplate="<b>%{text}</b><br>" + names.get(y, y) + ": %{y:.4f}<br>" + names.get(x, x)
                       + ": %{x:.3g}<br>test accuracy: %{customdata[1]}<br>size: %{customdata[2]} MB"
                       "<br>%{customdata[0]}<extra></extra>"))
-    fig.update_layout(title=title or f"{names.get(y, y)} vs {names.get(x, x)} ({int(ok.pareto.sum())} on the front)",
+    short = {"latency_b1_ms": "latency b1", "val_accuracy": "validation accuracy", "size_mb": "size",
+             "accuracy": "test accuracy", "latency_b32_ms": "latency b32"}
+    fig.update_layout(title=title or f"{short.get(y, y)} vs {short.get(x, x)} ({int(ok.pareto.sum())} on the front)",
                       xaxis_title=names.get(x, x), yaxis_title=names.get(y, y), template="plotly_white",
                       showlegend=False, margin=dict(l=60, r=20, t=60, b=50))
     return fig
