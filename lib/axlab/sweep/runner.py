@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("ray", "sequential")
 _SESSION_LOCK = threading.Lock()         # one local Ray session per process at a time
 _BASES: dict = {}                        # in a worker process: object id -> unpacked base (model, tokenizer, splits)
+_AUTH_SET_BY_US = False                  # RAY_AUTH_MODE=disabled was set here for a local Ray
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -65,6 +66,7 @@ def ray_session(address: str | None = None, workers: int | None = None):
     except ImportError:
         raise AxlabError("Sweeps on Ray need the ray package.",
                          "pip install ray==2.60.0 (see requirements.txt), or run with backend='sequential'.") from None
+    global _AUTH_SET_BY_US
     if ray.is_initialized():
         yield int(ray.cluster_resources().get("CPU", 1))
         return
@@ -75,6 +77,8 @@ def ray_session(address: str | None = None, workers: int | None = None):
         address = address or os.environ.get("RAY_ADDRESS") or None
         quiet = {"log_to_driver": False, "configure_logging": False}
         if address:
+            if _AUTH_SET_BY_US and os.environ.get("RAY_AUTH_MODE") == "disabled":
+                os.environ.pop("RAY_AUTH_MODE")      # a cluster keeps its own authentication
             try:
                 ray.init(address=address, **quiet)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -85,7 +89,9 @@ def ray_session(address: str | None = None, workers: int | None = None):
             n = int(workers or os.cpu_count() or 1)
             if n < 1:
                 raise AxlabError(f"workers must be at least 1, not {workers}.", "Pass workers=2 (or leave it out).")
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")      # local only: nothing listens beyond this host
+            if "RAY_AUTH_MODE" not in os.environ:      # local only: nothing listens beyond this host
+                os.environ["RAY_AUTH_MODE"] = "disabled"
+                _AUTH_SET_BY_US = True
             ray.init(num_cpus=n, include_dashboard=False, **quiet)
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
