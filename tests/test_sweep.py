@@ -285,6 +285,47 @@ def test_bad_backend_and_workers_are_refused(tmp_path):
         run(tiny_spec(), workers=0, bundle=tiny_bundle(), splits=tiny_splits(), store=VariantStore(tmp_path / "s"))
 
 
+def test_every_step_kind_runs_and_its_stored_recipe_replays_to_the_same_accuracy(tmp_path, one_thread):
+    from axlab.compress import apply_recipe
+    from axlab.core.measure import evaluate
+    from axlab.sweep.log import SweepLog
+    bundle, splits = tiny_bundle("bert", 2, seed=5), tiny_splits()
+    spec = tiny_spec(space={"head_fraction": [0.25], "importance": ["ablation"], "axformer_tolerance": [0.0],
+                            "distill": [True], "distill_steps": 2, "quantizer": ["gpfq"], "bits": [4],
+                            "n_calibration": [8]}, budget=None, include_base=False)
+    store = VariantStore(tmp_path / "v.sqlite")
+    res = run(spec, backend="sequential", store=store, bundle=bundle, splits=splits, progress=False)
+    assert res.counts == {"ok": 1, "failed": 0, "total": 1}, res.trials
+    (v,) = store.list()
+    ops = [s["op"] for s in v.recipe]
+    assert ops[0] == "prune_heads" and ops[-2:] == ["distill", "quantize_gpfq"]
+    rebuilt = apply_recipe(bundle.model, v.recipe, tokenizer=bundle.tokenizer, splits=splits)
+    assert evaluate(rebuilt, bundle.tokenizer, splits.validation)["accuracy"] == v.measurements["validation"]["accuracy"]
+    saved = SweepLog(store.path).sweeps("default")
+    assert saved[0]["id"] == spec.sweep_id and SweepSpec.from_dict(saved[0]["spec"]) == spec   # rerunnable
+    assert saved[0]["state"] == "finished"
+
+
+def test_ctrl_c_keeps_the_finished_trials(tmp_path):
+    from axlab.sweep.log import SweepLog
+    bundle, splits = tiny_bundle("distilbert", 2, seed=6), tiny_splits()
+    store = VariantStore(tmp_path / "v.sqlite")
+
+    def interrupted_at_third(model, tokenizer, splits, trial, settings):
+        if trial["index"] == 2:
+            raise KeyboardInterrupt
+        return run_trial(model, tokenizer, splits, trial, settings)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_spec("distilbert"), backend="sequential", store=store, bundle=bundle, splits=splits, progress=False,
+            trial_fn=interrupted_at_third)
+    assert load(tiny_spec("distilbert"), store=store).counts["ok"] == 2 and len(store.list()) == 2
+    assert SweepLog(store.path).sweeps("default")[0]["state"] == "interrupted"
+    again = run(tiny_spec("distilbert"), backend="sequential", store=store, bundle=bundle, splits=splits,
+                progress=False)
+    assert len(again.skipped) == 2 and len(again.ran) == 2 and again.counts["ok"] == 4
+
+
 # ----------------------------------------------------------------------------- command line
 
 @pytest.fixture(scope="module")
