@@ -220,22 +220,23 @@ def faulty(marker_dir: str, raise_on: str, kill_on: str):
 def test_a_raising_trial_fails_alone_and_a_killed_worker_is_retried(shared_ray, tmp_path):
     bundle, splits = tiny_bundle("bert", 2, seed=2), tiny_splits()
     store = VariantStore(tmp_path / "v.sqlite")
-    res = run(tiny_spec(), store=store, bundle=bundle, splits=splits, progress=False,
-              trial_fn=faulty(str(tmp_path), raise_on="h0.25-gradient+int8", kill_on="h0.5-gradient"))
+    spec = tiny_spec(space={"head_fraction": [0.25, 0.5], "importance": ["ablation"], "quantizer": ["none", "int8"]})
+    res = run(spec, store=store, bundle=bundle, splits=splits, progress=False,      # ablation importance on Ray too
+              trial_fn=faulty(str(tmp_path), raise_on="h0.25-ablation+int8", kill_on="h0.5-ablation"))
     status = {t["label"]: t for t in res.trials}
-    assert status["h0.25-gradient+int8"]["status"] == "failed"
-    assert "RuntimeError: boom" in status["h0.25-gradient+int8"]["error"]
+    assert status["h0.25-ablation+int8"]["status"] == "failed"
+    assert "RuntimeError: boom" in status["h0.25-ablation+int8"]["error"]
     assert (tmp_path / "killed-once").exists()                             # the worker did die once...
     killed = int((tmp_path / "killed-once").read_text())
-    assert status["h0.5-gradient"]["status"] == "ok"                       # ...and the retry finished the trial
-    assert int(status["h0.5-gradient"]["worker"].split(":")[1]) != killed
+    assert status["h0.5-ablation"]["status"] == "ok"                       # ...and the retry finished the trial
+    assert int(status["h0.5-ablation"]["worker"].split(":")[1]) != killed
     assert res.counts == {"ok": 3, "failed": 1, "total": 4}
     assert len(store.list()) == 3                                          # failures are not variants
     df = res.table()
     assert df[df.status == "failed"].error.str.contains("boom").all() and not df[df.status == "failed"].pareto.any()
     # a rerun retries the failed trial only (here it still fails), skipping the three measured ones
-    again = run(tiny_spec(), store=store, bundle=bundle, splits=splits, progress=False,
-                trial_fn=faulty(str(tmp_path), raise_on="h0.25-gradient+int8", kill_on="none"))
+    again = run(spec, store=store, bundle=bundle, splits=splits, progress=False,
+                trial_fn=faulty(str(tmp_path), raise_on="h0.25-ablation+int8", kill_on="none"))
     assert len(again.skipped) == 3 and len(again.ran) == 1 and again.counts["failed"] == 1
 
 

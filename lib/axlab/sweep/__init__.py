@@ -9,6 +9,7 @@ trial      :func:`plan` (concrete recipes on the driver) and :func:`run_trial`
            (rebuild, measure validation then test; runs on any worker)
 runner     :func:`run` (Ray tasks or sequential), :func:`load`, :class:`SweepResult`
 log        the sweep log (spec, trial status, errors) beside the variant store
+session    :func:`ray_session` (local Ray or a cluster; always shut down)
 pareto     the front over several objectives; the point chosen on validation
 ablation   head ablation importance as Ray tasks (same results as sequential)
 =========  ==================================================================

@@ -21,7 +21,7 @@ from axlab.analysis.importance import AblationResult, _ablation_arrays, _check_s
 from axlab.core.data import Split
 from axlab.core.progress import Progress, as_progress
 from axlab.store import cache
-from axlab.sweep.runner import ray_session
+from axlab.sweep.session import ray_session
 
 __all__ = ["ray_head_ablation", "head_chunks"]
 

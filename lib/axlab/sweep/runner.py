@@ -19,12 +19,11 @@ A trial that raises is recorded as failed with its error; the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import threading
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,6 +37,7 @@ from axlab.core.recipe import describe_recipe
 from axlab.store.variants import Variant, VariantStore
 from axlab.sweep.log import SweepLog
 from axlab.sweep.pareto import choose, pareto_mask
+from axlab.sweep.session import ray_session
 from axlab.sweep.spec import SweepSpec
 from axlab.sweep.trial import plan, run_trial
 
@@ -46,61 +46,10 @@ __all__ = ["run", "load", "SweepResult", "ray_session", "BACKENDS"]
 log = logging.getLogger(__name__)
 
 BACKENDS = ("ray", "sequential")
-_SESSION_LOCK = threading.Lock()         # one local Ray session per process at a time
 _BASES: dict = {}                        # in a worker process: object id -> unpacked base (model, tokenizer, splits)
-_AUTH_SET_BY_US = False                  # RAY_AUTH_MODE=disabled was set here for a local Ray
 
 
 # ----------------------------------------------------------------------------- Ray
-
-@contextmanager
-def ray_session(address: str | None = None, workers: int | None = None):
-    """A Ray session for one sweep; yields the number of CPUs it can use.
-
-    Reuses a session the caller already started (and leaves it running); otherwise
-    attaches to ``address`` / ``RAY_ADDRESS`` or starts a local one, and always shuts it
-    down at the end, so no Ray process is left behind.
-    """
-    try:
-        import ray
-    except ImportError:
-        raise AxlabError("Sweeps on Ray need the ray package.",
-                         "pip install ray==2.60.0 (see requirements.txt), or run with backend='sequential'.") from None
-    global _AUTH_SET_BY_US
-    if ray.is_initialized():
-        yield int(ray.cluster_resources().get("CPU", 1))
-        return
-    if not _SESSION_LOCK.acquire(blocking=False):
-        raise AxlabError("Another sweep is already running Ray in this process.",
-                         "Wait for it to finish (or stop it), then start this one.")
-    try:
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        quiet = {"log_to_driver": False, "configure_logging": False}
-        if address:
-            if _AUTH_SET_BY_US and os.environ.get("RAY_AUTH_MODE") == "disabled":
-                os.environ.pop("RAY_AUTH_MODE")      # a cluster keeps its own authentication
-            try:
-                ray.init(address=address, **quiet)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise AxlabError(f"Could not attach to the Ray cluster at '{address}': {str(e).splitlines()[0]}",
-                                 "Check the address (ray://host:10001 or host:6379) and that the cluster runs "
-                                 "ray==2.60.0 and the same axlab, torch and transformers versions.") from None
-        else:
-            n = int(workers or os.cpu_count() or 1)
-            if n < 1:
-                raise AxlabError(f"workers must be at least 1, not {workers}.", "Pass workers=2 (or leave it out).")
-            if "RAY_AUTH_MODE" not in os.environ:      # local only: nothing listens beyond this host
-                os.environ["RAY_AUTH_MODE"] = "disabled"
-                _AUTH_SET_BY_US = True
-            ray.init(num_cpus=n, include_dashboard=False, **quiet)
-        try:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            yield min(cpus, int(workers)) if (workers and address) else cpus
-        finally:
-            ray.shutdown()
-    finally:
-        _SESSION_LOCK.release()
-
 
 def _remote_trial(box: list, trial: dict, settings: dict, fn: Callable) -> dict:
     """Runs in a Ray worker: unpack the base once per worker process, then run the trial."""
@@ -254,11 +203,30 @@ def run(spec: SweepSpec | dict, *, backend: str = "ray", address: str | None = N
         splits = load_dataset(spec.dataset, seed=spec.data_seed)
     splits = align_labels(splits, bundle.model)      # labels matched to the model's outputs by name, once
     store = store or VariantStore()
+    timings: dict = {}
+    with contextlib.ExitStack() as stack:
+        n_cpus = 1
+        if backend == "ray":             # up before planning, so ablation importance runs on it too
+            t0 = time.perf_counter()
+            n_cpus = stack.enter_context(ray_session(address, workers))
+            timings["ray_init_s"] = time.perf_counter() - t0
+        return _run(spec, backend, n_cpus, workspace, store, bundle, splits, progress, on_update, trial_fn,
+                    max_retries, timings)
+
+
+def _run(spec, backend, n_cpus, workspace, store, bundle, splits, progress, on_update, trial_fn, max_retries,
+         timings) -> SweepResult:
     slog = SweepLog(store.path)
     sid, settings = spec.sweep_id, spec.trial_settings()
     t0 = time.perf_counter()
-    items = plan(spec, bundle, splits)
-    timings = {"plan_s": time.perf_counter() - t0}
+    ablation = None
+    if backend == "ray":
+        from axlab.sweep.ablation import ray_head_ablation
+
+        def ablation(model, tokenizer, split, progress=False):
+            return ray_head_ablation(model, tokenizer, split, progress=progress).loss_increase
+    items = plan(spec, bundle, splits, ablation=ablation)
+    timings["plan_s"] = time.perf_counter() - t0
     slog.begin(sid, workspace, spec.name, spec.to_dict())
     done_rows = {r["key"]: r for r in _with_measurements(slog.trials(sid, workspace), store) if r["status"] == "ok"}
     todo = [t for t in items if t["key"] not in done_rows]
@@ -305,8 +273,7 @@ def run(spec: SweepSpec | dict, *, backend: str = "ray", address: str | None = N
             result.workers = 1
             _run_sequential(todo, bundle, splits, settings, trial_fn, record, notify, state)
         else:
-            _run_ray(todo, bundle, splits, settings, trial_fn, record, notify, state, address, workers, max_retries,
-                     result)
+            _run_ray(todo, bundle, splits, settings, trial_fn, record, notify, state, n_cpus, max_retries, result)
         timings["run_s"] = time.perf_counter() - t1
         slog.set_state(sid, workspace, "finished")
     except Stopped:
@@ -344,36 +311,34 @@ def _run_sequential(todo, bundle, splits, settings, trial_fn, record, notify, st
         torch.set_num_threads(threads)
 
 
-def _run_ray(todo, bundle, splits, settings, trial_fn, record, notify, state, address, workers, max_retries,
-             result) -> None:
+def _run_ray(todo, bundle, splits, settings, trial_fn, record, notify, state, n_cpus, max_retries, result) -> None:
+    import ray
     t0 = time.perf_counter()
-    with ray_session(address, workers) as n_cpus:
-        import ray
-        result.workers = n_cpus
-        box = [ray.put({"model": bundle.model, "tokenizer": bundle.tokenizer, "splits": splits})]
-        task = ray.remote(num_cpus=1, max_retries=max_retries)(_remote_trial)
-        pending = {task.remote(box, item, settings, trial_fn): item for item in todo}
-        result.timings["start_s"] = time.perf_counter() - t0
-        try:
-            while pending:
-                state["running"] = min(len(pending), n_cpus)
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                if not ready:
-                    notify()                 # lets a Stop button's callback raise Stopped
-                    continue
-                ref = ready[0]
-                item = pending.pop(ref)
-                state["running"] = min(len(pending), n_cpus)
-                try:
-                    out = ray.get(ref)
-                except Exception as e:  # noqa: BLE001  (task error or worker lost after retries: recorded)
-                    record(item, None, _error_text(e))
-                else:
-                    record(item, out, None)
-        finally:
-            state["running"] = 0
-            for ref in pending:              # stopped or interrupted: do not leave work on a cluster
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001  (already finished or gone)
-                    pass
+    result.workers = n_cpus
+    box = [ray.put({"model": bundle.model, "tokenizer": bundle.tokenizer, "splits": splits})]
+    task = ray.remote(num_cpus=1, max_retries=max_retries)(_remote_trial)
+    pending = {task.remote(box, item, settings, trial_fn): item for item in todo}
+    result.timings["put_submit_s"] = time.perf_counter() - t0
+    try:
+        while pending:
+            state["running"] = min(len(pending), n_cpus)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            if not ready:
+                notify()                 # lets a Stop button's callback raise Stopped
+                continue
+            ref = ready[0]
+            item = pending.pop(ref)
+            state["running"] = min(len(pending), n_cpus)
+            try:
+                out = ray.get(ref)
+            except Exception as e:  # noqa: BLE001  (task error or worker lost after retries: recorded)
+                record(item, None, _error_text(e))
+            else:
+                record(item, out, None)
+    finally:
+        state["running"] = 0
+        for ref in pending:              # stopped or interrupted: do not leave work on a cluster
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001  (already finished or gone)
+                pass

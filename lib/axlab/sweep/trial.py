@@ -46,11 +46,13 @@ def _json(obj):
     return json.loads(json.dumps(obj))
 
 
-def plan(spec: SweepSpec, bundle, splits, progress=False) -> list[dict]:
+def plan(spec: SweepSpec, bundle, splits, progress=False, ablation=None) -> list[dict]:
     """The spec's trials as work items: ``{key, index, label, choices, pre, search, post}``.
 
     ``pre`` (pruning) and ``post`` (distillation, quantization) are concrete recipe steps;
-    ``search`` is an AxFormer tolerance or None. Head importance runs once per method.
+    ``search`` is an AxFormer tolerance or None. Head importance runs once per method
+    (cached on disk); ``ablation(model, tokenizer, split)`` replaces the sequential ablation
+    importance (the Ray runner hands in :func:`axlab.sweep.ablation.ray_head_ablation`).
     """
     settings = spec.trial_settings()
     model, tok = bundle.model, bundle.tokenizer
@@ -65,7 +67,9 @@ def plan(spec: SweepSpec, bundle, splits, progress=False) -> list[dict]:
             if method == "random":
                 heads = random_heads(model, frac, seed=spec.sample_seed)
             else:
-                if method not in importance:
+                if method not in importance and method == "ablation" and ablation is not None:
+                    importance[method] = ablation(model, tok, val, progress=progress)
+                elif method not in importance:
                     importance[method] = head_importance(model, tok, val, method=method, progress=progress)
                 heads = heads_by_budget(importance[method], frac)
             pre.append(Step("prune_heads", heads=heads))
