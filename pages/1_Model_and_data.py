@@ -1,7 +1,11 @@
-"""Model & data: pick the model to work on and the labelled data that defines the task."""
+"""Model & data: pick the model to work on and the labelled data that defines the task; or fine-tune one."""
+
+import hashlib
+import json
 
 import streamlit as st
 
+from ui import jobs
 from ui.common import ensure_base, intro, measure_settings
 from ui.sidebar import sidebar
 from ui.state import DEFAULT_SOURCE, current_splits, load_base, load_splits, save_upload, show_error
@@ -11,15 +15,38 @@ sidebar()
 intro("Model & data",
       "axlab works on a **fine-tuned classifier** and the **labelled data of its task**: the data decides which "
       "parts of the model the task needs. Validation examples guide every decision; test examples are only "
-      "used to report the final numbers.",
+      "used to report the final numbers. No classifier yet? **Fine-tune** one below on the data you choose.",
       "- **Model sources.** `default` is MiniLM-L6 fine-tuned on Rotten Tomatoes, built on this machine. A hub "
       "id (`org/name`) needs a network. A local folder is what `save_pretrained` writes (config.json, "
       "model.safetensors, tokenizer files). BERT, RoBERTa, DistilBERT and ELECTRA classifiers are supported.\n"
       "- **Safety.** Only safetensors weights are loaded unless you allow pickle files, because unpickling can run "
       "code.\n- **Your own data.** A CSV/TSV with a header row, a text column and a label column (named `text` and "
-      "`label`, or choose the names below). It is split with a fixed seed into train / validation / test.")
+      "`label`, or choose the names below). Give your own train / validation / test files, or one file with a "
+      "split column, so that test examples are really held out; otherwise axlab splits the file with a fixed "
+      "seed and says so.\n- **Labels are matched by name** to the model's labels (`id2label`), whatever their "
+      "order; a model with generic names (`LABEL_0`...) or integer labels is matched by position, with a note.")
 
 ss = st.session_state
+for key in ("data_msg", "model_msg"):           # confirmations that survive the rerun after a change
+    if ss.get(key):
+        st.success(ss.pop(key), icon=":material/check_circle:")
+
+DATA_CONTROLS = {
+    "split_column": 'Type the name of the split column in the "Split column" box (its values: train, '
+                    "validation or dev, test).",
+}
+
+
+def _manifest(spec: dict) -> str:
+    """A small JSON manifest naming the split files (what load_dataset reads); saved by content."""
+    from axlab.core.paths import data_dir
+    raw = json.dumps(spec, sort_keys=True)
+    path = data_dir("uploads") / f"splits-{hashlib.sha256(raw.encode()).hexdigest()[:16]}.json"
+    if not path.exists():
+        path.write_text(raw)
+    return str(path)
+
+
 left, right = st.columns(2)
 
 with left:
@@ -41,7 +68,7 @@ with left:
         else:
             ss.source, ss.allow_pickle = new_source, allow_pickle
             st.query_params["model"] = new_source
-            st.success(f"Loaded `{new_source}`.", icon=":material/check_circle:")
+            ss.model_msg = f"Loaded `{new_source}` ({bundle.arch}, labels: {', '.join(bundle.labels)})."
             st.rerun()
 
 with right:
@@ -52,53 +79,133 @@ with right:
     choice = st.selectbox("Dataset", names, index=current_idx, key="dataset_choice",
                           format_func=lambda n: f"{n}: {DATASETS[n][1]}" if n in DATASETS else n)
     new_dataset = choice if choice in DATASETS else None
+    text_col = label_col = None
     if choice not in DATASETS:
-        up = st.file_uploader("Labelled texts", type=["csv", "tsv"], key="upload")
+        how = st.radio("Splits", ["One file (axlab splits it)", "One file with a split column",
+                                  "Separate train / validation / test files"], key="split_mode",
+                       help="Give your own splits when the model was trained on part of your data: only then are "
+                            "the test figures on held-out examples.")
         c1, c2 = st.columns(2)
         text_col = c1.text_input("Text column (blank: auto)", key="text_col").strip() or None
         label_col = c2.text_input("Label column (blank: auto)", key="label_col").strip() or None
-        if up is not None:
-            new_dataset = str(save_upload(up))
+        if how == "Separate train / validation / test files":
+            files = {}
+            for part, required in (("train", False), ("validation", False), ("test", True)):
+                up = st.file_uploader(f"{part.capitalize()} file" + ("" if required else " (optional)"),
+                                      type=["csv", "tsv"], key=f"upload_{part}")
+                if up is not None:
+                    files[part] = str(save_upload(up))
+            if "test" in files and ("train" in files or "validation" in files):
+                new_dataset = _manifest(files)
+            else:
+                st.caption("Give at least a test file and a train (or validation) file; a missing validation "
+                           "split is carved out of train.")
+        else:
+            up = st.file_uploader("Labelled texts", type=["csv", "tsv"], key="upload")
+            split_col = None
+            if how == "One file with a split column":
+                split_col = st.text_input("Split column", value="split", key="split_col").strip() or None
+            if up is not None:
+                path = str(save_upload(up))
+                new_dataset = _manifest({"file": path, "split_column": split_col}) if split_col else path
     if st.button("Use this data", type="primary", key="load_data", disabled=new_dataset is None):
         cols = (None, None) if choice in DATASETS else (text_col, label_col)
         try:
-            load_splits(new_dataset, *cols)
+            splits_new = load_splits(new_dataset, *cols)
         except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
-            show_error(e)
+            show_error(e, DATA_CONTROLS)
         else:
             ss.dataset, ss.data_columns = new_dataset, cols
             st.query_params["data"] = new_dataset
+            sz = splits_new.sizes
+            ss.data_msg = (f"Now using **{splits_new.name}**: {sz['train']} train / {sz['validation']} validation / "
+                           f"{sz['test']} test examples, {len(splits_new.label_names)} labels "
+                           f"({', '.join(splits_new.label_names[:12])}). " + " ".join(splits_new.notes))
             st.rerun()
 
 st.divider()
 st.subheader("Current model on current data")
+bundle = splits = None
 try:
-    bundle = load_base(ss.source, ss.allow_pickle)
     splits = current_splits()
-except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
-    show_error(e)
-    st.stop()
+    bundle = load_base(ss.source, ss.allow_pickle)
+except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working; fine-tuning needs no model)
+    show_error(e, DATA_CONTROLS)
 
-c = st.columns(4)
-c[0].metric("Architecture", bundle.arch)
-c[1].metric("Layers x heads", f"{bundle.n_layers} x {bundle.n_heads}")
-c[2].metric("Parameters", f"{sum(p.numel() for p in bundle.model.parameters()) / 1e6:.1f} M")
-c[3].metric("Labels", ", ".join(bundle.labels))
-if len(bundle.labels) != len(splits.label_names):
-    st.error(f"The model predicts {len(bundle.labels)} labels but the data has {len(splits.label_names)} "
-             f"({', '.join(splits.label_names)}).\n\nHow to fix: pick data of the model's task, or a model "
-             "fine-tuned on this data.", icon=":material/error:")
-if bundle.info:
-    with st.expander("Model card"):
-        st.json(bundle.info)
-with st.expander("A few examples"):
-    st.dataframe({"text": splits.validation.texts[:8],
-                  "label": [splits.label_names[i] for i in splits.validation.labels[:8]]}, hide_index=True)
-
-measure_settings()
-if st.button("Measure the base model", key="measure_base"):
+if bundle is not None:
+    from axlab.core.data import align_labels
+    c = st.columns(4)
+    c[0].metric("Architecture", bundle.arch)
+    c[1].metric("Layers x heads", f"{bundle.n_layers} x {bundle.n_heads}")
+    c[2].metric("Parameters", f"{sum(p.numel() for p in bundle.model.parameters()) / 1e6:.1f} M")
+    c[3].metric("Labels", ", ".join(bundle.labels))
     try:
-        ensure_base(bundle, splits)
-        st.success("The base model is measured; see the Compare page.", icon=":material/check_circle:")
-    except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+        aligned = align_labels(splits, bundle.model)
+    except Exception as e:  # noqa: BLE001  (a label mismatch: shown with its fix)
         show_error(e)
+        aligned = None
+    sz = splits.sizes
+    st.caption(f"Data **{splits.name}**: {sz['train']} train / {sz['validation']} validation / {sz['test']} test.")
+    for note in (aligned or splits).notes:
+        st.info(note, icon=":material/info:")
+    if bundle.info:
+        with st.expander("Model card"):
+            st.json(bundle.info)
+    with st.expander("A few examples"):
+        st.dataframe({"text": splits.validation.texts[:8],
+                      "label": [splits.label_names[i] for i in splits.validation.labels[:8]]}, hide_index=True)
+
+    measure_settings()
+    if st.button("Measure the base model", key="measure_base", disabled=aligned is None):
+        try:
+            ensure_base(bundle, splits)
+            st.success("The base model is measured; see the Compare page.", icon=":material/check_circle:")
+        except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+            show_error(e)
+
+# ----------------------------------------------------------------------------- fine-tune
+
+st.divider()
+st.subheader("Fine-tune")
+st.markdown("Train a classifier on the current data: a base encoder (the packaged MiniLM by default, or the current "
+            "model) gets a classification head for the data's labels and is fine-tuned on the train split, with "
+            "early stopping on validation. The result is saved as a model folder with a model card (cached: the "
+            "same settings on the same data return at once) and becomes the current model.")
+if splits is not None:
+    from axlab.core.train import TRAIN_DEFAULTS, TrainConfig, train
+    enc_choice = st.radio("Start from", ["Packaged MiniLM encoder", "The current model"], horizontal=True,
+                          key="ft_encoder")
+    c = st.columns(4)
+    epochs = c[0].number_input("Max epochs", 1, 50, TRAIN_DEFAULTS["epochs"], key="ft_epochs")
+    patience = c[1].number_input("Patience (epochs)", 0, 10, TRAIN_DEFAULTS["patience"], key="ft_patience",
+                                 help="Stop after this many epochs without a better validation score (0: never).")
+    max_train = c[2].number_input("Training examples (0: all)", 0, 10_000_000, 0, step=500, key="ft_max_train")
+    max_length = c[3].number_input("Max tokens", 8, 512, TRAIN_DEFAULTS["max_length"], step=8, key="ft_max_length")
+    ws = ss.workspace
+    if st.button("Fine-tune", type="primary", key="ft_start"):
+        try:
+            cfg = TrainConfig(dataset=splits.name, epochs=int(epochs), patience=int(patience) or None,
+                              max_train=int(max_train) or None, max_length=int(max_length),
+                              encoder="minilm" if enc_choice.startswith("Packaged") else
+                              (bundle.path if bundle is not None else ss.source))
+        except Exception as e:  # noqa: BLE001
+            show_error(e)
+        else:
+            data = splits
+            jobs.start(ws, "finetune", f"Fine-tuning on {splits.name}",
+                       lambda progress: train(cfg, splits=data, progress=progress))
+    try:
+        card = jobs.collect(ws, "finetune")
+    except Exception as e:  # noqa: BLE001  (Stopped or a bad input: shown, the app keeps working)
+        show_error(e)
+        card = None
+    if card is not None:
+        folder = card["folder"]
+        ss.source = folder
+        st.query_params["model"] = folder
+        test = card.get("test") or {}
+        ss.model_msg = (f"Fine-tuned {'(from the cache) ' if card.get('cached') else ''}and loaded `{folder}`: "
+                        f"test accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 "
+                        f"{test.get('macro_f1', float('nan')):.3f} on {test.get('n', 0)} test examples"
+                        f" (trained in {card['train_seconds']:.0f} s). It is now the current model.")
+        st.rerun()

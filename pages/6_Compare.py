@@ -43,6 +43,22 @@ with c1:
 with c2:
     st.plotly_chart(compare.tradeoff_figure(df, x=size_col), key="cmp_size")
 
+st.subheader("Per class")
+st.caption("Precision, recall and F1 of each class on the measured test examples, and the confusion matrix "
+           "(rows: true class, columns: predicted, in the model's label order). Macro-F1 averages over the classes "
+           "present in the data.")
+pc_name = st.selectbox("Variant", [v.name for v in variants], key="cmp_pc_pick")
+pc_m = next(v.measurements for v in variants if v.name == pc_name)
+for note in pc_m.get("notes") or []:
+    st.info(note, icon=":material/info:")
+if pc_m.get("confusion"):
+    c1, c2 = st.columns([2, 3])
+    c1.dataframe(compare.per_class_table(pc_m), hide_index=True, key="cmp_pc_table")
+    with c2:
+        st.plotly_chart(compare.confusion_figure(pc_m, title=f"{pc_name}: confusion matrix"), key="cmp_confusion")
+else:
+    st.caption("This variant was measured before per-class figures were recorded; measure it again to see them.")
+
 with st.expander("Delete a variant"):
     victim = st.selectbox("Variant", [v.name for v in variants if v.recipe] or ["-"], key="cmp_del_pick")
     if st.button("Delete", key="cmp_del") and victim != "-":

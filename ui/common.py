@@ -9,7 +9,8 @@ import streamlit as st
 from . import jobs
 from .state import current, model_cache, recipe_key, remember_model, variant_model, variant_store, workspace_variants
 
-__all__ = ["intro", "measure_settings", "pick_start", "pick_model", "create_variant", "ensure_base", "fmt_bytes"]
+__all__ = ["intro", "measure_settings", "pick_start", "pick_model", "create_variant", "ensure_base", "fmt_bytes",
+           "speedup_text"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,10 @@ def _measurer(bundle, splits):
     split = splits.test.head(int(st.session_state.measure_n))
     runs = int(st.session_state.latency_runs)
 
-    def run(model, progress):
-        return measure(model, bundle.tokenizer, split, split_name="test", latency_runs=(runs, 5), progress=progress)
+    def run(model, progress, compare_to=None):
+        # with compare_to (the base model) both run interleaved in the same latency rounds
+        return measure(model, bundle.tokenizer, split, split_name="test", latency_runs=(runs, 5), progress=progress,
+                       compare_to=compare_to)
     return run
 
 
@@ -111,7 +114,7 @@ def create_variant(bundle, splits, recipe: list, name: str, model=None, notes: s
             m = variant_model(bundle, splits, recipe, progress=progress, cache=cache)
         else:
             remember_model(bundle, splits, recipe, m, cache=cache)
-        meas = measure(m, progress)
+        meas = measure(m, progress, compare_to=bundle.model)
         return store.add(Variant(name=name, base=source, dataset=dataset, recipe=recipe,
                                            measurements=meas.to_dict(), hardware=hardware_info(), workspace=ws,
                                            notes=notes))
@@ -120,6 +123,20 @@ def create_variant(bundle, splits, recipe: list, name: str, model=None, notes: s
     refresh_variants()
     st.success(f"Saved variant **{v.name}**: accuracy {v.measurements['accuracy']:.3f}, "
                f"batch-1 latency {v.measurements.get('latency_b1_ms') or 0:.1f} ms, "
-               f"size {fmt_bytes(v.measurements.get('size_bytes'))}. See it on the Compare page.",
-               icon=":material/check_circle:")
+               f"size {fmt_bytes(v.measurements.get('size_bytes'))}. {speedup_text(v.measurements)} "
+               "See it on the Compare page.", icon=":material/check_circle:")
     return v
+
+
+def speedup_text(measurements: dict) -> str:
+    """The batch-1 speed-up over the base, measured interleaved with it, with its spread and a noise label."""
+    from axlab.core.measure import describe_speedup
+    vs = (measurements or {}).get("latency_vs_base") or {}
+    r = vs.get("b1")
+    if not r:
+        return ""
+    lo, hi = r["base_spread_ms"]
+    return (f"Speed-up at batch 1: **{describe_speedup(r)}**, measured interleaved with the base in {r['rounds']} "
+            f"rounds (base {r['base_ms']:.1f} ms, {lo:.1f}-{hi:.1f}; variant {r['ms']:.1f} ms, "
+            f"{r['spread_ms'][0]:.1f}-{r['spread_ms'][1]:.1f})"
+            + (": the rounds overlap, so this is not a real difference." if r.get("within_noise") else "."))
