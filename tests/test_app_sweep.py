@@ -2,6 +2,7 @@
 the live Pareto front and every trial's recipe in words; the trials land in the workspace's
 variants; no Ray process is left afterwards."""
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,3 +109,34 @@ def test_the_sweep_page_opened_directly_sets_up_its_own_state(tiny_folder):
     at.run()
     assert_clean(at)
     assert any("5 trials (4 distinct recipes" in c.value for c in at.caption)
+
+
+def test_stop_keeps_the_finished_trials_and_start_resumes(tiny_folder):
+    at = sweep_page(tiny_folder, "sweep-stop")
+    at.multiselect(key="sw_heads").set_value([0.0, 0.25, 0.5])
+    at.multiselect(key="sw_quant").set_value(["none", "int8", "rtn"])
+    at.multiselect(key="sw_bits").set_value([4, 8])
+    at.number_input(key="sw_budget").set_value(10)
+    at.number_input(key="sw_nval").set_value(24)
+    at.number_input(key="sw_ntest").set_value(24)
+    at.number_input(key="sw_lat").set_value(300)                 # slow trials, so Stop lands mid-sweep
+    at.radio(key="sw_backend").set_value("this process (no Ray)")
+    at.run()
+    at.button(key="sw_start").click().run()
+    stop = [b for b in at.button if b.key and b.key.startswith("sw_stop_")]
+    assert stop, "no Stop button while the sweep runs"
+    stop[0].click().run()
+    deadline = time.time() + 120
+    while at.get("progress") and time.time() < deadline:
+        time.sleep(0.5)
+        at.run()
+    assert_clean(at)
+    assert any("was stopped" in i.value for i in at.info)
+    done = int(re.search(r"\*\*(\d+)\*\* of 11 trials measured", text_of(at)).group(1))
+    assert done < 11
+    at.button(key="sw_start").click().run()                      # the same spec again: resumes
+    deadline = time.time() + 240
+    while "**11** of 11 trials measured" not in text_of(at) and time.time() < deadline:
+        time.sleep(1.0)
+        at.run()
+    assert "**11** of 11 trials measured" in text_of(at)
