@@ -34,6 +34,21 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def projection(trial_s: float, driver_s: float, fixed_s: float) -> dict:
+    """Trials per hour from the measured per-trial cost (1 thread per trial), for 2 and 16 workers.
+
+    Assumes trials as costly as these, one per worker at a time, and no contention between
+    workers (true on separate cores with enough memory bandwidth); the driver handles one
+    result in ``driver_s``, so it caps throughput at 3600 / driver_s trials per hour.
+    """
+    out = {"trial_s": round(trial_s, 2), "driver_s_per_trial": round(driver_s, 4), "fixed_s": round(fixed_s, 1)}
+    for w in (1, 2, 16):
+        out[f"trials_per_hour_{w}_workers"] = round(3600 * w / trial_s)
+        out[f"wall_s_for_8_trials_{w}_workers"] = round(fixed_s * (w > 1) + -(-8 // w) * trial_s, 1)
+    out["driver_cap_trials_per_hour"] = round(3600 / driver_s) if driver_s else None
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sweep.json"))
@@ -111,6 +126,8 @@ def main(argv=None) -> int:
                         "validate_median": round(statistics.median(t["seconds"]["validate"] for t in seq["trials"]), 2),
                         "test_median": round(statistics.median(t["seconds"]["test"] for t in seq["trials"]), 2)},
         "ray_fixed_overhead_s": round(ray_fixed, 2),
+        "projection": projection(statistics.median(par_trial), par["timings"].get("driver_record_s", 0) / 8,
+                                 ray_fixed),
         "driver_record_s_per_trial": round(par["timings"].get("driver_record_s", 0) / 8, 4),
         "load_average": {"before": load_before, "after": loadavg()},
         "hardware": hardware_info(), "ray_version": ray.__version__, "torch": torch.__version__,
