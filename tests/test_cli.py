@@ -21,3 +21,84 @@ def test_bad_input_exit_code_and_hint(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "x" / "y" / "z"), "--json"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "how to fix:" in err
+
+
+# ----------------------------------------------------------------------------- bad inputs (issue 18)
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["quantize", "/no/such/model", "--method", "gpfq", "--calibration", "-5"], "--calibration must be a positive"),
+    (["quantize", "/no/such/model", "--method", "int8", "--bits", "3"], "--bits do(es) not apply to --method int8"),
+    (["quantize", "/no/such/model", "--method", "rtn", "--bits", "12"], "--bits must be between 2 and 8"),
+    (["quantize", "/no/such/model", "--method", "rtn", "--calibration", "64"], "only apply to --method gpfq"),
+    (["prune", "/no/such/model", "--heads-fraction", "1.5"], "--heads-fraction must be"),
+])
+def test_bad_options_are_refused_before_the_model_loads(argv, words, capsys):
+    # the model path does not exist: the option error must come first (checked before the slow part)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "how to fix:" in err and "Traceback" not in err
+
+
+def test_limit_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "default", "--limit", "-5"])
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_attribute_target_by_label_name(tmp_path, capsys):
+    folder = save_tiny(tmp_path / "m", num_labels=3)
+    import json as _json
+    cfg = _json.loads((folder / "config.json").read_text())
+    cfg["id2label"] = {"0": "sports", "1": "world", "2": "arts"}
+    cfg["label2id"] = {"sports": 0, "world": 1, "arts": 2}
+    (folder / "config.json").write_text(_json.dumps(cfg))
+    assert main(["attribute", str(folder), "--text", "a fine film", "--target", "world", "--n-steps", "2",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target"] == 1 and out["label"] == "world"
+    assert main(["attribute", str(folder), "--text", "a fine film", "--target", "weather", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "not one of the model's classes" in err and "1 = world" in err
+
+
+def test_damaged_or_custom_code_models_exit_2_with_a_fix(tmp_path, capsys):
+    folder = save_tiny(tmp_path / "m")
+    w = folder / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-5000])
+    assert main(["eval", str(folder), "--dataset", _csv(tmp_path), "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert "truncated" in err and "how to fix:" in err
+    folder = save_tiny(tmp_path / "c")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForSequenceClassification": "x.Y"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert main(["eval", str(folder), "--dataset", _csv(tmp_path), "--no-latency"]) == 2
+    assert "auto_map" in capsys.readouterr().err
+
+
+def test_eval_json_has_per_class_figures_and_latency_spread(tmp_path, capsys):
+    folder = save_tiny(tmp_path / "m")
+    assert main(["eval", str(folder), "--dataset", _csv(tmp_path), "--json", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["per_class"]) == {"LABEL_0", "LABEL_1"} and len(out["confusion"]) == 2
+    lo, hi = out["latency_b1_spread_ms"]
+    assert lo <= hi and out["latency_b1_ms"] > 0
+    assert any("output indices" in n for n in out["notes"])      # integer labels 0/1 -> LABEL_0/1, said so
+
+
+def test_prune_compares_with_the_base_interleaved_and_saves_the_base_row(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AXLAB_DATA", str(tmp_path / "store"))
+    folder = save_tiny(tmp_path / "m")
+    assert main(["prune", str(folder), "--dataset", _csv(tmp_path), "--heads-fraction", "0.25", "--by", "random",
+                 "--save", "p25", "--json", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    c = out["compare"]
+    assert c["speedup_b1_range"][0] <= c["speedup_b1"] <= c["speedup_b1_range"][1]
+    assert isinstance(c["within_noise_b1"], bool) and "x" in c["speedup_b1_text"]
+    assert out["baseline"]["latency_b1_ms"] == out["pruned"]["latency_vs_base"]["b1"]["base_ms"]
+    from axlab.store.variants import VariantStore
+    names = sorted(v.name for v in VariantStore().list())
+    assert names == ["base", "p25"]
