@@ -117,6 +117,8 @@ def test_the_grid_has_no_duplicates_and_random_sampling_is_seeded():
     ({"objectives": ["val_accuracy"]}, "bjectives"),
     ({"threads": 0}, "threads"),
     ({"workers": 2}, "workers"),
+    ({"max_accuracy_drop": "1%"}, "max_accuracy_drop"),
+    ({"n_val": 0}, "n_val"),
 ])
 def test_a_bad_spec_says_what_to_fix(bad, word):
     with pytest.raises(AxlabError) as e:

@@ -56,6 +56,7 @@ def ray_session(address: str | None = None, workers: int | None = None):
             n = int(workers or os.cpu_count() or 1)
             if n < 1:
                 raise AxlabError(f"workers must be at least 1, not {workers}.", "Pass workers=2 (or leave it out).")
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")     # no usage report leaves this machine
             if "RAY_AUTH_MODE" not in os.environ:      # local only: nothing listens beyond this host
                 os.environ["RAY_AUTH_MODE"] = "disabled"
                 _AUTH_SET_BY_US = True

@@ -166,10 +166,13 @@ class SweepSpec:
                                  f"Set {name} to a number of examples (or null for the whole split).")
         if not isinstance(self.latency_runs, int) or self.latency_runs < 1:
             raise AxlabError("latency_runs must be a positive integer.", "Use e.g. 30.")
+        if not isinstance(self.include_base, bool):
+            raise AxlabError("include_base must be true or false.", "Set include_base to true to measure the base.")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise AxlabError("threads (torch threads per trial) must be a positive integer.",
                              "Use 1 for many parallel trials on few cores.")
-        if not 0 <= float(self.max_accuracy_drop) < 1:
+        if (not isinstance(self.max_accuracy_drop, (int, float)) or isinstance(self.max_accuracy_drop, bool)
+                or not 0 <= self.max_accuracy_drop < 1):
             raise AxlabError("max_accuracy_drop must be in [0, 1).", "Use e.g. 0.01 for one point of accuracy.")
 
     # --------------------------------------------------------------------- trials
