@@ -68,3 +68,39 @@ def test_fidelity_and_scores():
     s = scores(ref, [0, 1, 1, 1])
     assert s["accuracy"] == 0.75 and s["n"] == 4
     assert abs(s["loss"] - float(torch.nn.functional.cross_entropy(ref, torch.tensor([0, 1, 1, 1])))) < 1e-6
+
+
+def test_compare_latency_interleaves_rounds_and_flags_noise(tokenizer, split, one_thread):
+    import time as _time
+
+    from axlab.core.measure import compare_latency
+    from axlab.core.testing import tiny_model
+    calls = []
+
+    def slow(batch):
+        calls.append("slow")
+        _time.sleep(0.004)
+        return torch.zeros(len(batch["input_ids"]), 2)
+
+    def fast(batch):
+        calls.append("fast")
+        return torch.zeros(len(batch["input_ids"]), 2)
+
+    res = compare_latency({"slow": slow, "fast": fast}, tokenizer, split.texts, rounds=4, runs_per_round=3, warmup=1)
+    body = calls[2:]                                            # after one warm-up call each
+    # rounds alternate the order: slow first, then fast first, ...
+    assert body[:3] == ["slow"] * 3 and body[3:6] == ["fast"] * 3 and body[6:9] == ["fast"] * 3
+    r = res["ratios"]["fast"]
+    assert r["speedup"] > 1 and r["speedup_range"][0] <= r["speedup"] * 1.5 and r["within_noise"] is False
+    assert len(res["models"]["slow"]["round_medians_ms"]) == 4
+    same = tiny_model("bert")
+    res = compare_latency({"a": same, "b": same}, tokenizer, split.texts, rounds=3, runs_per_round=2)
+    lo, hi = res["ratios"]["b"]["speedup_range"]
+    assert lo <= res["ratios"]["b"]["speedup"] <= hi or res["ratios"]["b"]["within_noise"]
+
+
+def test_measure_against_a_base_records_the_interleaved_ratio(tiny, tokenizer, split, one_thread):
+    m = measure(tiny, tokenizer, split, compare_to=tiny, latency_runs=(6, 3), latency_rounds=3)
+    vs = m.latency_vs_base["b1"]
+    assert vs["rounds"] == 3 and vs["ms"] == m.latency_b1_ms and m.latency_b1_spread_ms[0] <= m.latency_b1_ms
+    assert m.confusion is not None and sum(map(sum, m.confusion)) == len(split)

@@ -95,3 +95,33 @@ def test_report_renders_in_a_browser_with_the_network_blocked(tmp_path, splits):
     drawable = sum(int((df[x].notna() & df.accuracy.notna()).sum())
                    for x in ("latency_b1_ms", "latency_b32_ms", "size_mb"))
     assert n_points == drawable     # every figure drew every measured point
+
+
+def test_report_summarises_recipes_in_words_and_shows_per_class_figures(tmp_path, splits):
+    from axlab.core.recipe import describe_recipe
+    vs = synthetic_variants()
+    pruned = vs[0]
+    pruned.measurements = {**pruned.measurements, "per_class": {
+        "neg": {"precision": 0.9, "recall": 0.8, "f1": 0.847, "support": 10, "predicted": 9},
+        "pos": {"precision": 0.7, "recall": 0.8, "f1": 0.747, "support": 10, "predicted": 11}},
+        "confusion": [[8, 2], [2, 8]], "labels": ["neg", "pos"],
+        "latency_vs_base": {"b1": {"speedup": 1.01, "speedup_range": [0.8, 1.3], "within_noise": True,
+                                   "base_ms": 5.0, "ms": 4.95, "base_spread_ms": [4, 6], "spread_ms": [4, 6],
+                                   "rounds": 5}}}
+    paths = write_report(vs, tmp_path / "r", splits=splits)
+    page, md = paths["html"].read_text(), paths["md"].read_text()
+    line = describe_recipe(pruned.recipe)
+    assert line in page and line in md
+    assert "<details><summary" in page and "<details open>" not in page       # JSON behind a toggle
+    data = json.loads(paths["json"].read_text())
+    assert data["variants"][0]["summary"] == line and data["variants"][0]["recipe"] == pruned.recipe
+    assert "Per class" in page and '"heatmap"' in page and "0.847" in page
+    row = variants_table(vs).set_index("name").loc["pruned"]
+    assert row.speedup_b1 == pytest.approx(1.01) and row.latency_noise == "within noise"
+    assert "within noise" in md
+
+
+def test_report_without_a_base_row_says_so(tmp_path, splits):
+    vs = [v for v in synthetic_variants() if (v.recipe if hasattr(v, "recipe") else v["recipe"])]
+    data = json.loads(write_report(vs, tmp_path / "r", splits=splits)["json"].read_text())
+    assert any("No base-model row" in n for n in data["notes"])
