@@ -70,7 +70,8 @@ def test_labels_the_model_does_not_know_are_an_error_on_the_page(tiny_folder):
     assert at.button(key="measure_base").disabled
 
 
-def test_fine_tune_from_the_page_makes_the_current_model(tmp_path):
+def test_fine_tune_from_the_page_makes_the_current_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("AXLAB_HOME", str(tmp_path / "home"))       # the trained model goes to a scratch cache
     at = page(new_app("default"), "1_Model_and_data")
     at.selectbox(key="dataset_choice").set_value("Upload a CSV/TSV").run()
     words = {"cat": ["meow purr whiskers", "kitten naps"], "dog": ["woof bark fetch", "puppy leash"],
