@@ -4,7 +4,6 @@ import json
 import time
 
 import pytest
-
 import torch
 from axlab.cli import main
 from axlab.core.measure import tokenize
