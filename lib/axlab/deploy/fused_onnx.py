@@ -1,0 +1,542 @@
+"""Export a BERT-family classifier to a fused ONNX graph that ONNX Runtime's CPU runs fast.
+
+The graph is written directly with ``onnx.helper`` from the model's weights (walking the
+layers through the registry), not traced, so every layer can have its own shape:
+
+* attention: one fused contrib op per layer with that layer's own ``num_heads``
+  (``com.microsoft.Attention`` with merged q/k/v weights for fp32 weights, or one
+  q/k/v projection + ``Split`` + ``com.microsoft.MultiHeadAttention`` when the weights
+  are quantized); a layer with no heads left contributes its output-projection bias;
+* embeddings: ``com.microsoft.EmbedLayerNormalization`` for an fp32 word table (the
+  token-type-0 row is folded into the position table; RoBERTa's padding-aware
+  positions are computed in the graph and passed as ``position_ids``), else a gather
+  (``com.microsoft.GatherBlockQuantized`` for a quantized table) + ``SkipLayerNormalization``;
+* residual + LayerNorm as ``com.microsoft.SkipLayerNormalization`` (with the
+  projection bias folded in), the FFN activation as ``BiasGelu`` (exact erf GELU) or
+  ``FastGelu`` (tanh GELU), matching the model's own activation;
+* weights as stored: ``nn.Linear`` -> ``MatMul``; ``QuantLinear`` (k-bit codes +
+  scales) -> ``com.microsoft.MatMulNBits`` with the same codes (2 bits natively; 3 bits
+  in a 4-bit container; 5-7 bits in an 8-bit container; never re-rounded), its fp16
+  outliers added back by a gather + ``ScatterElements(reduction="add")``;
+  ``Int8Linear`` -> ``com.microsoft.DynamicQuantizeMatMul`` (int8 per-channel weights,
+  activations quantized at run time, as in ORT dynamic quantization);
+  ``QuantEmbedding`` -> ``GatherBlockQuantized``. A pruned vocabulary becomes one
+  ``Gather`` of the id map in front of the table.
+
+The graph takes ``input_ids`` and ``attention_mask`` (int64, (batch, seq), both axes
+dynamic) and returns ``logits`` (batch, n_labels).
+
+Not supported (raise ``ExportError``): top-k hard attention (no fused op computes it;
+use :func:`axlab.deploy.onnx_export.export_onnx`), activations other than GELU/ReLU.
+
+Usage::
+
+    result = export_fused_onnx(model, tokenizer, "model.onnx")
+    result.parity_max_abs_diff, result.predictor(batch)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from axlab.core import registry
+from axlab.core.errors import ExportError
+from axlab.core.qmodules import Int8Linear, QuantEmbedding, QuantLinear
+from axlab.core.surgery import EmptyAttention, is_skipped
+
+__all__ = ["FusedConfig", "FusedResult", "build_fused_graph", "export_fused_onnx", "fused_predictor",
+           "op_histogram", "nbits_container", "pack_nbits"]
+
+log = logging.getLogger(__name__)
+
+MS = "com.microsoft"
+OPSET = 17                      # LayerNormalization (17), ScatterElements reduction="add" (16)
+NBITS_KERNEL = (2, 4, 8)        # bit widths the CPU MatMulNBits kernel executes (ORT 1.32)
+GBQ_BITS = (2, 4, 8)            # bit widths GatherBlockQuantized accepts for uint8 data
+
+
+@dataclass
+class FusedConfig:
+    """How to write the graph.
+
+    ``attention``: "auto" (``Attention`` when q/k/v are plain fp32 Linears, else
+    ``MultiHeadAttention``), "attention", or "mha".
+    ``nbits_block``: MatMulNBits block size for per-channel codes (scales repeat per
+    block); per-group codes use their group size (or its largest power-of-two divisor >= 16).
+    ``accuracy_level``: MatMulNBits ``accuracy_level``; 0 computes in fp32 (same numbers
+    as PyTorch), 4 quantizes activations to int8 (faster on VNNI/AMX, not exact).
+    ``embed_layernorm``: use ``EmbedLayerNormalization`` when the word table is fp32.
+    """
+
+    attention: str = "auto"
+    nbits_block: int = 32
+    accuracy_level: int = 0
+    embed_layernorm: bool = True
+
+    def __post_init__(self):
+        if self.attention not in ("auto", "attention", "mha"):
+            raise ValueError(f"attention must be 'auto', 'attention' or 'mha', got {self.attention!r}")
+        if self.nbits_block < 16 or self.nbits_block & (self.nbits_block - 1):
+            raise ValueError(f"nbits_block must be a power of two >= 16, got {self.nbits_block}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy_level must be 0..4, got {self.accuracy_level}")
+
+
+# ----------------------------------------------------------------------------------------
+# low-bit containers
+
+
+def nbits_container(bits: int) -> int:
+    """The narrowest bit width the CPU kernels execute that holds ``bits``-bit codes (2, 4 or 8)."""
+    if not 2 <= bits <= 8:
+        raise ExportError(f"Cannot store {bits}-bit codes.", "Use 2..8-bit codes.")
+    return next(c for c in NBITS_KERNEL if c >= bits)
+
+
+def pack_nbits(codes: np.ndarray, bits: int, block: int) -> np.ndarray:
+    """Signed codes (N, K) -> MatMulNBits ``B`` (N, ceil(K/block), block*bits/8) uint8.
+
+    Each code is stored offset by ``2**(bits-1)`` (the op's default zero point), low bits
+    first, sequentially along K; K is zero-code padded to whole blocks.
+    """
+    n, k = codes.shape
+    kb = -(-k // block)
+    off = 2 ** (bits - 1)
+    u = np.full((n, kb * block), off, dtype=np.uint8)
+    u[:, :k] = (codes.astype(np.int16) + off).astype(np.uint8)
+    per = 8 // bits
+    u = u.reshape(n, kb, block // per, per)
+    shifts = (np.arange(per) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(u << shifts, axis=-1).astype(np.uint8)       # (N, kb, blob)
+
+
+def _pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Signed codes (V, D) -> uint8 (V, D*bits/8) packed along the last axis (GatherBlockQuantized)."""
+    off = 2 ** (bits - 1)
+    u = (codes.astype(np.int16) + off).astype(np.uint8)
+    per = 8 // bits
+    if per == 1:
+        return u
+    u = u.reshape(u.shape[0], -1, per)
+    return np.bitwise_or.reduce(u << (np.arange(per) * bits).astype(np.uint8), axis=-1).astype(np.uint8)
+
+
+def _pow2_block(width: int, cap: int | None = None) -> int | None:
+    """Largest power of two >= 16 dividing ``width`` (at most ``cap``), or None."""
+    b = 16
+    best = None
+    while width % b == 0 and (cap is None or b <= cap):
+        best = b
+        b *= 2
+    return best
+
+
+# ----------------------------------------------------------------------------------------
+# graph builder
+
+
+class _Graph:
+    """Collects nodes and initializers; hands out unique tensor names."""
+
+    def __init__(self):
+        from onnx import helper, numpy_helper
+        self.h, self.nh = helper, numpy_helper
+        self.nodes, self.inits, self._n = [], [], 0
+        self.counts: dict[str, int] = {}
+
+    def name(self, base: str) -> str:
+        self._n += 1
+        return f"{base}_{self._n}"
+
+    def const(self, base: str, array) -> str:
+        name = self.name(base)
+        array = np.asarray(array)
+        self.inits.append(self.nh.from_array(array if array.flags.c_contiguous else array.copy(), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str | None = None, base: str | None = None,
+           **attrs) -> str | list[str]:
+        outs = [self.name(base or op_type) for _ in range(n_out)]
+        self.nodes.append(self.h.make_node(op_type, inputs, outs, name=self.name(f"n_{op_type}"), domain=domain,
+                                           **attrs))
+        self.counts[op_type] = self.counts.get(op_type, 0) + 1
+        return outs[0] if n_out == 1 else outs
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().float().numpy()
+
+
+def _linear_kind(lin: nn.Module) -> str:
+    if isinstance(lin, QuantLinear):
+        return "nbits"
+    if isinstance(lin, Int8Linear):
+        return "int8"
+    if isinstance(lin, nn.Linear):
+        return "fp32"
+    raise ExportError(f"Cannot export a {type(lin).__name__} as a linear layer.", "Use nn.Linear or axlab's quantized modules.")
+
+
+def _bias(lin: nn.Module) -> np.ndarray | None:
+    b = getattr(lin, "bias", None)
+    return None if b is None else _np(b)
+
+
+class _Writer:
+    """Walks one model and writes its fused graph."""
+
+    def __init__(self, model: nn.Module, cfg: FusedConfig):
+        self.model, self.cfg, self.g = model, cfg, _Graph()
+        self.spec = registry.spec_for(model)
+        self.cfg_hf = model.config
+
+    # --- linear layers -------------------------------------------------------------------
+
+    def matmul(self, x: str, lins: list[nn.Module], tag: str) -> str:
+        """x @ W.T for one Linear or several of the same kind stacked along outputs (bias NOT added)."""
+        kinds = {_linear_kind(m) for m in lins}
+        if len(kinds) != 1:
+            raise ValueError("matmul: mixed linear kinds")
+        kind = kinds.pop()
+        g = self.g
+        if kind == "fp32":
+            w = np.concatenate([_np(m.weight).T for m in lins], axis=1)         # (K, N)
+            return g.op("MatMul", [x, g.const(f"{tag}_w", w)], base=tag)
+        if kind == "int8":
+            wq = np.concatenate([m.weight_int8.numpy().T for m in lins], axis=1)   # (K, N) int8
+            sc = np.concatenate([_np(m.weight_scale) for m in lins])               # (N,)
+            return g.op("DynamicQuantizeMatMul", [x, g.const(f"{tag}_wq", wq), g.const(f"{tag}_ws", sc)],
+                        domain=MS, base=tag)
+        return self._nbits(x, lins, tag)
+
+    def _nbits(self, x: str, lins: list[QuantLinear], tag: str) -> str:
+        g = self.g
+        bits = {nbits_container(m.bits) for m in lins}
+        groups = {m.group_size for m in lins}
+        if len(bits) > 1 or len(groups) > 1:                     # mixed precision: one op each, then concat
+            outs = [self._nbits(x, [m], f"{tag}{i}") for i, m in enumerate(lins)]
+            return g.op("Concat", outs, axis=-1, base=tag)
+        cbits, group = bits.pop(), groups.pop()
+        k = lins[0].in_features
+        codes = np.concatenate([m.codes().numpy() for m in lins], axis=0)          # (N, K) signed
+        scale = np.concatenate([_np(m.scale) for m in lins], axis=0)               # (N, G)
+        if group is None:
+            block = self.cfg.nbits_block
+            kb = -(-k // block)
+            scales = np.repeat(scale, kb, axis=1)                                   # (N, kb)
+        else:
+            block = _pow2_block(group)
+            if block is None:
+                raise ExportError(f"Group size {group} has no power-of-two block >= 16 for MatMulNBits.",
+                                  "Quantize with a group size that is a multiple of 16, or per channel.")
+            scales = np.repeat(scale, group // block, axis=1)
+        n = codes.shape[0]
+        y = g.op("MatMulNBits", [x, g.const(f"{tag}_q{cbits}", pack_nbits(codes, cbits, block)),
+                                 g.const(f"{tag}_s", scales.astype(np.float32))],
+                 domain=MS, base=tag, K=k, N=n, bits=cbits, block_size=block,
+                 accuracy_level=self.cfg.accuracy_level)
+        # weights kept exact beside the codes: y[..., r] += x[..., c] * v
+        rows, cols, vals, base_row = [], [], [], 0
+        for m in lins:
+            if m.n_outliers:
+                idx = m.outlier_index.long().numpy()
+                rows.append(idx // m.in_features + base_row)
+                cols.append(idx % m.in_features)
+                vals.append(m.outlier_value.numpy())
+            base_row += m.out_features
+        if rows:
+            r = np.concatenate(rows).astype(np.int64)
+            c = np.concatenate(cols).astype(np.int64)
+            v16 = np.concatenate(vals).astype(np.float16)
+            xs = g.op("Gather", [x, g.const(f"{tag}_ocol", c)], axis=-1)                       # (..., n_out)
+            v = g.op("Cast", [g.const(f"{tag}_oval", v16)], to=1)
+            upd = g.op("Mul", [xs, v])
+            ridx = g.op("Expand", [g.const(f"{tag}_orow", r), g.op("Shape", [upd])])
+            y = g.op("ScatterElements", [y, ridx, upd], axis=-1, reduction="add", base=tag)
+        return y
+
+    def linear(self, x: str, lin: nn.Module, tag: str) -> str:
+        """x @ W.T + b."""
+        y = self.matmul(x, [lin], tag)
+        b = _bias(lin)
+        return y if b is None else self.g.op("Add", [y, self.g.const(f"{tag}_b", b)])
+
+    # --- blocks ----------------------------------------------------------------------------
+
+    def _ln_params(self, ln: nn.LayerNorm, tag: str) -> tuple[str, str, float]:
+        return self.g.const(f"{tag}_gamma", _np(ln.weight)), self.g.const(f"{tag}_beta", _np(ln.bias)), float(ln.eps)
+
+    def skip_ln(self, x: str, skip: str, bias: np.ndarray | None, ln: nn.LayerNorm, tag: str) -> str:
+        """LayerNorm(x + skip + bias) as one SkipLayerNormalization."""
+        gamma, beta, eps = self._ln_params(ln, tag)
+        ins = [x, skip, gamma, beta] + ([self.g.const(f"{tag}_bias", bias)] if bias is not None else [])
+        return self.g.op("SkipLayerNormalization", ins, domain=MS, epsilon=eps, base=tag)
+
+    def bias_ln(self, x: str, bias: np.ndarray | None, ln: nn.LayerNorm, tag: str) -> str:
+        """LayerNorm(x + bias): a removed block leaves only its output bias."""
+        gamma, beta, eps = self._ln_params(ln, tag)
+        if bias is not None:
+            x = self.g.op("Add", [x, self.g.const(f"{tag}_bias", bias)])
+        return self.g.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps, base=tag)
+
+    def activation(self, x: str, bias: np.ndarray | None, tag: str) -> str:
+        act = getattr(self.cfg_hf, "hidden_act", None) or getattr(self.cfg_hf, "activation", "gelu")
+        g = self.g
+        b = g.const(f"{tag}_b", bias) if bias is not None else None
+        if act == "gelu":
+            return g.op("BiasGelu", [x, b], domain=MS) if b else g.op("Gelu", [x], domain=MS)
+        if act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+            return g.op("FastGelu", [x] + ([b] if b else []), domain=MS)
+        if act == "relu":
+            return g.op("Relu", [g.op("Add", [x, b]) if b else x])
+        raise ExportError(f"Activation '{act}' has no fused ONNX form here.", "Use export_onnx (dynamo) for this model.")
+
+    def embeddings(self, ids: str) -> str:
+        """(B, S) int64 ids -> (B, S, H) after the embedding LayerNorm (and ELECTRA's projection)."""
+        g, emb_mod = self.g, registry.base_model(self.model).embeddings
+        word = registry.word_embeddings(self.model)
+        pos_tab = _np(emb_mod.position_embeddings.weight)                          # (P, E)
+        tte = getattr(emb_mod, "token_type_embeddings", None)
+        if tte is not None:
+            pos_tab = pos_tab + _np(tte.weight[0])                                 # token type 0 folded in
+        ln = emb_mod.LayerNorm
+        remap = getattr(word, "old_to_new", None)
+        ids32 = g.op("Cast", [ids], to=6)                                           # int32
+        if remap is not None:
+            ids32 = g.op("Gather", [g.const("vocab_map", remap.numpy().astype(np.int32)), ids32], base="ids_mapped")
+        pos_ids = None
+        if self.spec.model_type == "roberta":                                       # positions skip padding
+            pad = int(emb_mod.padding_idx)
+            m = g.op("Cast", [g.op("Not", [g.op("Equal", [ids, g.const("pad_id", np.array(pad, np.int64))])])], to=6)
+            csum = g.op("CumSum", [m, g.const("axis1", np.array(1, np.int32))])
+            pos_ids = g.op("Add", [g.op("Mul", [csum, m]), g.const("pad_i32", np.array(pad, np.int32))],
+                           base="position_ids")
+        if self.cfg.embed_layernorm and not isinstance(word, QuantEmbedding):
+            gamma, beta, eps = self._ln_params(ln, "emb_ln")
+            ins = [ids32, "", g.const("word_emb", _np(word.weight)), g.const("pos_emb", pos_tab), "", gamma, beta, "",
+                   pos_ids or ""]
+            while ins[-1] == "":
+                ins.pop()
+            x = g.op("EmbedLayerNormalization", ins, n_out=2, domain=MS, epsilon=eps, base="emb")[0]
+        else:
+            if isinstance(word, QuantEmbedding):
+                w = self._quant_gather(word, ids32)
+            else:
+                w = g.op("Gather", [g.const("word_emb", _np(word.weight)), ids32], base="word")
+            if pos_ids is None:                                                     # rows 0..S-1: (S, E)
+                seq = g.op("Gather", [g.op("Shape", [ids]), g.const("one", np.array([1], np.int64))])
+                p = g.op("Slice", [g.const("pos_emb", pos_tab), g.const("zero", np.array([0], np.int64)), seq,
+                                   g.const("axis0", np.array([0], np.int64))])
+            else:
+                p = g.op("Gather", [g.const("pos_emb", pos_tab), pos_ids])
+            x = self.skip_ln(w, p, None, ln, "emb_ln")
+        proj = getattr(emb_mod, "embeddings_project", None) or getattr(registry.base_model(self.model),
+                                                                        "embeddings_project", None)
+        if proj is not None:
+            x = self.linear(x, proj, "emb_proj")
+        return x
+
+    def _quant_gather(self, emb: QuantEmbedding, ids32: str) -> str:
+        g = self.g
+        codes = emb.codes().numpy()                                                 # (V, D) signed
+        scale = _np(emb.scale)                                                      # (V, 1)
+        block = _pow2_block(emb.embedding_dim, cap=128)
+        cbits = next((c for c in GBQ_BITS if c >= emb.bits), None)
+        if block is not None and cbits is not None:
+            return g.op("GatherBlockQuantized",
+                        [g.const(f"word_q{cbits}", _pack_rows(codes, cbits)), ids32,
+                         g.const("word_s", np.repeat(scale, emb.embedding_dim // block, axis=1))],
+                        domain=MS, bits=cbits, block_size=block, gather_axis=0, quantize_axis=1, base="word")
+        # fallback: int8 rows gathered, then scaled
+        rows = g.op("Cast", [g.op("Gather", [g.const("word_q8", codes.astype(np.int8)), ids32])], to=1)
+        return g.op("Mul", [rows, g.op("Gather", [g.const("word_s", scale), ids32])], base="word")
+
+    def attention(self, x: str, layer: int, mask32: str) -> tuple[str | None, np.ndarray | None]:
+        """Context after the output projection, *without* its bias; (None, bias) for a layer with no heads."""
+        mod = registry.attention_module(self.model, layer)
+        if isinstance(mod, EmptyAttention):
+            if mod.bias is not None:                                                 # DistilBERT
+                return None, _np(mod.bias)
+            return None, _bias(registry.layers(self.model)[layer].get_submodule(self.spec.o))
+        if getattr(mod, "axlab_topk", None) is not None:
+            raise ExportError(f"Layer {layer} uses top-k hard attention, which no fused ONNX Runtime op computes.",
+                              "Export this variant with export_onnx (dynamo graph), or remove the hard attention.")
+        p = registry.attention_parts(self.model, layer)
+        n_heads, hq = p.n_heads, p.q.out_features
+        scale = float(p.head_dim ** -0.5)
+        g, tag = self.g, f"L{layer}_attn"
+        qkv = [p.q, p.k, p.v]
+        biases = [_bias(m) if _bias(m) is not None else np.zeros(m.out_features, np.float32) for m in qkv]
+        bias = g.const(f"{tag}_qkv_b", np.concatenate(biases))
+        fp32 = all(_linear_kind(m) == "fp32" for m in qkv)
+        mode = self.cfg.attention if self.cfg.attention != "auto" else ("attention" if fp32 else "mha")
+        if mode == "attention" and fp32:
+            w = np.concatenate([_np(m.weight).T for m in qkv], axis=1)            # (H, 3*hq)
+            ctx = g.op("Attention", [x, g.const(f"{tag}_qkv_w", w), bias, mask32], domain=MS,
+                       num_heads=n_heads, scale=scale, base=tag)
+        else:
+            kinds = {_linear_kind(m) for m in qkv}
+            if len(kinds) == 1:
+                q, k, v = g.op("Split", [self.matmul(x, qkv, f"{tag}_qkv"), g.const(f"{tag}_split",
+                                         np.array([hq, hq, hq], np.int64))], n_out=3, axis=-1)
+            else:
+                q, k, v = (self.matmul(x, [m], f"{tag}_{n}") for m, n in zip(qkv, "qkv"))
+            ctx = g.op("MultiHeadAttention", [q, k, v, bias, mask32], domain=MS, num_heads=n_heads, scale=scale,
+                       base=tag)                                                     # (B, S, hq)
+        return self.matmul(ctx, [p.o], f"{tag}_out"), _bias(p.o)
+
+    def ffn(self, x: str, layer: int) -> tuple[str | None, np.ndarray | None]:
+        f = registry.ffn_parts(self.model, layer)
+        if f.up.out_features == 0:
+            return None, _bias(f.down)
+        tag = f"L{layer}_ffn"
+        h = self.activation(self.matmul(x, [f.up], f"{tag}_up"), _bias(f.up), tag)
+        return self.matmul(h, [f.down], f"{tag}_down"), _bias(f.down)
+
+    def layer_norms(self, layer: int) -> tuple[nn.LayerNorm, nn.LayerNorm]:
+        lay = registry.layers(self.model)[layer]
+        if self.spec.model_type == "distilbert":
+            return lay.sa_layer_norm, lay.output_layer_norm
+        return lay.attention.output.LayerNorm, lay.output.LayerNorm
+
+    def head(self, x: str) -> str:
+        g, m, t = self.g, self.model, self.spec.model_type
+        cls = g.op("Gather", [x, g.const("cls_pos", np.array(0, np.int64))], axis=1, base="cls")     # (B, H)
+        if t == "bert":
+            pooler = registry.base_model(m).pooler
+            h = g.op("Tanh", [self.linear(cls, pooler.dense, "pooler")]) if pooler is not None else cls
+            return self.linear(h, m.classifier, "classifier")
+        if t == "distilbert":
+            h = g.op("Relu", [self.linear(cls, m.pre_classifier, "pre_classifier")])
+            return self.linear(h, m.classifier, "classifier")
+        h = self.linear(cls, m.classifier.dense, "head_dense")
+        if t == "roberta":
+            h = g.op("Tanh", [h])
+        else:                                                                        # electra: gelu
+            h = g.op("Gelu", [h], domain=MS)
+        return self.linear(h, m.classifier.out_proj, "classifier")
+
+    def write(self):
+        from onnx import TensorProto, helper
+        g = self.g
+        x = self.embeddings("input_ids")
+        mask32 = g.op("Cast", ["attention_mask"], to=6, base="mask_i32")
+        for i in range(len(registry.layers(self.model))):
+            if is_skipped(self.model, i):
+                continue
+            ln_attn, ln_ffn = self.layer_norms(i)
+            ctx, b = self.attention(x, i, mask32)
+            x = self.bias_ln(x, b, ln_attn, f"L{i}_ln1") if ctx is None else self.skip_ln(ctx, x, b, ln_attn, f"L{i}_ln1")
+            y, b = self.ffn(x, i)
+            x = self.bias_ln(x, b, ln_ffn, f"L{i}_ln2") if y is None else self.skip_ln(y, x, b, ln_ffn, f"L{i}_ln2")
+        logits = self.head(x)
+        g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="out"))
+        ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids",
+                                                                                               "attention_mask")]
+        outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", int(self.cfg_hf.num_labels)])]
+        graph = helper.make_graph(g.nodes, "axlab_fused", ins, outs, g.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                                  producer_name="axlab")
+        model.ir_version = 10
+        return model
+
+
+def build_fused_graph(model: nn.Module, config: FusedConfig | None = None):
+    """The fused ``onnx.ModelProto`` of ``model`` (not checked; see :func:`export_fused_onnx`)."""
+    with torch.no_grad():
+        proto = _Writer(model, config or FusedConfig()).write()
+    return proto
+
+
+# ----------------------------------------------------------------------------------------
+# running and checking
+
+
+def fused_predictor(path_or_bytes, threads: int | None = None) -> Callable:
+    """An ONNX Runtime CPU predictor: fn(batch dict) -> logits (torch tensor)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3
+    src = str(path_or_bytes) if isinstance(path_or_bytes, (str, Path)) else path_or_bytes
+    session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+    def predict(batch: dict) -> torch.Tensor:
+        feeds = {n: np.ascontiguousarray(np.asarray(batch[n], dtype=np.int64)) for n in ("input_ids", "attention_mask")}
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    predict.session = session
+    return predict
+
+
+def op_histogram(proto) -> dict[str, int]:
+    """Node count per op type ("domain:op" for contrib ops)."""
+    out: dict[str, int] = {}
+    for n in proto.graph.node:
+        key = f"{n.domain}:{n.op_type}" if n.domain else n.op_type
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+@dataclass
+class FusedResult:
+    path: Path
+    size_bytes: int
+    parity_max_abs_diff: float          # max |ORT - PyTorch| over the parity batches
+    parity: dict                        # "BxT" -> max abs diff
+    ops: dict                           # op histogram of the written graph
+    predictor: Callable = field(repr=False)
+
+
+def export_fused_onnx(model: nn.Module, tokenizer, path: str | Path, *, config: FusedConfig | None = None,
+                      tolerance: float | None = 1e-4, threads: int | None = None, overwrite: bool = False,
+                      batches: list[dict] | None = None) -> FusedResult:
+    """Write the fused graph of ``model`` to ``path`` and check it against PyTorch.
+
+    ``tolerance``: the largest allowed |logit difference| on the parity batches (several
+    lengths, padded and unpadded); ``None`` reports the difference without enforcing it
+    (use for ``Int8Linear`` models, whose activations are quantized differently by
+    ONNX Runtime's and PyTorch's int8 kernels, and for ``accuracy_level=4``).
+    Raises ``ExportError`` (and leaves nothing at ``path``) when parity fails.
+    """
+    try:
+        from axlab.deploy.onnx_export import check_parity, parity_batches
+    except ImportError:  # pragma: no cover - flat layout
+        from axlab.onnx_export import check_parity, parity_batches
+    path = Path(path).expanduser().resolve()
+    if path.exists() and not overwrite:
+        raise ExportError(f"'{path}' already exists.", "Choose another path, or pass overwrite=True.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        proto = build_fused_graph(model, config)
+        import onnx
+        onnx.save(proto, str(tmp))
+        predictor = fused_predictor(tmp, threads)
+        parity = check_parity(model, predictor, batches if batches is not None else parity_batches(tokenizer))
+        worst = max(parity.values())
+        log.info("fused ONNX parity: max abs diff %.2e over %s", worst, ", ".join(parity))
+        if tolerance is not None and not worst <= tolerance:
+            raise ExportError(f"The fused ONNX graph differs from PyTorch by up to {worst:.2e} "
+                              f"(tolerance {tolerance:.0e}); per batch shape: {parity}.",
+                              "Report the variant's recipe; export it with export_onnx meanwhile.")
+        os.replace(tmp, path)
+    finally:
+        model.train(was_training)
+        if tmp.exists():
+            tmp.unlink()
+    return FusedResult(path=path, size_bytes=path.stat().st_size, parity_max_abs_diff=worst, parity=parity,
+                       ops=op_histogram(proto), predictor=predictor)

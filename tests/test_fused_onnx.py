@@ -1,0 +1,174 @@
+"""Parity of the fused ONNX export against PyTorch on tiny random models (seconds)."""
+import pytest
+import torch
+from axlab.compress.prune import drop_layers, prune_ffn, prune_heads, prune_vocab
+from axlab.compress.quantize import int8_dynamic, rtn
+from axlab.core.errors import ExportError
+from axlab.core.testing import ARCHS, tiny_model, tiny_tokenizer
+from axlab.deploy.fused_onnx import (
+    FusedConfig,
+    build_fused_graph,
+    export_fused_onnx,
+    fused_predictor,
+    op_histogram,
+    pack_nbits,
+)
+from axlab.deploy.onnx_export import check_parity, parity_batches
+
+UNEVEN = {0: [1, 2], 1: [0, 1, 2, 3], 2: [3]}          # 2, 0 and 3 heads left of 4
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def batches(tok):
+    return parity_batches(tok)
+
+
+def _sharpen(model):
+    """Scale weights up so attention is far from uniform and logits are O(1) (a harder parity test)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embeddings" not in name:
+                p.mul_(6.0)
+    return model
+
+
+def _pruned(arch, layers=3):
+    m = _sharpen(tiny_model(arch, layers=layers))
+    m = prune_heads(m, UNEVEN)
+    return prune_ffn(m, {0: list(range(0, 128, 3)), 1: list(range(128))})   # 85 neurons left, then none
+
+
+def _rel(model, pred, batches):
+    par = check_parity(model, pred, batches)
+    with torch.no_grad():
+        scale = max(float(model(**b).logits.abs().max()) for b in batches)
+    return max(par.values()), scale
+
+
+def _ops(model, cfg=None):
+    return op_histogram(build_fused_graph(model, cfg))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attention", ["attention", "mha"])
+def test_fp32_pruned_parity(arch, attention, batches, tok, tmp_path):
+    m = _pruned(arch)
+    res = export_fused_onnx(m, tok, tmp_path / "m.onnx", config=FusedConfig(attention=attention), batches=batches)
+    assert res.parity_max_abs_diff <= 1e-4
+    op = "com.microsoft:Attention" if attention == "attention" else "com.microsoft:MultiHeadAttention"
+    assert res.ops[op] == 2                                       # layers with 2 and 3 heads; the 0-head layer has none
+    assert res.ops["com.microsoft:EmbedLayerNormalization"] == 1
+    assert res.ops["com.microsoft:SkipLayerNormalization"] == 4   # 0-head attention and 0-width FFN: Add + LayerNorm
+    assert res.ops["LayerNormalization"] == 2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_are_not_trivial(arch, batches):
+    diff, scale = _rel(_pruned(arch), fused_predictor(build_fused_graph(_pruned(arch)).SerializeToString()), batches)
+    assert scale > 0.1 and diff <= 1e-4 * max(1.0, scale)
+
+
+def test_no_embed_layernorm_and_dropped_layer(batches):
+    m = drop_layers(_pruned("roberta", layers=4), [3])
+    diff, _ = _rel(m, fused_predictor(build_fused_graph(m, FusedConfig(embed_layernorm=False)).SerializeToString()), batches)
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_pruned_vocabulary(arch, tok, batches):
+    texts = ["the film is a quiet , warm and funny story", "the plot drags and the ending is flat ."]
+    m, _ = prune_vocab(_pruned(arch), tok, texts)
+    for cfg in (FusedConfig(), FusedConfig(embed_layernorm=False)):
+        p = fused_predictor(build_fused_graph(m, cfg).SerializeToString())
+        assert max(check_parity(m, p, batches).values()) <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("bits,group", [(4, None), (8, None), (3, None), (2, None), (4, 32), (5, 16)])
+def test_matmulnbits_same_codes(arch, bits, group, batches):
+    q = rtn(_pruned(arch), bits, group_size=group, scope="all")
+    proto = build_fused_graph(q)
+    ops = op_histogram(proto)
+    assert ops["com.microsoft:MatMulNBits"] >= 7 and "MatMul" not in ops
+    assert ops["com.microsoft:MultiHeadAttention"] == 2
+    diff, _ = _rel(q, fused_predictor(proto.SerializeToString()), batches)
+    assert diff <= 1e-4
+
+
+def test_outliers_and_quantized_embeddings(batches, tok):
+    texts = ["the film is a quiet , warm and funny story"]
+    for arch in ARCHS:
+        base = _pruned(arch)
+        if arch == "bert":
+            base, _ = prune_vocab(base, tok, texts)
+        for emb_bits in (8, 4, 3):
+            q = rtn(base, 4, outliers=0.01, embeddings=True, embedding_bits=emb_bits)
+            proto = build_fused_graph(q)
+            ops = op_histogram(proto)
+            assert ops["com.microsoft:GatherBlockQuantized"] == 1 and ops["ScatterElements"] >= 1
+            diff, _ = _rel(q, fused_predictor(proto.SerializeToString()), batches)
+            assert diff <= 1e-4, (arch, emb_bits, diff)
+
+
+def test_mixed_precision_qkv(batches):
+    from axlab.compress.quantize import rtn_linear
+    from axlab.core.registry import attention_parts
+    q = rtn(_pruned("bert"), 4)
+    # layer 2: the value projection in 2 bits, query / key in 4 bits (mixed precision)
+    attention_parts(q, 2).module.value = rtn_linear(attention_parts(_pruned("bert"), 2).v, 2)
+    diff, _ = _rel(q, fused_predictor(build_fused_graph(q).SerializeToString()), batches)
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_int8_dynamic_quantize_matmul(arch, batches):
+    q = int8_dynamic(_pruned(arch), embeddings=True)
+    proto = build_fused_graph(q)
+    ops = op_histogram(proto)
+    assert ops["com.microsoft:DynamicQuantizeMatMul"] >= 7 and "MatMul" not in ops
+    # ORT and torch.ao both quantize activations at run time, differently: compare each with
+    # the dequantized-weight fp32 computation; ORT must be no further from it than torch.ao is
+    from axlab.deploy.onnx_export import _export_view
+    view, _ = _export_view(q)
+    pred = fused_predictor(proto.SerializeToString())
+    ort_diff = max(check_parity(view, pred, batches).values())
+    with torch.no_grad():
+        torch_diff = max(float((q(**b).logits - view(**b).logits).abs().max()) for b in batches)
+    assert ort_diff <= 1.5 * torch_diff + 1e-3, (ort_diff, torch_diff)
+
+
+def test_pack_nbits_layout():
+    import numpy as np
+    codes = np.array([[-8, 7, 0, 1] + [0] * 12 + [3]], np.int8)       # K = 17: padded to two blocks of 16
+    b = pack_nbits(codes, 4, 16)
+    assert b.shape == (1, 2, 8)
+    assert b[0, 0, 0] == (0 | (15 << 4)) and b[0, 0, 1] == (8 | (9 << 4)) and b[0, 1, 0] == (11 | (8 << 4))
+
+
+def test_topk_refused(tok, tmp_path):
+    from axlab.core.attention import set_topk
+    m = tiny_model("bert")
+    set_topk(m, {0: 4})
+    with pytest.raises(ExportError, match="top-k"):
+        export_fused_onnx(m, tok, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_electra_embedding_projection(batches):
+    """ELECTRA with embedding_size != hidden_size: LayerNorm in the embedding width, then a projection."""
+    from axlab.core.attention import use_axlab_attention
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("electra", vocab_size=30522, embedding_size=32, hidden_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, intermediate_size=128, max_position_embeddings=160,
+                               pad_token_id=0, num_labels=3)
+    m = use_axlab_attention(_sharpen(AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()))
+    m = prune_heads(m, {0: [0]})
+    for q in (m, rtn(m, 4, scope="all")):
+        diff, _ = _rel(q, fused_predictor(build_fused_graph(q).SerializeToString()), batches)
+        assert diff <= 1e-4
