@@ -510,10 +510,7 @@ def export_fused_onnx(model: nn.Module, tokenizer, path: str | Path, *, config: 
     ONNX Runtime's and PyTorch's int8 kernels, and for ``accuracy_level=4``).
     Raises ``ExportError`` (and leaves nothing at ``path``) when parity fails.
     """
-    try:
-        from axlab.deploy.onnx_export import check_parity, parity_batches
-    except ImportError:  # pragma: no cover - flat layout
-        from axlab.onnx_export import check_parity, parity_batches
+    from axlab.deploy.onnx_export import check_parity, parity_batches
     path = Path(path).expanduser().resolve()
     if path.exists() and not overwrite:
         raise ExportError(f"'{path}' already exists.", "Choose another path, or pass overwrite=True.")
