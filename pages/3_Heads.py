@@ -45,7 +45,8 @@ def importance_key(method: str, n: int):
 try:
     cost = estimate.costs(bundle, splits)
     estimate.caption(f"{method} importance on {n} examples",
-                     estimate.importance_s(cost, method, n, bundle.n_layers * bundle.n_heads),
+                     estimate.importance_s(method, estimate.forward_s(cost, bundle, splits, "validation", n),
+                                           bundle.n_layers * bundle.n_heads),
                      "a result computed before on the same examples comes back at once"
                      + ("; gradient is the fastest method" if method != "gradient" else ""))
 except Exception:  # noqa: BLE001  (an estimate is a nicety; the page works without it)

@@ -66,11 +66,9 @@ def head_grid_figure(selected: dict, title: str):
 
 def measuring_estimate() -> float | None:
     try:
-        c = estimate.costs(bundle, splits)
+        return estimate.measuring(bundle, splits)
     except Exception:  # noqa: BLE001  (an estimate is a nicety)
         return None
-    return estimate.measure_s(c, min(int(st.session_state.measure_n), len(splits.test)),
-                              int(st.session_state.latency_runs))
 
 
 def save_button(recipe: list, default_name: str, key: str, notes: str = "", model=None):
@@ -217,7 +215,8 @@ with t_search:
                        "comes back **at once**.")
         else:
             estimate.caption(f"the search ({steps} candidate changes x {n_val} examples)",
-                             estimate.axformer_s(cost, steps, n_val, n_layers),
+                             estimate.axformer_s(steps, estimate.forward_s(cost, bundle, splits, "validation", n_val),
+                                                 n_layers),
                              "the search stops early if you press Stop and keeps what it found")
     except Exception:  # noqa: BLE001  (an estimate is a nicety)
         pass

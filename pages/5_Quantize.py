@@ -92,15 +92,14 @@ vname = name_box(prefix + step_name(step), "quant_name", {v.name for v in worksp
 gpfq_units = 0.0
 try:
     cost = estimate.costs(bundle, splits)
-    seconds = estimate.measure_s(cost, min(int(st.session_state.measure_n), len(splits.test)),
-                                 int(st.session_state.latency_runs))
+    seconds = estimate.measuring(bundle, splits)
     note = f"{int(st.session_state.measure_n)} test examples; fewer under Measurement settings"
     if step["op"] == "quantize_gpfq":
         p = step["params"]
         gpfq_units = p["n_calibration"] * (1 + p["refine_passes"]) * (2 if p["embeddings"] else 1)
         per_unit = estimate.learned("gpfq")
         if per_unit is None:
-            per_unit = 0.35 * cost["per_example"] / 0.005        # a first guess, scaled by this machine's speed
+            per_unit = 0.35 * cost["per_token"] / 2e-4           # a first guess, scaled by this machine's speed
             note = "GPFQ: a first guess; later estimates use this machine's last GPFQ run. " + note
         seconds += gpfq_units * per_unit
     estimate.caption("building and measuring this variant", seconds, note)
@@ -111,9 +110,7 @@ if st.button("Create variant", type="primary", key="quant_go"):
         t0 = time.time()
         create_variant(bundle, splits, recipe + [step], vname)
         if gpfq_units:
-            measured = estimate.measure_s(estimate.costs(bundle, splits), int(st.session_state.measure_n),
-                                          int(st.session_state.latency_runs))
-            estimate.learn("gpfq", time.time() - t0 - measured, gpfq_units)
+            estimate.learn("gpfq", time.time() - t0 - estimate.measuring(bundle, splits), gpfq_units)
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
         show_error(e)
 

@@ -1,9 +1,11 @@
 """How long will it take? Up-front estimates for the long jobs, from costs measured on this machine.
 
 ``costs(bundle, splits)`` times the base model once per (model, data) and caches it:
-seconds per validation example in a batch of 64 (``per_example``) and one batch-1
-forward (``batch1``). Every estimate below is a count of forward passes times these costs
-(a backward pass counted as two forwards). Jobs whose cost is not a plain count of
+seconds per token in batches of 64 on a sample spread over the validation split
+(``per_token``) and one batch-1 forward (``batch1``). A pass over the examples a job uses
+costs their token count times ``per_token`` (``forward_s``: long reviews cost more than
+short ones); every estimate below is a count of such passes (a backward pass counted as
+two forwards). Jobs whose cost is not a plain count of
 forwards (GPFQ, export) learn it: each finished job records its seconds per unit of work
 (``learn``) and the next estimate of that kind uses the record; before the first run the
 page says the figure is a first guess. Estimates are rough (they move with whatever else
@@ -21,7 +23,7 @@ import streamlit as st
 
 from .jobs import fmt_seconds
 
-__all__ = ["search_cached", "costs", "measure_s", "importance_s", "axformer_steps", "axformer_s", "learn", "learned", "about",
+__all__ = ["search_cached", "measuring", "costs", "forward_s", "measure_s", "importance_s", "axformer_steps", "axformer_s", "learn", "learned", "about",
            "caption"]
 
 log = logging.getLogger(__name__)
@@ -32,36 +34,53 @@ _lock = threading.Lock()
 def _costs(source: str, data_key: str, _bundle, _splits) -> dict:
     from axlab.core.measure import predict_logits
     model, tok = _bundle.model, _bundle.tokenizer
-    texts = list(_splits.validation.texts[:64]) or ["a short sentence"]
-    predict_logits(model, tok, texts[:8], batch_size=64)                   # warm-up
+    val = list(_splits.validation.texts) or ["a short sentence"]
+    sample = val[::max(1, len(val) // 128)][:128]                           # spread over the split
+    predict_logits(model, tok, sample[:8], batch_size=64)                  # warm-up
     t0 = time.perf_counter()
-    predict_logits(model, tok, texts, batch_size=64)
-    per_example = (time.perf_counter() - t0) / len(texts)
+    predict_logits(model, tok, sample, batch_size=64)
+    per_token = (time.perf_counter() - t0) / max(1, _count(tok, sample))
     t0 = time.perf_counter()
-    for t in texts[:3]:
+    for t in sample[:3]:
         predict_logits(model, tok, [t], batch_size=1)
-    batch1 = (time.perf_counter() - t0) / min(3, len(texts))
-    return {"per_example": per_example, "batch1": batch1, "when": time.time()}
+    batch1 = (time.perf_counter() - t0) / min(3, len(sample))
+    return {"per_token": per_token, "batch1": batch1, "when": time.time()}
+
+
+def _count(tokenizer, texts) -> int:
+    from axlab.core.measure import MAX_LENGTH
+    return sum(len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=MAX_LENGTH)["input_ids"])
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _tokens(source: str, data_key: str, split: str, n: int, _bundle, _splits) -> int:
+    return _count(_bundle.tokenizer, getattr(_splits, split).texts[:n])
 
 
 def costs(bundle, splits) -> dict:
-    """Measured once per model and data (about a second): ``per_example`` and ``batch1`` seconds."""
+    """Measured once per model and data (a second or two): seconds per token in batches of 64 (``per_token``)
+    and per batch-1 call (``batch1``)."""
     return _costs(str(bundle.source), str(getattr(splits, "key", splits.name)), bundle, splits)
 
 
-def measure_s(c: dict, n_test: int, latency_runs: int) -> float:
-    """Measuring a variant: accuracy on ``n_test`` examples, batch-1 runs, 5 batch-32 runs (+ warm-ups)."""
-    return n_test * c["per_example"] + (latency_runs + 5) * c["batch1"] + 7 * 32 * c["per_example"]
+def forward_s(c: dict, bundle, splits, split: str, n: int) -> float:
+    """One forward pass over the first ``n`` examples of ``split``: its tokens times the cost per token."""
+    return c["per_token"] * _tokens(str(bundle.source), str(getattr(splits, "key", splits.name)), split, int(n),
+                                    bundle, splits)
 
 
-def importance_s(c: dict, method: str, n: int, n_heads_total: int, captum_steps: int = 8) -> float:
-    """gradient: a forward and a backward per example; ablation: one pass per head (+1); captum: per step."""
-    pe = c["per_example"]
+def measure_s(c: dict, one_pass: float, latency_runs: int) -> float:
+    """Measuring a variant: one pass over its test examples, batch-1 runs, 5 batch-32 runs (+ warm-ups)."""
+    return one_pass + (latency_runs + 5) * c["batch1"] + 7 * 32 * c["batch1"] / 8
+
+
+def importance_s(method: str, one_pass: float, n_heads_total: int, captum_steps: int = 8) -> float:
+    """gradient: a forward and a backward pass; ablation: one pass per head (+1); captum: per step."""
     if method == "ablation":
-        return (n_heads_total + 1) * n * pe
+        return (n_heads_total + 1) * one_pass
     if method == "captum":
-        return captum_steps * 3 * n * pe
-    return 3 * n * pe
+        return captum_steps * 3 * one_pass
+    return 3 * one_pass
 
 
 def axformer_steps(n_layers: int, n_heads: int, ffn_groups: int, topk_values, hard: bool) -> int:
@@ -70,9 +89,9 @@ def axformer_steps(n_layers: int, n_heads: int, ffn_groups: int, topk_values, ha
     return per_layer * n_layers + 1
 
 
-def axformer_s(c: dict, steps: int, n_val: int, n_layers: int) -> float:
+def axformer_s(steps: int, one_pass: float, n_layers: int) -> float:
     """Each trial re-runs the layers from the one being changed upward (on average about half the model)."""
-    return steps * n_val * c["per_example"] * (n_layers + 1) / (2 * n_layers)
+    return steps * one_pass * (n_layers + 1) / (2 * n_layers)
 
 
 # --------------------------------------------------------------------------- learned per-unit costs
@@ -150,3 +169,10 @@ def search_cached(bundle, splits, config, hard_attention: bool) -> bool:
     key = hashlib.sha256(json.dumps([_fingerprint(str(bundle.source), bundle.model), data_key, opts],
                                     sort_keys=True).encode()).hexdigest()[:20]
     return (cache_dir("axformer") / f"{key}.json").exists()
+
+
+def measuring(bundle, splits) -> float:
+    """Measuring one variant with this session's settings (test examples, latency runs)."""
+    c = costs(bundle, splits)
+    n = min(int(st.session_state.measure_n), len(splits.test))
+    return measure_s(c, forward_s(c, bundle, splits, "test", n), int(st.session_state.latency_runs))
