@@ -197,18 +197,25 @@ def _slug(text: str) -> str:
 
 def _encoder_location(encoder: str) -> tuple[str, str, str]:
     """(location for from_pretrained, description, identity for the cache key)."""
-    from axlab.core.loading import _check_folder, resolve_source
+    # (core.loading imports this module, so the source is resolved here without it)
     if encoder in ("minilm", "", None):
         enc = encoder_dir()
         return str(enc), ENCODER_NAME, f"minilm:{enc.parent.name}"
-    kind, location = resolve_source(encoder)
-    if kind in ("default", "folder"):
-        folder = Path(location)
-        _check_folder(folder, allow_pickle=False)
+    folder = default_model_dir() if encoder == "default" else Path(encoder).expanduser()
+    if folder.is_dir():
         weights = sorted(folder.glob("*.safetensors"))
+        if not (folder / "config.json").exists() or not weights:
+            raise ModelLoadError(f"'{encoder}' is not a model folder with safetensors weights (config.json and "
+                                 "model.safetensors).", "Pass a folder written by `save_pretrained`, a hub id, or "
+                                                        "leave the encoder at the packaged MiniLM.")
         ident = ",".join(f"{w.name}:{w.stat().st_size}:{int(w.stat().st_mtime)}" for w in weights)
-        return location, f"{encoder} ({kind})", f"{location}:{ident}"
-    return location, f"{encoder} (hub)", f"hub:{location}"
+        location = str(folder.resolve())
+        return location, f"{encoder} (folder)", f"{location}:{ident}"
+    if encoder == "default" or encoder.startswith((".", "/", "~")) or encoder.count("/") > 1:
+        raise ModelLoadError(f"Encoder folder '{encoder}' does not exist" + (" (run `axlab prepare` first)"
+                                                                          if encoder == "default" else "") + ".",
+                             "Check the path, or give a hub id like 'org/name'.")
+    return encoder, f"{encoder} (hub)", f"hub:{encoder}"
 
 
 def _build_model(location: str, label_names: list[str], seed: int):
@@ -230,16 +237,18 @@ def _build_model(location: str, label_names: list[str], seed: int):
     head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     names = [str(config.id2label[i]) for i in range(config.num_labels)] if head else []
     torch.manual_seed(seed)
-    if head and sorted(names) == sorted(label_names):
+    kept = head and sorted(names) == sorted(label_names)
+    id2label = dict(enumerate(label_names))
+    extra = {} if kept else dict(num_labels=len(id2label), id2label=id2label, ignore_mismatched_sizes=True,
+                                 label2id={v: k for k, v in id2label.items()})
+    try:
         model = AutoModelForSequenceClassification.from_pretrained(location, attn_implementation="eager",
-                                                                   use_safetensors=True)
-        kept = True
-    else:
-        id2label = dict(enumerate(label_names))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            location, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-            attn_implementation="eager", use_safetensors=True, ignore_mismatched_sizes=True)
-        kept = False
+                                                                   use_safetensors=True, **extra)
+    except Exception as e:  # noqa: BLE001  (damaged or missing weights: a clear error, not a traceback)
+        raise ModelLoadError(f"Could not load the encoder's weights from '{location}': {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}",
+                             "The weights must be safetensors and complete; save the model again with "
+                             "`save_pretrained`.") from None
     use_axlab_attention(model)
     return model, tokenizer, kept
 
