@@ -109,12 +109,14 @@ def test_the_whole_loop_runs_on_a_model_trained_on_trec(tmp_path):
     from axlab.core.loading import load_variant
     from axlab.core.measure import evaluate
     from axlab.deploy.export import export_variant
-    splits = load_dataset("trec")
-    card = train(TrainConfig(dataset="trec", epochs=1, max_train=1200, max_length=32, patience=1), splits=splits,
-                 progress=False)
+    from dataclasses import replace
+    full = load_dataset("trec")
+    splits = replace(full, validation=full.validation.head(150), test=full.test.head(200))   # small settings
+    card = train(TrainConfig(dataset="trec", epochs=1, max_train=800, max_length=32, patience=1), splits=splits,
+                 out=tmp_path / "trec", progress=False)
     assert card["labels"] == splits.label_names and card["test"]["accuracy"] > 1 / 6 + 0.1   # it learned something
     b = load_model(card["folder"])
-    val = splits.validation.head(120)
+    val = splits.validation.head(100)
     imp = head_importance(b.model, b.tokenizer, val, cache_results=False)
     pruned = prune.prune_heads(b.model, prune.heads_by_budget(imp, 0.25))
     small = quantize.int8_dynamic(pruned)
