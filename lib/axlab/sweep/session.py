@@ -57,6 +57,9 @@ def ray_session(address: str | None = None, workers: int | None = None):
             if n < 1:
                 raise AxlabError(f"workers must be at least 1, not {workers}.", "Pass workers=2 (or leave it out).")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")     # no usage report leaves this machine
+            # Ray runs workers at nice 15 by default: on a machine shared with other programs they would get
+            # far less CPU than the same trials run in this process (the sequential backend) at nice 0
+            os.environ.setdefault("RAY_worker_niceness", "0")
             if "RAY_AUTH_MODE" not in os.environ:      # local only: nothing listens beyond this host
                 os.environ["RAY_AUTH_MODE"] = "disabled"
                 _AUTH_SET_BY_US = True
