@@ -36,9 +36,9 @@
 # Parameters
 MODEL = "default"
 DATASET = "rotten_tomatoes"
-N_IMPORTANCE = 200                  # validation reviews used to score the heads (steadier: 300+)
-N_EVAL = 500                        # test reviews used to score each pruned model (all: 2000)
-FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)   # share of the heads removed
+N_IMPORTANCE = 100                  # validation reviews used to score the heads (steadier: 300)
+N_EVAL = 300                        # test reviews used to score each pruned model (all: 2000)
+FRACTIONS = (0.0, 0.2, 0.4, 0.6)    # share of the heads removed; finer: (0.0, 0.1, 0.2, ..., 0.7)
 RANDOM_SEEDS = (0, 1)               # random baselines (their mean and range are plotted); more: (0, 1, 2)
 CAPTUM_STEPS = 8                    # integration steps for the captum method
 

@@ -37,13 +37,13 @@
 # Parameters
 MODEL = "default"
 DATASET = "rotten_tomatoes"
-N_TEST = 1000                       # test reviews for the before/after measurements (all: 2000)
+N_TEST = 500                        # test reviews for the before/after measurements (all: 2000)
 LATENCY_RUNS = (20, 5)              # timed runs at batch 1 and batch 32 (steadier: (50, 10))
 
 REUSE_CACHED_SEARCH = True          # True: reuse a finished search with the same settings (instant);
                                     # False: run the search again (minutes) and cache the result
-N_VAL = 300                         # validation reviews the search judges on; the paper uses all (1000):
-                                    # about 3x longer the first time, cached afterwards
+N_VAL = 200                         # validation reviews the search judges on; the paper uses all (1000):
+                                    # about 5x longer the first time, cached afterwards
 TOLERANCE = 0.0                     # 0 = keep a change only if the validation loss improves
 SIGNIFICANCE = 1.0                  # ... by more than this many paired standard errors (0 = the paper's
                                     # rule: any drop; with 0 the search overfitted validation here)
@@ -54,7 +54,7 @@ TOPK_VALUES = (8,)                  # hard-attention k tried in each layer
 N_IMPORTANCE = 200                  # validation reviews for the head scores used to prune further
 PRUNE_MORE = 0.5                    # share of the remaining heads removed after the search
 FFN_MORE = 0.5                      # share of each layer's remaining FFN neurons removed after the search
-DISTILL_STEPS = 60                  # distillation batches (more recovers more: 200)
+DISTILL_STEPS = 40                  # distillation batches (more recovers more: 200)
 DISTILL_BATCH = 32
 
 # %%

@@ -41,7 +41,7 @@ LATENCY_RUNS = (20, 5)              # timed runs at batch 1 and batch 32 (steadi
 
 REUSE_CACHED_SEARCH = True          # True: reuse a finished search with the same settings (instant);
                                     # False: run the search again (minutes) and cache the result
-N_VAL = 300                         # validation reviews the search judges on; the paper uses all (1000).
+N_VAL = 200                         # validation reviews the search judges on; the paper uses all (1000).
                                     # The same settings as notebook 3 reuse its cached search
 TOLERANCE = 0.0                     # 0 = keep a change only if the validation loss improves
 SIGNIFICANCE = 1.0                  # ... by more than this many paired standard errors (0 = the paper's
