@@ -16,7 +16,7 @@ import logging
 import threading
 from pathlib import Path
 
-__all__ = ["describe", "warm"]
+__all__ = ["describe", "describe_data", "warm"]
 
 log = logging.getLogger(__name__)
 _started: set = set()
@@ -57,20 +57,36 @@ def describe(source: str) -> str | None:
         return None
 
 
-def warm(source: str, allow_pickle: bool = False) -> None:
-    """Load the base model into the shared cache in a background thread (once per source)."""
+def describe_data(source: str, dataset: str) -> str | None:
+    """``9,752 train / 1,000 val / 2,000 test`` from the model card, when the model was built on this dataset
+    (its split is fixed by the card's seed); None otherwise."""
+    try:
+        folder = _folder(source)
+        card = json.loads((folder / "axlab_card.json").read_text()) if folder is not None else {}
+        sizes = card.get("split_sizes") or {}
+        if card.get("dataset") != dataset or not all(k in sizes for k in ("train", "validation", "test")):
+            return None
+        return f"{sizes['train']:,} train / {sizes['validation']:,} val / {sizes['test']:,} test"
+    except Exception:  # noqa: BLE001  (the usual load path reports what is wrong)
+        return None
+
+
+def warm(source: str, allow_pickle: bool = False, dataset: str | None = None) -> None:
+    """Load the base model (and the dataset) into the shared caches in a background thread (once each)."""
     with _lock:
-        if (source, allow_pickle) in _started:
+        if (source, allow_pickle, dataset) in _started:
             return
-        _started.add((source, allow_pickle))
+        _started.add((source, allow_pickle, dataset))
 
     def run():
         try:
-            from .state import load_base
+            from .state import load_base, load_splits
+            if dataset is not None:
+                load_splits(dataset)
             load_base(source, allow_pickle)
         except Exception:  # noqa: BLE001  (the page that needs the model shows the error)
             log.info("background load of %s failed", source, exc_info=True)
             with _lock:
-                _started.discard((source, allow_pickle))
+                _started.discard((source, allow_pickle, dataset))
 
     threading.Thread(target=run, name="axlab-warm-model", daemon=True).start()

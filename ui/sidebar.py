@@ -62,14 +62,20 @@ def sidebar(quick: bool = False) -> bool:
     sb = st.sidebar
     nav()
     sb.markdown("### axlab workbench")
-    from .quick import describe, warm
+    from .quick import describe, describe_data, warm
     line = describe(source) if quick else None
+    data_line = describe_data(source, dataset) if line is not None and st.session_state.data_columns == (None, None) \
+        else None
     if line is not None:
         sb.markdown(f"**Model:** `{source}`  \n{line}")
-        warm(source, st.session_state.allow_pickle)
     else:
         _model_line(source)
-    _data_line(dataset)
+    if data_line is not None:
+        sb.markdown(f"**Data:** `{dataset_label(dataset)}`  \n{data_line}")
+    else:
+        _data_line(dataset)
+    if line is not None:
+        warm(source, st.session_state.allow_pickle, dataset if data_line is not None else None)
     _workspace_box()
     st.session_state["_variants_box"] = sb.empty()
     refresh_variants()
