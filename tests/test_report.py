@@ -125,3 +125,20 @@ def test_report_without_a_base_row_says_so(tmp_path, splits):
     vs = [v for v in synthetic_variants() if (v.recipe if hasattr(v, "recipe") else v["recipe"])]
     data = json.loads(write_report(vs, tmp_path / "r", splits=splits)["json"].read_text())
     assert any("No base-model row" in n for n in data["notes"])
+
+
+def test_cli_report_on_a_users_csv_has_no_split_hash_warning(tmp_path, monkeypatch, capsys, caplog):
+    from axlab.cli import main
+    from axlab.store.variants import VariantStore
+    monkeypatch.setenv("AXLAB_DATA", str(tmp_path / "store"))
+    store = VariantStore()
+    for v in synthetic_variants():
+        rec = v.to_dict() if hasattr(v, "to_dict") else dict(v)
+        from axlab.store.variants import Variant
+        store.add(Variant(name=rec["name"], base="default", dataset="my-reviews", recipe=rec["recipe"],
+                          measurements=rec["measurements"]))
+    with caplog.at_level("WARNING"):
+        assert main(["report", "--out", str(tmp_path / "r"), "--json"]) == 0
+    assert not [r for r in caplog.records if "hash" in r.getMessage()]
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert any(row["is_base"] for row in data["table"]) and data["data"] == {}
