@@ -78,7 +78,13 @@ def sidebar(quick: bool = False) -> bool:
         warm(source, st.session_state.allow_pickle, dataset if data_line is not None else None)
     _workspace_box()
     st.session_state["_variants_box"] = sb.empty()
-    refresh_variants()
+    import sys
+    if line is not None and "axlab.store.variants" not in sys.modules:
+        # the variant store imports torch (seconds on a cold start): the home page lists them on its next run
+        st.session_state["_variants_box"].caption("Saved variants are listed here once the model has loaded "
+                                                  "(open any page).")
+    else:
+        refresh_variants()
     running_jobs(ws)
     return line is not None
 
