@@ -540,8 +540,10 @@ def _split_frame(df, names, name, desc, paths, seed, sizes, val_fraction, test_f
     train, val, test = _stratified_split(labels, n_val, n_test, seed)
     texts = df["text"].tolist()
     all_ = Split(texts, [int(x) for x in labels], [str(x) for x in names])
-    note = (f"axlab split {'the built-in dataset' if builtin else repr(Path(str(paths[0])).name)} itself with seed "
-            f"{seed}: train {len(train)}, validation {len(val)}, test {len(test)}.")
+    note = (f"The built-in dataset's fixed split (seed {seed}): train {len(train)}, validation {len(val)}, "
+            f"test {len(test)}." if builtin else
+            f"axlab split {Path(str(paths[0])).name!r} itself with seed {seed}: train {len(train)}, "
+            f"validation {len(val)}, test {len(test)}.")
     if not builtin:
         note += (" If your model was trained on part of this file, its validation and test numbers are not "
                  "held-out: give your own splits (train/validation/test files or a split column).")

@@ -179,10 +179,10 @@ def compare_latency(models: dict, tokenizer, texts: list[str], batch_size: int =
     """Latency of several models measured **interleaved** in one call, so machine load hits them all alike.
 
     Each round runs every model on the same ``runs_per_round`` batches (drawn from ``texts`` at
-    their real lengths), alternating the order between rounds. Per model: the median over all
-    runs (``median_ms``), the per-round medians and their range (``spread_ms`` = [min, max]).
-    Per model other than ``base`` (default: the first): ``speedup`` = base median / median, its
-    range over the paired rounds, and ``within_noise`` = the two models' per-round ranges overlap
+    their real lengths), alternating the order between rounds. Per model: the per-round medians,
+    their median (``median_ms``) and range (``spread_ms`` = [min, max]). Per model other than
+    ``base`` (default: the first): ``speedup`` = the median over rounds of base / model in the same
+    round, its range over the rounds, and ``within_noise`` = the two models' per-round ranges overlap
     (then the ratio is not a result: re-measure on a quieter machine or with more rounds).
     """
     if not models:
@@ -220,7 +220,8 @@ def compare_latency(models: dict, tokenizer, texts: list[str], batch_size: int =
                 per_round[n].append(statistics.median(ts))
     finally:
         torch.set_num_threads(old)
-    out_models = {n: {"median_ms": statistics.median(times[n]), "p90_ms": float(np.percentile(times[n], 90)),
+    # the median of the per-round medians: one noisy round (another program's burst) does not move it
+    out_models = {n: {"median_ms": statistics.median(per_round[n]), "p90_ms": float(np.percentile(times[n], 90)),
                       "round_medians_ms": [round(x, 4) for x in per_round[n]],
                       "spread_ms": [min(per_round[n]), max(per_round[n])]} for n in names}
     ratios = {}
@@ -231,7 +232,7 @@ def compare_latency(models: dict, tokenizer, texts: list[str], batch_size: int =
         paired = [pb / pn for pb, pn in zip(per_round[base], per_round[n]) if pn > 0]
         lo_b, hi_b = b["spread_ms"]
         lo_n, hi_n = out_models[n]["spread_ms"]
-        ratios[n] = {"speedup": b["median_ms"] / out_models[n]["median_ms"],
+        ratios[n] = {"speedup": statistics.median(paired) if paired else b["median_ms"] / out_models[n]["median_ms"],
                      "speedup_range": [min(paired), max(paired)] if paired else None,
                      "within_noise": bool(max(lo_b, lo_n) <= min(hi_b, hi_n)) if rounds > 1 else None}
     return {"models": out_models, "ratios": ratios, "base": base, "batch_size": batch_size, "rounds": rounds,
