@@ -156,7 +156,7 @@ def test_a_subset_of_classes_reports_macro_f1_over_the_classes_present(tok):
     assert ev.per_class["business"]["f1"] is None and "present" in " ".join(ev.notes)
 
 
-def test_importance_and_search_follow_names_not_positions(tok):
+def test_importance_follows_names_not_positions(tok):
     from axlab.analysis.importance import head_importance
     model = _model(NAMES, seed=7)
     texts, labels = _labelled(model, tok, n=40, seed=7)
