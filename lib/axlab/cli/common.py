@@ -76,7 +76,8 @@ def data_notes(splits) -> list[str]:
     return list(getattr(splits, "notes", []) or [])
 
 
-def measure_against_base(base_model, model, tokenizer, split, args, split_name: str = "test") -> tuple[dict, dict, dict]:
+def measure_against_base(base_model, model, tokenizer, split, args,
+                         split_name: str = "test") -> tuple[dict, dict, dict]:
     """(base, variant, compare): both measured on ``split``; latency interleaved in the same rounds.
 
     ``compare`` holds the accuracy change, the size ratio and, per batch size, the speed-up with

@@ -38,7 +38,8 @@ def cmd_train(args) -> None:
     from axlab.core.train import TrainConfig, train
     if args.patience < 0:
         from axlab.core.errors import AxlabError
-        raise AxlabError(f"--patience must be 0 or more, not {args.patience}.", "Use e.g. --patience 1 (0: no early stopping).")
+        raise AxlabError(f"--patience must be 0 or more, not {args.patience}.",
+                         "Use e.g. --patience 1 (0: no early stopping).")
     if args.dataset is None and not (args.train or args.validation or args.test):
         from axlab.core.errors import DataError
         from axlab.core.data import DATASETS

@@ -234,9 +234,9 @@ def align_labels(data, model):
                                                                                           mapping["index"])}}
         if mapping["note"]:
             info["label_note"] = mapping["note"]
-        return replace(data, label_names=list(model_names), info=info,
-                       **{k: (_align_split(data[k], model_names, mapping) if data[k].label_names == list(data.label_names)
-                              else align_labels(data[k], model_names)) for k in SPLIT_NAMES})
+        parts = {k: (_align_split(data[k], model_names, mapping) if data[k].label_names == list(data.label_names)
+                     else align_labels(data[k], model_names)) for k in SPLIT_NAMES}
+        return replace(data, label_names=list(model_names), info=info, **parts)
     if not isinstance(data, Split) or data.label_names is None or list(data.label_names) == model_names:
         return data
     mapping = label_mapping(data.label_names, model_names)
@@ -384,8 +384,8 @@ def _manifest(path: Path) -> dict:
                         'or {"file": "all.csv", "split_column": "split"}.') from None
     allowed = {"file", "train", "validation", "test", "text_column", "label_column", "split_column", "name"}
     if not isinstance(spec, dict) or set(spec) - allowed:
-        raise DataError(f"'{path.name}' has unknown keys {sorted(set(spec) - allowed) if isinstance(spec, dict) else spec}.",
-                        f"A data manifest may hold: {', '.join(sorted(allowed))}.")
+        what = sorted(set(spec) - allowed) if isinstance(spec, dict) else spec
+        raise DataError(f"'{path.name}' has unknown keys {what}.", f"A data manifest may hold: {', '.join(sorted(allowed))}.")
     for k in ("file", "train", "validation", "test"):           # relative paths are relative to the manifest
         if spec.get(k):
             p = Path(spec[k]).expanduser()
@@ -409,7 +409,8 @@ def load_dataset(name_or_path: str | None = "rotten_tomatoes", *, seed: int = 0,
     - a ``.json`` manifest naming any of the above (keys file, train, validation, test,
       text_column, label_column, split_column).
     """
-    if name_or_path is not None and str(name_or_path).lower().endswith(".json") and Path(str(name_or_path)).expanduser().exists():
+    if (name_or_path is not None and str(name_or_path).lower().endswith(".json")
+            and Path(str(name_or_path)).expanduser().exists()):
         spec = _manifest(Path(str(name_or_path)).expanduser())
         return _load_manifest(spec, seed, text_column, label_column, val_fraction, test_fraction, split_column)
     if any((train, validation, test)):

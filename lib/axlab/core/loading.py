@@ -114,7 +114,8 @@ def _check_folder(folder: Path, allow_pickle: bool) -> None:
         raise ModelLoadError(f"Folder '{folder}' has no config.json, so it is not a transformers model folder.",
                              "Point at the folder written by `save_pretrained` (it holds config.json and weights).")
     files = {f.name for f in folder.iterdir()}
-    shards = sorted(f for f in files if f == "model.safetensors" or (f.startswith("model-") and f.endswith(".safetensors")))
+    shards = sorted(f for f in files
+                    if f == "model.safetensors" or (f.startswith("model-") and f.endswith(".safetensors")))
     if shards or "model.safetensors.index.json" in files:
         for f in shards:
             _check_safetensors(folder / f)

@@ -182,7 +182,8 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
     best_epoch = None
     if best_state is not None:
         model.load_state_dict(best_state)
-        best_epoch = next(h["epoch"] for h in history if h.get("best") and (h["validation_accuracy"], -h["validation_loss"]) == best)
+        best_epoch = next(h["epoch"] for h in history
+                          if h.get("best") and (h["validation_accuracy"], -h["validation_loss"]) == best)
     return {"steps": step, "final_loss": float(np.mean(losses[-50:])) if losses else None,
             "epochs_run": history[-1]["epoch"] if history else epochs, "best_epoch": best_epoch, "history": history}
 

@@ -128,9 +128,13 @@ def _kv_table(d: dict) -> str:
 
 
 def _frame_html(df: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return "–"
+        return html.escape(str(round(v, 4) if isinstance(v, float) else v))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{'–' if v is None or (isinstance(v, float) and pd.isna(v)) else html.escape(str(round(v, 4) if isinstance(v, float) else v))}</td>"
-                                    for v in row) + "</tr>" for row in df.itertuples(index=False))
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -185,7 +189,8 @@ def render_html(data: dict, df: pd.DataFrame) -> str:
             pc = per_class_table(m)
             parts.append(f"<h3>{html.escape(str(v['name']))}</h3>" + _frame_html(pc))
             fig = confusion_figure(m, title=f"{v['name']}: confusion matrix")
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"conf-{html.escape(str(v['id']))}",
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=first,
+                                     div_id=f"conf-{html.escape(str(v['id']))}",
                                      config={"displaylogo": False, "responsive": True}))
             first = False
     parts += ["<h2>Hardware</h2>", _kv_table(data["hardware"] or {}),
