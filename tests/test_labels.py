@@ -192,3 +192,11 @@ def test_own_split_files_column_and_manifest_are_used_as_given(tmp_path):
     assert s4.sizes == s.sizes and s4.test.texts == s.test.texts and s4.name == "data"
     with pytest.raises(DataError, match="split values"):
         load_dataset(_csv(tmp_path / "bad.csv", [(t, y, "holdout?") for t, y, _ in col], ("text", "label", "split")))
+
+
+def test_eval_of_a_missing_split_is_a_clear_error(tmp_path, capsys):
+    from axlab.core.testing import save_tiny
+    folder = save_tiny(tmp_path / "m")
+    te = _csv(tmp_path / "te.csv", [(f"text {i}", i % 2) for i in range(20)])
+    assert main(["eval", str(folder), "--test", te, "--split", "validation", "--no-latency"]) == 2
+    assert "validation split" in capsys.readouterr().err

@@ -57,6 +57,10 @@ def cmd_eval(args) -> None:
     from axlab.core.measure import hardware_info, measure
     bundle, splits = load_model_and_data(args)
     split = splits[args.split].head(args.limit)
+    if len(split) == 0:
+        from axlab.core.errors import DataError
+        raise DataError(f"The {args.split} split of '{splits.name}' is empty ({splits.sizes}).",
+                        f"Pick another split (--split), or give that split's file (--{args.split} FILE).")
     m = measure(bundle.model, bundle.tokenizer, split, split_name=args.split, with_latency=not args.no_latency,
                 threads=args.threads)
     out = {"model": args.model, "dataset": splits.name, **m.to_dict(),
