@@ -51,3 +51,10 @@ def test_replay_reproduces_and_never_mutates(tiny, batch, _test_op):
     for k, t in tiny.state_dict().items():
         assert torch.equal(t, before[k])
     assert sum(p.numel() for p in a.parameters()) < sum(p.numel() for p in tiny.parameters())
+
+
+def test_builtin_op_names_match_the_registered_transforms():
+    import axlab.compress  # noqa: F401  (registers the built-in ops)
+    from axlab.core.recipe import BUILTIN_OPS, TRANSFORMS
+    registered = {op for op, fn in TRANSFORMS.items() if fn.__module__.startswith("axlab.compress")}
+    assert registered == set(BUILTIN_OPS)

@@ -27,7 +27,7 @@ from torch import nn
 from axlab.core.errors import AxlabError
 
 __all__ = ["Step", "RecipeContext", "register_transform", "TRANSFORMS", "apply_step", "apply_recipe",
-           "validate_recipe", "describe_step", "describe_recipe"]
+           "validate_recipe", "describe_step", "describe_recipe", "BUILTIN_OPS"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ class RecipeContext:
 
 TransformFn = Callable[[nn.Module, RecipeContext], nn.Module]
 TRANSFORMS: dict[str, Callable] = {}
+# The names of the ops axlab.compress registers, so a recipe can be checked (e.g. by the
+# store) without importing the transforms; tests/test_variants.py keeps it equal to them.
+BUILTIN_OPS = frozenset({"prune_heads", "prune_ffn", "drop_layers", "prune_vocab", "unstructured", "hard_attention",
+                         "distill", "quantize_int8", "quantize_rtn", "quantize_gpfq"})
 
 
 def register_transform(op: str):
@@ -67,8 +71,8 @@ def Step(op: str, **params) -> dict:  # noqa: N802  (reads like a constructor)
 def validate_recipe(recipe: list[dict], *, check_ops: bool = True) -> list[dict]:
     """Raise AxlabError unless ``recipe`` is a JSON list of known steps; return it.
 
-    ``check_ops=False`` checks the structure only (the variant store does that: it keeps
-    recipes whether or not the transforms are imported in this process).
+    Known: the built-in ops (:data:`BUILTIN_OPS`) and any op registered in this process.
+    ``check_ops=False`` checks the structure only.
     """
     if not isinstance(recipe, list):
         raise AxlabError("A recipe must be a list of steps.", "Use e.g. [{'op': 'prune_heads', 'params': {...}}].")
@@ -77,10 +81,9 @@ def validate_recipe(recipe: list[dict], *, check_ops: bool = True) -> list[dict]
             raise AxlabError(f"Step {i} is not a {{'op': ..., 'params': ...}} mapping.", "Fix the recipe JSON.")
         if not isinstance(step.get("params", {}), dict):
             raise AxlabError(f"Step {i}'s params are not a mapping.", "Fix the recipe JSON.")
-        if check_ops and step["op"] not in TRANSFORMS:
+        if check_ops and step["op"] not in TRANSFORMS and step["op"] not in BUILTIN_OPS:
             raise AxlabError(f"Step {i} has unknown op '{step['op']}'.",
-                             f"Known ops: {', '.join(sorted(TRANSFORMS)) or 'none yet'} (the built-in transforms "
-                             "register when axlab.compress is imported: use axlab.compress.apply_recipe).")
+                             f"Known ops: {', '.join(sorted(BUILTIN_OPS | set(TRANSFORMS)))}.")
     json.dumps(recipe)  # must be JSON-serialisable
     return recipe
 
@@ -90,6 +93,9 @@ def apply_step(model: nn.Module, step: dict, ctx: RecipeContext) -> nn.Module:
     fn = TRANSFORMS.get(step["op"])
     if fn is None:
         validate_recipe([step])       # raises the clear unknown-op error
+        raise AxlabError(f"The op '{step['op']}' is not registered in this process.",
+                         "Import axlab.compress first (it registers the built-in transforms), or use "
+                         "axlab.compress.apply_recipe.")
     out = fn(model, ctx, **step.get("params", {}))
     return out if out is not None else model
 

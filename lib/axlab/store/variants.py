@@ -62,7 +62,7 @@ class VariantStore:
         return c
 
     def add(self, v: Variant) -> Variant:
-        validate_recipe(v.recipe, check_ops=False)
+        validate_recipe(v.recipe)
         with self._conn() as c:
             c.execute("INSERT OR REPLACE INTO variants VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (v.id, v.workspace, v.name, v.base, v.dataset, json.dumps(v.recipe), json.dumps(v.measurements),
