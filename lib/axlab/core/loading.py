@@ -78,7 +78,9 @@ def resolve_source(source: str) -> tuple[str, str]:
         return "folder", str(p.resolve())
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
     if looks_like_path:
-        raise ModelLoadError(f"Folder '{source}' does not exist.", "Check the path, or give a hub id like 'org/name'.")
+        raise ModelLoadError(f"Folder '{source}' does not exist.",
+                             "Check the path, or give a hub id as shown on its model page (e.g. 'org/name', or a "
+                             "legacy one-part id such as 'distilbert-base-uncased-finetuned-sst-2-english').")
     return "hub", source
 
 
@@ -175,7 +177,7 @@ def load_model(source: str = "default", *, allow_pickle: bool = False, trust_rem
             raise ModelLoadError(
                 f"Could not load '{source}' from the Hugging Face hub"
                 + (" (offline mode: HF_HUB_OFFLINE=1)." if offline else f": {str(e).splitlines()[0]}"),
-                "Check the id (it looks like 'org/name') and your network. Without a network, download the "
+                "Check the id (copy it from the model's hub page: 'org/name', or a legacy one-part id) and your network. Without a network, download the "
                 "model elsewhere, copy the folder here and pass its path.") from None
         if "trust_remote_code" in str(e):
             raise ModelLoadError(f"'{source}' needs custom code to load.",

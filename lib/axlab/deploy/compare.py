@@ -147,6 +147,7 @@ def tradeoff_figure(df: pd.DataFrame, x: str = "latency_b1_ms", y: str = "accura
         symbols = np.where(part.is_base.to_numpy(dtype=bool), "star", np.where(on_front, "circle", "circle-open"))
         fig.add_trace(go.Scatter(
             x=part[x], y=part[y], mode="markers+text", text=part.variant, textposition="top center",
+            cliponaxis=False,                                    # labels at the plot's edge stay whole
             marker=dict(size=np.where(part.is_base.to_numpy(dtype=bool), 16, 11), symbol=symbols,
                         color=_COLORS.get(runtime, "#7f7f7f"), line=dict(width=1.5)),
             name=runtime, customdata=np.stack([part.steps, part[y].round(4)], axis=-1),
@@ -154,7 +155,14 @@ def tradeoff_figure(df: pd.DataFrame, x: str = "latency_b1_ms", y: str = "accura
                           + ": %{customdata[1]}<br>steps: %{customdata[0]}<extra>" + runtime + "</extra>"))
     fig.update_layout(title=title or f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", xaxis_title=LABELS.get(x, x),
                       yaxis_title=LABELS.get(y, y), template="plotly_white", legend_title="runtime",
-                      margin=dict(l=60, r=20, t=60, b=50))
+                      margin=dict(l=80, r=80, t=70, b=50))
+    if len(data):                                                # room for the labels above and beside the points
+        for axis, col in (("xaxis", x), ("yaxis", y)):
+            vals = pd.to_numeric(data[col], errors="coerce").dropna()
+            if len(vals):
+                lo, hi = float(vals.min()), float(vals.max())
+                pad = (hi - lo) * 0.12 or abs(hi) * 0.05 or 1.0
+                fig.update_layout({axis: dict(range=[lo - pad, hi + pad * (1.6 if axis == "yaxis" else 1.0)])})
     return fig
 
 
