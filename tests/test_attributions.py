@@ -85,7 +85,8 @@ def test_before_after_uses_one_target(tokenizer):
     assert both["base"].tokens == both["pruned"].tokens
     assert not np.allclose(both["base"].scores, both["pruned"].scores)
     html = viz.attribution_compare_html(both)
-    assert html.count("<span") == 2 * len(both["base"].tokens) and "base: p(" in html and "pruned: p(" in html
+    token_spans = html.count("<span title=")                   # one per token and model (the legend has no title)
+    assert token_spans == 2 * len(both["base"].tokens) and "base: p(" in html and "pruned: p(" in html
 
 
 def test_bad_inputs_are_explained(tokenizer):

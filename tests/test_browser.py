@@ -33,13 +33,20 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def server(default_bundle):
+def server(default_bundle, tmp_path_factory):
     if chromium_path() is None:
         pytest.skip("chromium is not installed (bash scripts/setup.sh --test installs Debian's chromium)")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (see requirements.txt)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = start_server(port, env={"HF_HUB_OFFLINE": "1", "AXLAB_DATA": os.environ["AXLAB_DATA"]},
+    # a scratch cache that shares only the built models: analysis results from an earlier run
+    # would come back at once, and the page would never show a long job's estimate
+    from axlab.core.paths import cache_dir
+    home = tmp_path_factory.mktemp("axlab-home")
+    (home / "cache").mkdir()
+    (home / "cache" / "models").symlink_to(cache_dir("models"), target_is_directory=True)
+    proc = start_server(port, env={"HF_HUB_OFFLINE": "1", "AXLAB_DATA": os.environ["AXLAB_DATA"],
+                                   "AXLAB_HOME": str(home)},
                         log_path=ARTIFACTS / "server.log")
     try:
         wait_healthy(port, proc)
