@@ -65,8 +65,21 @@ class Split:
         return Split([self.texts[i] for i in ix], [int(self.labels[i]) for i in ix], self.label_names)
 
 
+class SplitAccess:
+    """``splits["test"]`` and ``splits.sizes`` for any train/validation/test container (text or images)."""
+
+    def __getitem__(self, key: str):
+        if key not in SPLIT_NAMES:
+            raise KeyError(f"split must be train, validation or test, not {key!r}")
+        return getattr(self, key)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {k: len(self[k]) for k in SPLIT_NAMES}
+
+
 @dataclass
-class Splits:
+class Splits(SplitAccess):
     name: str
     label_names: list[str]
     train: Split
@@ -82,15 +95,6 @@ class Splits:
             s = getattr(self, k)
             if s.label_names is None:
                 setattr(self, k, Split(s.texts, s.labels, list(self.label_names)))
-
-    def __getitem__(self, key: str) -> Split:
-        if key not in SPLIT_NAMES:
-            raise KeyError(f"split must be train, validation or test, not {key!r}")
-        return getattr(self, key)
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {k: len(self[k]) for k in SPLIT_NAMES}
 
     @property
     def key(self) -> str:

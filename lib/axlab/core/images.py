@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from axlab.core.data import package_file
+from axlab.core.data import SPLIT_NAMES, SplitAccess, package_file
 from axlab.core.errors import DataError
 
 __all__ = ["ImageSplit", "ImageSplits", "load_image_dataset", "IMAGE_DATASETS", "SHIFTS", "shift_images",
@@ -41,7 +41,6 @@ __all__ = ["ImageSplit", "ImageSplits", "load_image_dataset", "IMAGE_DATASETS", 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLIT_NAMES = ("train", "validation", "test")
 SHIFTS = ("rotate30", "invert", "noise0.3", "translate4")
 IMAGE_DATASETS = {
     "mnist": "MNIST handwritten digits (28x28 grey, 10 classes; 50k train / 10k validation / 10k test)",
@@ -71,7 +70,7 @@ class ImageSplit:
 
 
 @dataclass
-class ImageSplits:
+class ImageSplits(SplitAccess):
     name: str
     label_names: list[str]
     train: ImageSplit
@@ -81,15 +80,6 @@ class ImageSplits:
     file_hash: str
     source_file: str
     info: dict = field(default_factory=dict)
-
-    def __getitem__(self, key: str) -> ImageSplit:
-        if key not in SPLIT_NAMES:
-            raise KeyError(f"split must be train, validation or test, not {key!r}")
-        return getattr(self, key)
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {k: len(self[k]) for k in SPLIT_NAMES}
 
 
 # ---------------------------------------------------------------------------------------------
