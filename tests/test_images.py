@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
+import torch
 import pytest
 from axlab.core.errors import DataError
 from axlab.core.images import SHIFTS, load_image_dataset, shift_images
@@ -88,3 +89,26 @@ def test_bad_image_data_gets_clear_errors(tmp_path):
     (tmp_path / "cols.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="image-path column"):
         load_image_dataset(str(tmp_path / "cols.csv"))
+
+
+def test_measure_reads_images_through_the_image_processor_and_matches_labels_by_name():
+    """The same measure/evaluate path serves image splits: labels by name, grey->RGB for colour models."""
+    from transformers import ViTImageProcessor
+
+    from axlab.core import measure
+    from axlab.core.images import ImageSplit
+    from axlab.core.testing import tiny_vision_model
+
+    model = tiny_vision_model("vit", num_labels=3, channels=3)
+    model.config.id2label = {0: "a", 1: "b", 2: "c"}
+    model.config.label2id = {"a": 0, "b": 1, "c": 2}
+    proc = ViTImageProcessor(size={"height": 28, "width": 28})
+    grey = (np.random.default_rng(0).random((12, 28, 28)) * 255).astype(np.uint8)
+    logits = measure.predict_logits(model, proc, grey, batch_size=5)
+    rgb = measure.predict_logits(model, proc, list(np.repeat(grey[..., None], 3, -1)))
+    assert torch.allclose(logits, rgb)
+    pred = logits.argmax(-1).tolist()
+    names = ["c", "b", "a"]                                    # the data's own order, not the model's
+    split = ImageSplit(grey, [names.index(model.config.id2label[p]) for p in pred], names)
+    ev = measure.evaluate(model, proc, split)
+    assert ev["accuracy"] == 1.0 and ev["labels"] == ["a", "b", "c"]

@@ -56,6 +56,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def inputs(self) -> list[str]:
+        """What the model reads (texts here; images in :class:`axlab.core.images.ImageSplit`)."""
+        return self.texts
+
     def head(self, n: int | None) -> "Split":
         return self if n is None or n >= len(self) else self.take(range(n))
 
@@ -210,13 +215,13 @@ def label_mapping(data_names: list[str], model_names: list[str]) -> dict:
                     f"{_show(model_names)}; the data's are {_show(data_names)}.", fix)
 
 
-def _align_split(split: Split, model_names: list[str], mapping: dict) -> Split:
+def _align_split(split, model_names: list[str], mapping: dict):
     index = mapping["index"]
-    return Split(split.texts, [index[int(y)] for y in split.labels], list(model_names))
+    return replace(split, labels=[index[int(y)] for y in split.labels], label_names=list(model_names))
 
 
 def align_labels(data, model):
-    """``data`` (a :class:`Split` or :class:`Splits`) with its labels renumbered to ``model``'s outputs.
+    """``data`` (a split or a train/validation/test container, text or images) relabelled to ``model``'s outputs.
 
     ``model`` is a model (its ``config.id2label``), a ModelBundle or a list of output names.
     Matching is by name; see :func:`label_mapping`. A split without label names (plain
@@ -226,7 +231,7 @@ def align_labels(data, model):
     model_names = model_label_names(model)
     if data is None or model_names is None:
         return data
-    if isinstance(data, Splits):
+    if isinstance(data, SplitAccess):
         if list(data.label_names) == model_names and all(data[k].label_names == model_names for k in SPLIT_NAMES):
             return data
         mapping = label_mapping(data.label_names, model_names)
@@ -241,7 +246,8 @@ def align_labels(data, model):
         parts = {k: (_align_split(data[k], model_names, mapping) if data[k].label_names == list(data.label_names)
                      else align_labels(data[k], model_names)) for k in SPLIT_NAMES}
         return replace(data, label_names=list(model_names), info=info, **parts)
-    if not isinstance(data, Split) or data.label_names is None or list(data.label_names) == model_names:
+    if not hasattr(data, "labels") or getattr(data, "label_names", None) is None \
+            or list(data.label_names) == model_names:
         return data
     mapping = label_mapping(data.label_names, model_names)
     if mapping["note"]:

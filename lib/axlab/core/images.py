@@ -60,6 +60,11 @@ class ImageSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def inputs(self) -> np.ndarray:
+        """What the model reads: the images (see :func:`axlab.core.measure.encode`)."""
+        return self.images
+
     def head(self, n: int | None) -> "ImageSplit":
         return self if n is None or n >= len(self) else self.take(range(n))
 

@@ -1,8 +1,10 @@
 """Measure a model: accuracy and macro-F1, latency on real lengths, serialised size.
 
-A *predictor* is anything that maps a tokenised batch (dict with ``input_ids`` and
-``attention_mask`` as int64 torch tensors) to logits. A torch model is wrapped by
-:func:`as_predictor`; the ONNX export supplies its own. ``measure`` returns one record.
+The model's *inputs* are texts (a list of str, read with a tokenizer) or images (uint8 arrays
+(H, W) or (H, W, 3), read with an image processor); :func:`encode` is the one place that
+turns either into a batch. A *predictor* is anything that maps such a batch (``input_ids``
+and ``attention_mask``, or ``pixel_values``, as torch tensors) to logits. A torch model is
+wrapped by :func:`as_predictor`; the ONNX export supplies its own. ``measure`` returns one record.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from axlab.core.data import Split, align_labels
 from axlab.core.progress import Progress, as_progress
 
 __all__ = ["Predictor", "as_predictor", "predict_logits", "evaluate", "scores", "fidelity", "latency", "size_report", "hardware_info",
-           "measure", "Measurement", "tokenize", "iter_batches", "compare_latency", "describe_speedup", "per_class"]
+           "measure", "Measurement", "tokenize", "encode", "is_images", "iter_batches", "compare_latency", "describe_speedup", "per_class"]
 
 log = logging.getLogger(__name__)
 
@@ -35,35 +37,83 @@ def tokenize(tokenizer, texts: list[str], max_length: int = MAX_LENGTH) -> dict:
     return dict(tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
 
 
+def is_images(inputs) -> bool:
+    """True for images (an array (N, H, W[, C]) or a sequence of (H, W[, C]) arrays / PIL images)."""
+    if isinstance(inputs, np.ndarray):
+        return inputs.ndim >= 3
+    if isinstance(inputs, (list, tuple)) and len(inputs):
+        first = inputs[0]
+        return isinstance(first, np.ndarray) or hasattr(first, "getbands")        # array or PIL image
+    return False
+
+
+def _processor_channels(processor) -> int | None:
+    mean = getattr(processor, "image_mean", None)
+    return len(mean) if isinstance(mean, (list, tuple)) else None
+
+
+def encode(processor, inputs, max_length: int = MAX_LENGTH) -> dict:
+    """One model batch from texts (tokenizer) or images (image processor): the only place that knows both.
+
+    Images are uint8 (H, W) grey or (H, W, 3) colour. A grey image given to a colour model is
+    repeated over the 3 channels; a colour image given to a grey model is reduced to luminance
+    (the processor's ``image_mean`` says how many channels the model reads).
+    """
+    if not is_images(inputs):
+        return tokenize(processor, inputs, max_length)
+    arrays = [np.asarray(im) for im in inputs]
+    channels = _processor_channels(processor)
+    batch = []
+    for a in arrays:
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if channels == 3 and a.shape[-1] == 1:
+            a = np.repeat(a, 3, axis=-1)
+        elif channels == 1 and a.shape[-1] == 3:
+            a = np.rint(a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).clip(0, 255)
+            a = a.astype(np.uint8)[:, :, None]
+        batch.append(a)
+    out = processor(images=batch, return_tensors="pt", input_data_format="channels_last")
+    return {"pixel_values": out["pixel_values"]}
+
+
 def as_predictor(model) -> Predictor:
     if isinstance(model, nn.Module):
         def predict(batch: dict) -> torch.Tensor:
             with torch.inference_mode():
+                if "pixel_values" in batch:
+                    return model(pixel_values=batch["pixel_values"]).logits
                 return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return predict
     return model
 
 
-def iter_batches(tokenizer, texts: list[str], batch_size: int, max_length: int = MAX_LENGTH):
-    """Yield (indices, batch) with texts grouped by length so padding is small."""
-    lengths = [len(t) for t in texts]
-    order = np.argsort(lengths, kind="stable")
+def _pick(inputs, ix) -> list:
+    return [inputs[int(i)] for i in ix]
+
+
+def iter_batches(processor, inputs, batch_size: int, max_length: int = MAX_LENGTH):
+    """Yield (indices, batch); texts are grouped by length so padding is small, images keep their order."""
+    if is_images(inputs):
+        order = np.arange(len(inputs))
+    else:
+        order = np.argsort([len(t) for t in inputs], kind="stable")
     for start in range(0, len(order), batch_size):
         ix = order[start:start + batch_size]
-        yield ix, tokenize(tokenizer, [texts[i] for i in ix], max_length)
+        yield ix, encode(processor, _pick(inputs, ix), max_length)
 
 
-def predict_logits(model, tokenizer, texts: list[str], batch_size: int = 64, progress: Progress = None,
+def predict_logits(model, processor, inputs, batch_size: int = 64, progress: Progress = None,
                    max_length: int = MAX_LENGTH) -> torch.Tensor:
-    """Logits for ``texts`` in their original order, shape (N, n_labels)."""
+    """Logits for ``inputs`` (texts or images) in their original order, shape (N, n_labels)."""
     predict = as_predictor(model)
     out: list[tuple[np.ndarray, torch.Tensor]] = []
-    prog = as_progress(progress, total=len(texts), desc="predict")
-    for ix, batch in iter_batches(tokenizer, texts, batch_size, max_length):
+    prog = as_progress(progress, total=len(inputs), desc="predict")
+    for ix, batch in iter_batches(processor, inputs, batch_size, max_length):
         out.append((ix, torch.as_tensor(np.asarray(predict(batch))).float()))
         prog.update(len(ix))
     prog.close()
-    logits = torch.empty(len(texts), out[0][1].shape[-1]) if out else torch.empty(0, 0)
+    logits = torch.empty(len(inputs), out[0][1].shape[-1]) if out else torch.empty(0, 0)
     for ix, lg in out:
         logits[torch.as_tensor(ix)] = lg
     return logits
@@ -105,14 +155,14 @@ def _macro_f1(y: np.ndarray, p: np.ndarray, n_classes: int) -> float:
     return per_class(y, p, n_classes)["macro_f1"]
 
 
-def evaluate(model, tokenizer, split: Split, batch_size: int = 64, progress: Progress = None) -> dict:
+def evaluate(model, processor, split: Split, batch_size: int = 64, progress: Progress = None) -> dict:
     """Accuracy, macro-F1, mean cross-entropy loss, per-class figures and the confusion matrix on a split.
 
     The split's labels are matched to the model's ``id2label`` by name first
     (:func:`axlab.core.data.align_labels`; raises DataError for labels the model does not know).
     """
     split = align_labels(split, model)
-    logits = predict_logits(model, tokenizer, split.texts, batch_size, progress)
+    logits = predict_logits(model, processor, split.inputs, batch_size, progress)
     return scores(logits, split.labels, label_names=split.label_names)
 
 
@@ -149,12 +199,12 @@ def fidelity(logits: torch.Tensor, reference: torch.Tensor) -> dict:
             "kl": float((ref.exp() * (ref - lp)).sum(-1).mean())}
 
 
-def latency(model, tokenizer, texts: list[str], batch_size: int = 1, n_runs: int = 50, warmup: int = 5,
+def latency(model, processor, inputs, batch_size: int = 1, n_runs: int = 50, warmup: int = 5,
             seed: int = 0, threads: int | None = None) -> dict:
-    """Median and p90 latency (ms) on batches drawn from ``texts`` (their real lengths)."""
+    """Median and p90 latency (ms) on batches drawn from ``inputs`` (texts at their real lengths, or images)."""
     predict = as_predictor(model)
     rng = np.random.default_rng(seed)
-    batches = [tokenize(tokenizer, [texts[i] for i in rng.choice(len(texts), batch_size, replace=len(texts) < batch_size)])
+    batches = [encode(processor, _pick(inputs, rng.choice(len(inputs), batch_size, replace=len(inputs) < batch_size)))
                for _ in range(n_runs + warmup)]
     old = torch.get_num_threads()
     if threads:
@@ -173,13 +223,13 @@ def latency(model, tokenizer, texts: list[str], batch_size: int = 1, n_runs: int
             "batch_size": batch_size, "runs": n_runs, "threads": threads or old}
 
 
-def compare_latency(models: dict, tokenizer, texts: list[str], batch_size: int = 1, rounds: int = 5,
+def compare_latency(models: dict, processor, inputs, batch_size: int = 1, rounds: int = 5,
                     runs_per_round: int = 10, warmup: int = 3, seed: int = 0, threads: int | None = None,
                     base: str | None = None) -> dict:
     """Latency of several models measured **interleaved** in one call, so machine load hits them all alike.
 
-    Each round runs every model on the same ``runs_per_round`` batches (drawn from ``texts`` at
-    their real lengths), alternating the order between rounds. Per model: the per-round medians,
+    Each round runs every model on the same ``runs_per_round`` batches (drawn from ``inputs``:
+    texts at their real lengths, or images), alternating the order between rounds. Per model: the per-round medians,
     their median (``median_ms``) and range (``spread_ms`` = [min, max]). Per model other than
     ``base`` (default: the first): ``speedup`` = the median over rounds of base / model in the same
     round, its range over the rounds, and ``within_noise`` = the two models' per-round ranges overlap
@@ -194,8 +244,7 @@ def compare_latency(models: dict, tokenizer, texts: list[str], batch_size: int =
     rng = np.random.default_rng(seed)
 
     def draw(k):
-        return [tokenize(tokenizer, [texts[i] for i in rng.choice(len(texts), batch_size,
-                                                                      replace=len(texts) < batch_size)])
+        return [encode(processor, _pick(inputs, rng.choice(len(inputs), batch_size, replace=len(inputs) < batch_size)))
                 for _ in range(k)]
     warm = draw(warmup)
     batches = draw(rounds * runs_per_round)
@@ -342,10 +391,12 @@ class Measurement:
         return asdict(self)
 
 
-def measure(model, tokenizer, split: Split, *, split_name: str = "test", with_latency: bool = True,
+def measure(model, processor, split: Split, *, split_name: str = "test", with_latency: bool = True,
             latency_runs: tuple[int, int] = (50, 10), threads: int | None = None, progress: Progress = None,
             size_of: nn.Module | None = None, compare_to=None, latency_rounds: int = 5) -> Measurement:
-    """Accuracy/F1 (+ per class, confusion) on ``split``, latency at batch 1 and 32 on its texts, and size.
+    """Accuracy/F1 (+ per class, confusion) on ``split``, latency at batch 1 and 32 on its inputs, and size.
+
+    ``processor`` is the tokenizer (text) or image processor (images) the model was loaded with.
 
     Latency runs in ``latency_rounds`` rounds (``latency_runs`` runs in all per batch size); with
     ``compare_to`` (the base model) both are measured interleaved in the same rounds and
@@ -353,7 +404,7 @@ def measure(model, tokenizer, split: Split, *, split_name: str = "test", with_la
     ``model`` may be a torch model or a predictor; for a predictor pass ``size_of`` or the
     size fields stay None (the ONNX export fills them from the file).
     """
-    ev = evaluate(model, tokenizer, split, progress=progress)
+    ev = evaluate(model, processor, split, progress=progress)
     notes = [n for n in (ev.get("note"),) if n]
     m = Measurement(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"], n=ev["n"], split=split_name,
                     per_class=ev["per_class"], confusion=ev["confusion"], labels=ev["labels"], notes=notes or None)
@@ -363,7 +414,7 @@ def measure(model, tokenizer, split: Split, *, split_name: str = "test", with_la
         res = {}
         for key, bs, runs in (("b1", 1, latency_runs[0]), ("b32", 32, latency_runs[1])):
             r = min(rounds, max(1, runs))
-            res[key] = compare_latency(models, tokenizer, split.texts, bs, rounds=r, runs_per_round=max(1, runs // r),
+            res[key] = compare_latency(models, processor, split.inputs, bs, rounds=r, runs_per_round=max(1, runs // r),
                                        warmup=3 if bs == 1 else 1, threads=threads)
         v1, v32 = res["b1"]["models"]["variant"], res["b32"]["models"]["variant"]
         m.latency_b1_ms, m.latency_b1_p90_ms, m.latency_b1_spread_ms = v1["median_ms"], v1["p90_ms"], v1["spread_ms"]
