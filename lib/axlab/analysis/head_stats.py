@@ -82,7 +82,7 @@ def _compute(model: nn.Module, tokenizer, split: Split, batch_size: int, max_len
     was_training = model.training
     model.eval()
     try:
-        for ix, batch in iter_batches(tokenizer, split.texts, batch_size, max_length):
+        for ix, batch in iter_batches(tokenizer, split.inputs, batch_size, max_length):
             ctrl = AttentionControl(capture=True)
             model(**batch, axlab=ctrl)
             ids, mask = batch["input_ids"], batch["attention_mask"].bool()     # (B, T)

@@ -79,7 +79,7 @@ def _batches(tokenizer, split: Split, batch_size: int, max_length: int = MAX_LEN
     """Tokenised batches with their labels, built once and reused."""
     labels = np.asarray(split.labels)
     return [(batch, torch.as_tensor(labels[ix], dtype=torch.long))
-            for ix, batch in iter_batches(tokenizer, split.texts, batch_size, max_length)]
+            for ix, batch in iter_batches(tokenizer, split.inputs, batch_size, max_length)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ class _Evaluator:
     def __init__(self, model: nn.Module, tokenizer, split: Split, batch_size: int, criterion: str = "loss"):
         self.model = model
         self.criterion = criterion
-        self.batches = [(ix, b) for ix, b in iter_batches(tokenizer, split.texts, batch_size)]
+        self.batches = [(ix, b) for ix, b in iter_batches(tokenizer, split.inputs, batch_size)]
         labels = np.asarray(split.labels)
         self.labels = [torch.as_tensor(labels[ix]) for ix, _ in self.batches]
         self.start = 0

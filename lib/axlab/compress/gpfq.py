@@ -60,7 +60,7 @@ from torch import nn
 from axlab.compress.quantize import calibration_texts, quantize_embeddings_, rtn_linear, target_linears
 from axlab.core import registry
 from axlab.core.errors import AxlabError
-from axlab.core.measure import iter_batches
+from axlab.core.measure import forward, iter_batches
 from axlab.core.packing import code_range
 from axlab.core.progress import Progress, as_progress
 from axlab.core.qmodules import (
@@ -288,7 +288,7 @@ def _layer_inputs(model: nn.Module, batches: list[dict]) -> list[tuple]:
     try:
         for b in batches:
             try:
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                forward(model, b)
             except _Stop:
                 pass
     finally:
@@ -468,7 +468,7 @@ def _gram_full(ref, qmodel, name: str, batches, masks) -> _Stats:
             got = []
             hd = m.get_submodule(name).register_forward_pre_hook(lambda mod, inp: got.append(inp[0].detach()))
             try:
-                m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                forward(m, batch)
             finally:
                 hd.remove()
             xs.append(got[0])
@@ -579,7 +579,7 @@ def choose_bits(model: nn.Module, tokenizer, texts: list[str], avg_bits: float, 
     work = copy.deepcopy(model).eval()
 
     def logprobs(m):
-        return torch.cat([torch.log_softmax(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, -1)
+        return torch.cat([torch.log_softmax(forward(m, b).logits, -1)
                           for b in batches])
 
     ref = logprobs(work)

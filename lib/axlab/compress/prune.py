@@ -208,7 +208,7 @@ def ffn_importance(model: nn.Module, criterion: str = "magnitude", tokenizer=Non
     was_training = model.training
     model.eval()
     try:
-        for ix, batch in iter_batches(tokenizer, split.texts, batch_size):
+        for ix, batch in iter_batches(tokenizer, split.inputs, batch_size):
             state["mask"] = batch["attention_mask"]
             n_tokens += int(batch["attention_mask"].sum())
             if criterion == "activation":
@@ -437,7 +437,7 @@ def unstructured(model: nn.Module, sparsity: float, criterion: str = "magnitude"
         if tokenizer is None or splits is None:
             raise AxlabError("The 'data' criterion needs calibration data.",
                              "Pass tokenizer= and splits= (axlab.data.load_dataset(...)).")
-        texts = splits[calib_split].head(n_calib).texts
+        texts = splits[calib_split].head(n_calib).inputs
         params.update(calib_split=calib_split, n_calib=int(n_calib))
     out = copy.deepcopy(model)
     _unstructured_(out, sparsity, criterion, scope, tokenizer, texts)
@@ -456,7 +456,7 @@ def _check_unstructured(criterion: str, scope: str) -> dict:
 def _op_unstructured(model, ctx: RecipeContext, sparsity: float, criterion: str = "magnitude", scope: str = "global",
                      calib_split: str = "train", n_calib: int = 128):
     _check_unstructured(criterion, scope)
-    texts = ctx.require_splits("unstructured")[calib_split].head(n_calib).texts if criterion == "data" else None
+    texts = ctx.require_splits("unstructured")[calib_split].head(n_calib).inputs if criterion == "data" else None
     if criterion == "data" and ctx.tokenizer is None:
         raise AxlabError("Step 'unstructured' (data) needs the tokenizer.", "Pass tokenizer= to apply_recipe.")
     _unstructured_(model, float(sparsity), criterion, scope, ctx.tokenizer, texts)

@@ -134,7 +134,7 @@ def calibration_texts(splits, n: int = 256, seed: int = 0) -> list[str]:
     if isinstance(n, bool) or not isinstance(n, (int, float)) and not hasattr(n, "__index__") or int(n) != n or n < 1:
         raise AxlabError(f"The number of calibration texts must be a positive whole number, not {n!r}.",
                          "Use e.g. 256 (CLI: --calibration 256).")
-    texts = list(splits.train.texts)
+    texts = list(splits.train.inputs)
     if not texts:
         raise AxlabError("The training split is empty, so there is no calibration data.",
                          "Use a dataset with a training split.")
@@ -151,23 +151,23 @@ def layer_errors(original: nn.Module, quantized: dict[str, nn.Module], tokenizer
     X are the layer inputs in ``original``, X~ in each quantized model, on the same
     tokens (padding excluded). Returns ``{method: {layer name: error}}``.
     """
-    from axlab.core.measure import iter_batches
+    from axlab.core.measure import forward, iter_batches
     names = names or target_linears(original, "all")
     out = {}
     for method, qmodel in quantized.items():
         num = {n: 0.0 for n in names}
         den = {n: 0.0 for n in names}
         for _, batch in iter_batches(tokenizer, texts, batch_size):
-            mask = batch["attention_mask"].bool()                          # (B, T)
+            mask = batch["attention_mask"].bool() if "attention_mask" in batch else None   # (B, T); images: none
             ys = {}
             for tag, m in (("ref", original), ("q", qmodel)):
                 hooks = []
                 for n in names:
                     def hook(mod, inp, outp, n=n, tag=tag):
-                        ys[(tag, n)] = outp[mask] if outp.dim() == 3 else outp  # (tokens, out); returns None
+                        ys[(tag, n)] = (outp[mask] if mask is not None else outp.flatten(0, 1)) if outp.dim() == 3 else outp
                     hooks.append(m.get_submodule(n).register_forward_hook(hook))
                 try:
-                    m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    forward(m, batch)
                 finally:
                     for h in hooks:
                         h.remove()

@@ -25,7 +25,7 @@ from axlab.core.data import Split, align_labels
 from axlab.core.progress import Progress, as_progress
 
 __all__ = ["Predictor", "as_predictor", "predict_logits", "evaluate", "scores", "fidelity", "latency", "size_report", "hardware_info",
-           "measure", "Measurement", "tokenize", "encode", "is_images", "iter_batches", "compare_latency", "describe_speedup", "per_class"]
+           "measure", "Measurement", "tokenize", "encode", "forward", "token_mask", "is_images", "iter_batches", "compare_latency", "describe_speedup", "per_class"]
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,25 @@ def encode(processor, inputs, max_length: int = MAX_LENGTH) -> dict:
     return {"pixel_values": out["pixel_values"]}
 
 
+def forward(model: nn.Module, batch: dict, **kwargs):
+    """``model``'s output on a batch from :func:`encode` (text: ids + mask; images: pixel values)."""
+    if "pixel_values" in batch:
+        return model(pixel_values=batch["pixel_values"], **kwargs)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+
+
+def token_mask(batch: dict, hidden: torch.Tensor) -> torch.Tensor:
+    """Which positions of ``hidden`` (B, T, ...) are real tokens: the attention mask for text, all for images."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].bool()
+    return torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+
+
 def as_predictor(model) -> Predictor:
     if isinstance(model, nn.Module):
         def predict(batch: dict) -> torch.Tensor:
             with torch.inference_mode():
-                if "pixel_values" in batch:
-                    return model(pixel_values=batch["pixel_values"]).logits
-                return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                return forward(model, batch).logits
         return predict
     return model
 
