@@ -19,7 +19,7 @@ from axlab.core.errors import UnsupportedModelError
 
 __all__ = ["ArchSpec", "AttentionParts", "FFNParts", "SUPPORTED", "TEXT_TYPES", "IMAGE_TYPES", "spec_for", "modality",
            "layers",
-           "attention_module", "attention_parts", "ffn_parts", "word_embeddings", "base_model", "classifier_modules"]
+           "attention_module", "attention_parts", "ffn_parts", "word_embeddings", "base_model", "classifier_modules", "head_logits"]
 
 
 @dataclass(frozen=True)
@@ -170,3 +170,53 @@ def classifier_modules(model: nn.Module) -> list[nn.Module]:
         if m is not None:
             out.append(m)
     return out
+
+
+# --------------------------------------------------------------------------- the head path
+# How each architecture turns the last block's output into logits, so the same path can read
+# ANY block's output (early exits, self-distillation). Each follows its HF class's forward.
+
+def _cls_norm_head(model: nn.Module, hidden):
+    """ViT / DeiT: final layernorm, then the classifier on [CLS] (DeiT-with-teacher: mean of its two heads)."""
+    h = base_model(model).layernorm(hidden)
+    if hasattr(model, "cls_classifier"):          # DeiTForImageClassificationWithTeacher
+        return (model.cls_classifier(h[:, 0, :]) + model.distillation_classifier(h[:, 1, :])) / 2
+    return model.classifier(h[:, 0, :])
+
+
+def _dinov2_head(model: nn.Module, hidden):
+    """DINOv2: final layernorm, then the classifier on concat([CLS], mean of the patch tokens)."""
+    import torch
+    h = base_model(model).layernorm(hidden)
+    return model.classifier(torch.cat([h[:, 0], h[:, 1:].mean(dim=1)], dim=1))
+
+
+def _bert_head(model: nn.Module, hidden):
+    """BERT: pooler (dense + tanh on [CLS]), dropout, classifier."""
+    return model.classifier(model.dropout(base_model(model).pooler(hidden)))
+
+
+def _sequence_head(model: nn.Module, hidden):
+    """RoBERTa / ELECTRA: the classification head reads the whole sequence (it takes [CLS] itself)."""
+    return model.classifier(hidden)
+
+
+def _distilbert_head(model: nn.Module, hidden):
+    """DistilBERT: [CLS] -> pre_classifier -> ReLU -> dropout -> classifier."""
+    h = nn.functional.relu(model.pre_classifier(hidden[:, 0]))
+    return model.classifier(model.dropout(h))
+
+
+_HEADS = {"vit": _cls_norm_head, "deit": _cls_norm_head, "dinov2": _dinov2_head, "bert": _bert_head,
+          "roberta": _sequence_head, "electra": _sequence_head, "distilbert": _distilbert_head}
+
+
+def head_logits(model: nn.Module, hidden_states):
+    """Logits from one block's output ``hidden_states`` (B, T, D) through the model's own head.
+
+    The head path is everything the model does after its last block: the final norm (vision
+    transformers), the pooler / pre-classifier and the classifier, exactly as the HF class
+    computes its logits. Applied to the last block's output it gives the model's logits;
+    applied to an earlier block's output it gives that block's *early exit* (no new parameters).
+    """
+    return _HEADS[spec_for(model).model_type](model, hidden_states)
