@@ -9,3 +9,4 @@ def test_recipes_in_words_follow_their_parameters():
     assert text == "remove 1 head in 1 layer; GPFQ 3-bit weights, groups of 64"
     assert describe_recipe([Step("quantize_int8", embeddings=True)]) == "int8 weights and activations + int8 embeddings"
     assert "2.5-bit average" in describe_recipe([Step("quantize_gpfq", bits=4, avg_bits=2.5)])
+    assert describe_recipe([Step("quantize_gptq", bits=3)]) == "GPTQ 3-bit weights"

@@ -12,13 +12,14 @@ hard_attention     hard_attention (top-k per layer)
 distill            distill
 quantize           quantize_int8, quantize_rtn
 gpfq               quantize_gpfq
+gptq               quantize_gptq (a reference peer for GPFQ)
 =================  ===============================================================
 
 Use :func:`apply_recipe` from here (or ``axlab.apply_recipe``): importing this package
 registers every op.
 """
 
-from axlab.compress import axformer, distill, gpfq, hard_attention, prune, quantize  # noqa: F401  (register ops)
+from axlab.compress import axformer, distill, gpfq, gptq, hard_attention, prune, quantize  # noqa: F401  (register ops)
 from axlab.core.recipe import (
            TRANSFORMS,
            RecipeContext,
@@ -30,4 +31,4 @@ from axlab.core.recipe import (
 )
 
 __all__ = ["apply_recipe", "apply_step", "validate_recipe", "Step", "RecipeContext", "register_transform", "TRANSFORMS",
-           "prune", "axformer", "hard_attention", "distill", "quantize", "gpfq"]
+           "prune", "axformer", "hard_attention", "distill", "quantize", "gpfq", "gptq"]

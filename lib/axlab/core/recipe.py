@@ -53,7 +53,8 @@ TRANSFORMS: dict[str, Callable] = {}
 # The names of the ops axlab.compress registers, so a recipe can be checked (e.g. by the
 # store) without importing the transforms; tests/test_variants.py keeps it equal to them.
 BUILTIN_OPS = frozenset({"prune_heads", "prune_ffn", "drop_layers", "prune_vocab", "unstructured", "hard_attention",
-                         "distill", "quantize_int8", "quantize_rtn", "quantize_gpfq"})
+                         "self_distill",
+                         "distill", "quantize_int8", "quantize_rtn", "quantize_gpfq", "quantize_gptq"})
 
 
 def register_transform(op: str):
@@ -141,10 +142,15 @@ def describe_step(step: dict) -> str:
         return "top-k hard attention in " + (", ".join(f"layer {k} (k={v})" for k, v in topk.items()) or "no layer")
     if op == "distill":
         return f"distill from the base ({p.get('steps', '?')} steps)"
+    if op == "self_distill":
+        how = f"{p.get('steps', '?')} steps"
+        if not p.get("alpha", 1.0) and not p.get("exit_ce", 0.0):
+            return f"fine-tune on the labels ({how})"
+        return f"self-distil the intermediate blocks toward the last ({how})"
     if op == "quantize_int8":
         return "int8 weights and activations" + (" + int8 embeddings" if p.get("embeddings") else "")
-    if op in ("quantize_rtn", "quantize_gpfq"):
-        name = "RTN" if op == "quantize_rtn" else "GPFQ"
+    if op in ("quantize_rtn", "quantize_gpfq", "quantize_gptq"):
+        name = {"quantize_rtn": "RTN", "quantize_gpfq": "GPFQ", "quantize_gptq": "GPTQ"}[op]
         bits = f"{p['avg_bits']:g}-bit average" if p.get("avg_bits") is not None else f"{p.get('bits', 4)}-bit"
         group = f", groups of {p['group_size']}" if p.get("group_size") else ""
         return f"{name} {bits} weights{group}" + (" + quantized embeddings" if p.get("embeddings") else "")
