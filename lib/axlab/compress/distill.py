@@ -27,7 +27,7 @@ from axlab.core.errors import AxlabError
 from axlab.core.progress import Progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
 
-__all__ = ["DistillConfig", "distill", "kd_loss"]
+__all__ = ["DistillConfig", "distill", "kd_loss", "SelfDistillConfig", "self_distill", "self_distill_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -179,4 +179,175 @@ def _op_distill(model, ctx: RecipeContext, teacher: str = "base", **params):
     if ctx.tokenizer is None:
         raise AxlabError("Step 'distill' needs the tokenizer.", "Pass tokenizer= to apply_recipe.")
     _distill_(model, t_model, ctx.tokenizer, splits.train, cfg, ctx.progress)
+    return model
+
+
+# ----------------------------------------------------------------------------- self-distillation (SDViT)
+#
+# The model is its own teacher: each step one intermediate block, drawn uniformly at random,
+# is read through the model's own head path (final norm, pooler / classifier:
+# axlab.core.registry.head_logits) and trained toward the final block's softened prediction in
+# the same forward (detached), while the final output keeps its cross-entropy on the labels:
+#
+#     CE(final, labels) + alpha * T^2 * KL(softmax(final / T) || softmax(exit_b / T))
+#                       + exit_ce * CE(exit_b, labels)                              (exit_ce = 0 by default)
+#
+# No parameter is added. alpha = 0 (and exit_ce = 0) is plain fine-tuning of the final output
+# with the same data, schedule and seed: the control a fair comparison needs.
+
+
+@dataclass
+class SelfDistillConfig:
+    """Options of :func:`self_distill`; ``to_dict`` gives the recipe step's params."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    temperature: float = 2.0
+    alpha: float = 1.0                 # weight of the exit's KL toward the final block (0: plain fine-tuning)
+    exit_ce: float = 0.0               # weight of the exit's own cross-entropy on the labels
+    batch_size: int = 32
+    max_length: int = 64
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError("steps must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if self.alpha < 0 or self.exit_ce < 0:
+            raise ValueError("alpha and exit_ce must be >= 0")
+        if self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
+            raise ValueError("lr must be > 0, batch_size >= 1, max_length >= 8")
+        if not 0 <= self.warmup < 1:
+            raise ValueError("warmup must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def self_distill_loss(final_logits: torch.Tensor, exit_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float, exit_ce: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The SDViT loss of one step (see the module notes); returns (loss, its parts as floats)."""
+    t = temperature
+    ce = nn.functional.cross_entropy(final_logits, labels)
+    kl = nn.functional.kl_div(nn.functional.log_softmax(exit_logits / t, -1),
+                              nn.functional.log_softmax(final_logits.detach() / t, -1), reduction="batchmean",
+                              log_target=True)
+    loss = ce + alpha * t * t * kl
+    parts = {"ce": ce.item(), "kl": kl.item()}
+    if exit_ce > 0:
+        ece = nn.functional.cross_entropy(exit_logits, labels)
+        loss = loss + exit_ce * ece
+        parts["exit_ce"] = ece.item()
+    return loss, parts
+
+
+def _intermediate_blocks(model: nn.Module) -> list[int]:
+    """Indices of the blocks an exit may be drawn from: every kept block but the last kept one."""
+    kept = [i for i, lay in enumerate(registry.layers(model)) if not getattr(lay, "axlab_skipped", False)]
+    return kept[:-1]
+
+
+def _self_distill_(model: nn.Module, processor, split, cfg: SelfDistillConfig, progress: Progress = None) -> dict:
+    from axlab.analysis.early_exit import block_outputs
+    from axlab.core.measure import encode, forward
+    from axlab.core.progress import as_progress
+
+    if len(split) == 0:
+        raise AxlabError("Self-distillation needs training examples.", "Pass the training split (splits.train).")
+    split = align_labels(split, model)
+    blocks = _intermediate_blocks(model)
+    if cfg.alpha + cfg.exit_ce > 0 and not blocks:
+        raise AxlabError("Self-distillation needs at least two kept blocks (an intermediate block and the final one).",
+                         "Keep more layers, or fine-tune without the exit term (alpha=0, exit_ce=0).")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    data = _bounded_subset(split, cfg.steps * cfg.batch_size, cfg.seed)
+    handles = _keep_zeros(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "norm" in n.lower()]
+    decay = [p for p in model.parameters() if not any(p is q for q in no_decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    n_warm = max(1, int(cfg.warmup * cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / n_warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - n_warm))))
+    prog = as_progress(progress, total=cfg.steps, desc="self-distil")
+    hist: list[dict] = []
+    drawn = np.zeros(len(registry.layers(model)), dtype=int)
+    model.train()
+    try:
+        for step in range(cfg.steps):
+            ix = range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+            batch = encode(processor, [data.inputs[i] for i in ix], cfg.max_length)
+            labels = torch.as_tensor([data.labels[i] for i in ix])
+            with block_outputs(model) as outs:
+                final = forward(model, batch).logits
+            if blocks and cfg.alpha + cfg.exit_ce > 0:
+                b = int(blocks[rng.integers(len(blocks))])
+                drawn[b] += 1
+                loss, parts = self_distill_loss(final, registry.head_logits(model, outs[b]), labels,
+                                                cfg.temperature, cfg.alpha, cfg.exit_ce)
+                parts["block"] = b + 1
+            else:
+                loss = nn.functional.cross_entropy(final, labels)
+                parts = {"ce": loss.item()}
+            outs.clear()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            parts["loss"] = loss.item()
+            hist.append(parts)
+            prog.update(1, f"loss {np.mean([h['loss'] for h in hist[-20:]]):.3f}")
+            if (step + 1) % max(1, cfg.steps // 10) == 0:
+                log.info("self-distil step %d/%d loss %.4f", step + 1, cfg.steps,
+                         np.mean([h["loss"] for h in hist[-20:]]))
+    finally:
+        prog.close()
+        for h in handles:
+            h.remove()
+        model.eval()
+    tail = hist[-max(1, len(hist) // 10):]
+    stats = {"steps": cfg.steps, "final_loss": float(np.mean([h["loss"] for h in tail])),
+             "final_ce": float(np.mean([h["ce"] for h in tail])),
+             "final_kl": float(np.mean([h["kl"] for h in tail])) if "kl" in tail[-1] else None,
+             "blocks_drawn": {int(i + 1): int(c) for i, c in enumerate(drawn) if c}, "log": hist}
+    log.info("self-distilled %d steps, final loss %.4f", cfg.steps, stats["final_loss"])
+    return stats
+
+
+def self_distill(model: nn.Module, processor, split, *, steps: int = 200, lr: float = 1e-4, temperature: float = 2.0,
+                 alpha: float = 1.0, exit_ce: float = 0.0, batch_size: int = 32, max_length: int = 64,
+                 weight_decay: float = 0.01, warmup: float = 0.06, seed: int = 0,
+                 progress: Progress = None) -> nn.Module:
+    """A copy of ``model`` self-distilled (SDViT) for ``steps`` batches of ``split`` (text or images).
+
+    Each step draws one intermediate block uniformly at random; its output goes through the
+    model's own head path (:func:`axlab.core.registry.head_logits`: final norm, pooler,
+    classifier) and is trained toward the final block's softened prediction from the same
+    forward (KL at ``temperature``, weight ``alpha``, teacher detached), plus cross-entropy on the
+    labels for the final output (and ``exit_ce`` times the exit's own cross-entropy). No new
+    parameters; ``model`` is not changed. Blocks removed by ``drop_layers`` are never drawn.
+    The per-step log is in ``out.axlab_self_distill_stats["log"]``.
+    """
+    cfg = SelfDistillConfig(steps, lr, temperature, alpha, exit_ce, batch_size, max_length, weight_decay, warmup, seed)
+    out = copy.deepcopy(model)
+    out.axlab_self_distill_stats = _self_distill_(out, processor, split, cfg, progress)
+    out.axlab_recipe = list(getattr(model, "axlab_recipe", [])) + [Step("self_distill", **cfg.to_dict())]
+    return out
+
+
+@register_transform("self_distill")
+def _op_self_distill(model, ctx: RecipeContext, **params):
+    cfg = SelfDistillConfig(**params)
+    splits = ctx.require_splits("self_distill")
+    if ctx.tokenizer is None:
+        raise AxlabError("Step 'self_distill' needs the tokenizer or image processor.",
+                         "Pass tokenizer= (the model's tokenizer or image processor) to apply_recipe.")
+    _self_distill_(model, ctx.tokenizer, splits.train, cfg, ctx.progress)
     return model
