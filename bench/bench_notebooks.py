@@ -36,16 +36,24 @@ def run_one(name: str, timeout_s: int) -> dict:
     t0 = time.perf_counter()
     error = None
     cpu = {"s": None}
+    cells: list[dict] = []
+    last = {"t": time.perf_counter(), "cpu": 0.0}
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
                             resources={"metadata": {"path": str(NB_DIR)}})
 
-    def kernel_cpu(**_):             # after each cell: the kernel's CPU time so far (user + system)
+    def kernel_cpu(cell=None, cell_index=None, **_):   # after each cell: the kernel's CPU time so far
         try:
             import psutil
             t = psutil.Process(client.km.provisioner.process.pid).cpu_times()
             cpu["s"] = t.user + t.system + t.children_user + t.children_system
         except Exception:  # noqa: BLE001  (CPU time is extra information)
             pass
+        now = time.perf_counter()
+        if cell is not None and cell.get("cell_type") == "code":
+            first = next((ln for ln in cell.get("source", "").splitlines() if ln.strip() and not ln.startswith("#")), "")
+            cells.append({"cell": cell_index, "seconds": round(now - last["t"], 2),
+                          "cpu_s": round((cpu["s"] or 0.0) - last["cpu"], 2), "first_line": first[:80]})
+        last["t"], last["cpu"] = now, cpu["s"] or 0.0
     client.on_cell_executed = kernel_cpu
     try:
         client.execute()
@@ -59,7 +67,8 @@ def run_one(name: str, timeout_s: int) -> dict:
             "kernel_cpu_s": round(cpu["s"], 1) if cpu["s"] is not None else None,
             "under_target": error is None and seconds < TARGET_S, "error": error,
             "load_average_before": [round(x, 2) for x in load0],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "slowest_cells": sorted(cells, key=lambda c: -c["seconds"])[:5]}
 
 
 def main(argv=None) -> dict:
