@@ -11,6 +11,21 @@ Models without a gradient path (e.g. torch's dynamic int8 kernels) fall back to
 occlusion (captum FeatureAblation: each token in turn replaced by padding); the result's
 ``method`` says which was used. ``compare_attributions`` explains one sentence with
 several variants for the same target, for a before/after view.
+
+Images. For an image classifier the same calls take an image (uint8 (H, W) or (H, W, 3))
+and the image processor and return a :class:`PixelAttribution` (``pixel_attributions``):
+captum IntegratedGradients or Occlusion on ``pixel_values``, explaining p(target).
+
+* Baseline ``"black"`` (default): the all-black image (uint8 zeros) through the image
+  processor, so for MNIST-like data a score says how much the ink at a pixel, compared
+  with no ink, moves the probability. ``"zero"``: ``pixel_values`` = 0, the processor's
+  normalised zero, i.e. the image at the normalisation mean (mid grey for mean 0.5).
+* Integrated gradients: ``scores`` (C, H, W) per input value; ``saliency`` (H, W) is
+  their sum over channels, so ``saliency.sum() = output - baseline_output`` up to ``delta``.
+* Occlusion: windows of one patch (``window``, default the model's patch size, stride =
+  window) replaced by the baseline; each pixel gets p(image) - p(image with its window
+  occluded); channels carry the same value, so ``saliency`` is their mean. Not complete:
+  ``delta`` is NaN.
 """
 
 from __future__ import annotations
@@ -22,16 +37,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from axlab.analysis import vision
 from axlab.analysis.importance import uses_int8_kernels
 from axlab.core import registry
 from axlab.core.errors import AxlabError
-from axlab.core.measure import MAX_LENGTH, tokenize
+from axlab.core.measure import MAX_LENGTH, encode, tokenize
 
-__all__ = ["Attribution", "token_attributions", "compare_attributions"]
+__all__ = ["Attribution", "PixelAttribution", "token_attributions", "pixel_attributions", "compare_attributions",
+           "BASELINES"]
 
 log = logging.getLogger(__name__)
 
 ATTR_METHODS = ("auto", "integrated_gradients", "occlusion")
+BASELINES = ("black", "zero")
 
 
 @dataclass
@@ -59,6 +77,121 @@ class Attribution:
                 "label": self.label, "delta": self.delta, "output": self.output,
                 "baseline_output": self.baseline_output, "probs": [float(p) for p in self.probs],
                 "method": self.method}
+
+
+@dataclass
+class PixelAttribution:
+    """Per-pixel scores for one image and one target class (pixels of the model input)."""
+
+    image: np.ndarray                  # the image as given, uint8 (H0, W0) or (H0, W0, 3)
+    scores: np.ndarray                 # (C, H, W) attribution of each pixel_values entry
+    saliency: np.ndarray               # (H, W) reduced over channels (IG: sum; occlusion: mean); signed
+    target: int
+    delta: float                       # IG completeness error; NaN for occlusion
+    output: float = float("nan")       # p(target | image)
+    baseline_output: float = float("nan")   # p(target | baseline image)
+    probs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    label: str | None = None
+    method: str = "integrated_gradients"
+    baseline: str = "black"
+    window: tuple[int, int] | None = None   # occlusion window (height, width)
+
+    @property
+    def predicted(self) -> int:
+        return int(np.argmax(self.probs)) if len(self.probs) else -1
+
+    def overlay(self, mode: str = "bilinear") -> np.ndarray:
+        """The saliency at the size of ``image`` (the model input may have been resized)."""
+        size = self.image.shape[:2]
+        if tuple(size) == tuple(self.saliency.shape):
+            return self.saliency.copy()
+        return vision.upsample(self.saliency, size, mode=mode)
+
+    def to_dict(self) -> dict:
+        return {"saliency": self.saliency.tolist(), "target": self.target, "label": self.label, "delta": self.delta,
+                "output": self.output, "baseline_output": self.baseline_output,
+                "probs": [float(p) for p in self.probs], "method": self.method, "baseline": self.baseline,
+                "window": list(self.window) if self.window else None}
+
+
+def _baseline_pixels(processor, image: np.ndarray, pixels: torch.Tensor, baseline: str) -> torch.Tensor:
+    if baseline == "zero":
+        return torch.zeros_like(pixels)
+    return encode(processor, [np.zeros_like(image)])["pixel_values"].to(pixels.dtype)
+
+
+def _window(model: nn.Module, window) -> tuple[int, int]:
+    if window is None:
+        return vision.patch_size(model)
+    return (int(window), int(window)) if isinstance(window, int) else tuple(int(w) for w in window)
+
+
+def pixel_attributions(model: nn.Module, processor, image, target: int | None = None, *, method: str = "auto",
+                       baseline: str = "black", n_steps: int = 50, window: int | tuple[int, int] | None = None,
+                       internal_batch_size: int = 16) -> PixelAttribution:
+    """Attribution of p(target | image) to each pixel (see module doc); ``target`` None = the prediction."""
+    from captum.attr import IntegratedGradients, Occlusion
+
+    if method not in ATTR_METHODS:
+        raise AxlabError(f"Unknown attribution method '{method}'.", f"Choose one of: {', '.join(ATTR_METHODS)}.")
+    if baseline not in BASELINES:
+        raise AxlabError(f"Unknown baseline '{baseline}'.", f"Choose one of: {', '.join(BASELINES)}.")
+    if n_steps < 2:
+        raise ValueError(f"n_steps must be at least 2, got {n_steps}")
+    images = vision.as_images(image)
+    if len(images) != 1:
+        raise AxlabError(f"Explain one image at a time ({len(images)} were given).", "Pass a single image.")
+    image = images[0]
+    pixels = encode(processor, [image])["pixel_values"].float()               # (1, C, H, W)
+    base = _baseline_pixels(processor, image, pixels, baseline)
+
+    def forward(x):                                                           # (S, C, H, W) -> (S, classes)
+        return torch.softmax(model(pixel_values=x).logits, dim=-1)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            probs = forward(pixels)[0]
+            n_classes = probs.shape[-1]
+            if target is None:
+                target = int(probs.argmax())
+            if not 0 <= int(target) < n_classes:
+                raise AxlabError(f"Class {target} does not exist; the model has {n_classes} classes.",
+                                 f"Pick a class from 0 to {n_classes - 1}, or leave it empty for the prediction.")
+            target = int(target)
+            base_p = float(forward(base)[0, target])
+        if method == "integrated_gradients" and uses_int8_kernels(model):
+            raise AxlabError("Integrated gradients need gradients, and this model runs torch int8 kernels "
+                             "that have none.", "Use method='occlusion' (or 'auto', which picks it).")
+        scores, used, delta = None, method, float("nan")
+        if method == "integrated_gradients" or (method == "auto" and not uses_int8_kernels(model)):
+            try:
+                attr, d = IntegratedGradients(forward).attribute(
+                    pixels, baselines=base, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size,
+                    return_convergence_delta=True)
+                scores, used, delta = attr[0].detach().double().numpy(), "integrated_gradients", float(d[0])
+            except RuntimeError as e:
+                if method != "auto":
+                    raise AxlabError(f"Integrated gradients failed on this model: {str(e).splitlines()[0]}",
+                                     "This variant has no gradient path (e.g. int8 kernels); use "
+                                     "method='occlusion'.") from None
+                log.info("no gradient path (%s); using occlusion", str(e).splitlines()[0])
+        win = _window(model, window)
+        if scores is None:
+            c = pixels.shape[1]
+            with torch.no_grad():
+                attr = Occlusion(forward).attribute(pixels, sliding_window_shapes=(c, *win), strides=(c, *win),
+                                                    baselines=base, target=target,
+                                                    perturbations_per_eval=internal_batch_size)
+            scores, used, delta = attr[0].double().numpy(), "occlusion", float("nan")
+    finally:
+        model.train(was_training)
+    saliency = scores.sum(0) if used == "integrated_gradients" else scores.mean(0)
+    return PixelAttribution(image=image, scores=scores, saliency=saliency, target=target, delta=delta,
+                            output=float(probs[target]), baseline_output=base_p, probs=probs.double().numpy(),
+                            label=_label(model, target), method=used, baseline=baseline,
+                            window=None if used == "integrated_gradients" else win)
 
 
 def _baseline_ids(tokenizer, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
@@ -115,8 +248,16 @@ def _occlusion(model, input_ids, mask, base_ids, target: int, special: list[bool
 
 
 def token_attributions(model: nn.Module, tokenizer, text: str, target: int | None = None, *, n_steps: int = 50,
-                       method: str = "auto", max_length: int = MAX_LENGTH) -> Attribution:
-    """Attribution of p(target | text) to each token (see module doc)."""
+                       method: str = "auto", max_length: int = MAX_LENGTH, **image_kw) -> Attribution:
+    """Attribution of p(target | text) to each token (see module doc).
+
+    For an image classifier, ``tokenizer`` is its image processor and ``text`` an image:
+    this is :func:`pixel_attributions` (``baseline``, ``window`` go there).
+    """
+    if vision.is_image_model(model):
+        return pixel_attributions(model, tokenizer, text, target, method=method, n_steps=n_steps, **image_kw)
+    if image_kw:
+        raise TypeError(f"unexpected arguments for a text model: {sorted(image_kw)}")
     if method not in ATTR_METHODS:
         raise AxlabError(f"Unknown attribution method '{method}'.", f"Choose one of: {', '.join(ATTR_METHODS)}.")
     if not isinstance(text, str) or not text.strip():
@@ -168,7 +309,7 @@ def token_attributions(model: nn.Module, tokenizer, text: str, target: int | Non
 
 def compare_attributions(models: dict[str, nn.Module], tokenizer, text: str, target: int | None = None,
                          **kw) -> dict[str, Attribution]:
-    """The same sentence explained by several models (e.g. base and a variant) for one target.
+    """The same sentence (or image) explained by several models (e.g. base and a variant) for one target.
 
     With ``target=None`` the target is the first model's prediction, so every view
     explains the same class.
