@@ -357,17 +357,17 @@ def layer_heads_figure(result: ImageAttentionResult, layer: int, index: int = 0,
     rows = -(-n // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"H{h}" for h in range(n)],
                         horizontal_spacing=0.02, vertical_spacing=0.06)
-    top = float(np.nanmax(maps)) if np.isfinite(maps).any() else 1.0
-    fig.update_layout(coloraxis=dict(colorscale=HEAT_SCALE, cmin=0.0, cmax=top or 1.0,
-                                     colorbar=dict(title="weight")))
+    top = (float(np.nanmax(maps)) or 1.0) if shared_scale and np.isfinite(maps).any() else 1.0
+    fig.update_layout(coloraxis=dict(colorscale=HEAT_SCALE, cmin=0.0, cmax=top,
+                                     colorbar=dict(title="weight" if shared_scale else "weight /<br>head max")))
     for h in range(n):
         r, c = h // cols + 1, h % cols + 1
         fig.add_trace(_image_trace(result.images[index]), row=r, col=c)
         if h in result.head_ids[layer]:
-            z = maps[h] if shared_scale else maps[h] / (float(np.nanmax(maps[h])) or 1.0) * top
+            z = maps[h] if shared_scale else maps[h] / (float(np.nanmax(maps[h])) or 1.0)
             tr = _heat_trace(result.images[index], z, signed=False, zmax=None, colorbar_title="",
                              coloraxis="coloraxis",
-                             hover=f"head {h}<br>row %{{y:.0f}}, col %{{x:.0f}}<extra></extra>")
+                             hover=f"head {h}<br>%{{z:.3f}}<extra></extra>")
             fig.add_trace(tr, row=r, col=c)
             _mark_query(fig, result, index, query, row=r, col=c)
         else:
