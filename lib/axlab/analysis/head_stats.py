@@ -226,7 +226,7 @@ def head_statistics(model: nn.Module, tokenizer, split: Split, n: int | None = N
     if is_images(split.inputs):
         params = {"batch_size": batch_size, "stats": sorted(IMAGE_STATISTICS), "modality": "image"}
         return cache.cached("head_stats", lambda: _compute_images(model, tokenizer, split, batch_size, progress),
-                            model=model, split=vision.cache_split(split), params=params, enabled=cache_results,
+                            model=model, split=split, params=params, enabled=cache_results,
                             key=model_key)
     params = {"batch_size": batch_size, "max_length": max_length, "stats": sorted(STATISTICS)}
     return cache.cached("head_stats", lambda: _compute(model, tokenizer, split, batch_size, max_length, progress),

@@ -29,7 +29,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from axlab.analysis.vision import cache_split
 from axlab.core import registry
 from axlab.core.attention import AttentionControl
 from axlab.core.data import Split, align_labels
@@ -238,7 +237,7 @@ def head_ablation(model: nn.Module, tokenizer, split: Split, *, batch_size: int 
     """Loss and accuracy on ``split`` with each present head alone gated to 0."""
     split = _check_split(split, model)
     arrays = cache.cached("importance", lambda: _ablation_arrays(model, tokenizer, split, batch_size, progress),
-                          model=model, split=cache_split(split), params={"method": "ablation_full"},
+                          model=model, split=split, params={"method": "ablation_full"},
                           enabled=cache_results, key=model_key)
     return AblationResult(loss=torch.as_tensor(arrays["loss"]).float(),
                           accuracy=torch.as_tensor(arrays["accuracy"]).float(),
@@ -327,7 +326,7 @@ def head_importance(model: nn.Module, tokenizer, split: Split, method: str = "gr
     fn = METHODS[method]
     arrays = cache.cached("importance", lambda: {"importance": fn(model, tokenizer, split, progress=progress,
                                                                   **kw).numpy()},
-                          model=model, split=cache_split(split), params={"method": method, **kw}, enabled=cache_results,
+                          model=model, split=split, params={"method": method, **kw}, enabled=cache_results,
                           key=model_key)
     return torch.as_tensor(arrays["importance"]).float()
 

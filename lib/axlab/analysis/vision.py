@@ -17,7 +17,6 @@ register tokens. Token t >= n_prefix is patch ``t - n_prefix`` in row-major orde
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from axlab.core import registry
 from axlab.core.errors import AxlabError
 
 __all__ = ["patch_size", "prefix_tokens", "check_tokens", "patch_grid", "patch_centres", "patch_distances",
-           "upsample", "as_images", "to_rgb", "token_names", "is_image_model", "cache_split"]
+           "upsample", "as_images", "to_rgb", "token_names", "is_image_model"]
 
 _PREFIX_PARAMS = (("cls_token", "[CLS]"), ("distillation_token", "[DIST]"), ("register_tokens", "[REG]"))
 
@@ -145,22 +144,3 @@ def to_rgb(image) -> np.ndarray:
     """(H, W, 3) uint8 for display (grey images repeated over three channels)."""
     a = as_images(image)[0]
     return np.repeat(a[:, :, None], 3, axis=-1) if a.ndim == 2 else a
-
-
-class _KeyedImages:
-    """What the analysis cache needs to key an image split (``texts`` and ``labels``): one
-    content hash per image. A stopgap until ``store.cache.split_key`` hashes images itself."""
-
-    def __init__(self, split):
-        self.labels = list(split.labels)
-        self.texts = ["img:" + hashlib.blake2b(np.ascontiguousarray(im).tobytes()
-                                               + str(im.shape).encode(), digest_size=8).hexdigest()
-                      for im in split.inputs]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def cache_split(split):
-    """``split`` as the analysis cache can key it (texts unchanged; images by content hash)."""
-    return _KeyedImages(split) if not hasattr(split, "texts") else split

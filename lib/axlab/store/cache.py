@@ -74,10 +74,15 @@ def model_key(model: nn.Module) -> str:
 
 
 def split_key(split: Split) -> str:
-    """A content hash of the texts and labels of a split (16 hex chars)."""
+    """A content hash of the inputs (texts, or images with their shapes) and labels of a split (16 hex chars)."""
     h = hashlib.blake2b(digest_size=8)
-    for text, label in zip(split.texts, split.labels):
-        h.update(text.encode("utf-8", "surrogatepass"))
+    for item, label in zip(split.inputs, split.labels):
+        if isinstance(item, str):
+            h.update(item.encode("utf-8", "surrogatepass"))
+        else:
+            a = np.ascontiguousarray(item)
+            h.update(f"img{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes())
         h.update(f"\x00{int(label)}\x01".encode())
     return f"{len(split)}-{h.hexdigest()}"
 
