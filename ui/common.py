@@ -7,6 +7,7 @@ import logging
 import streamlit as st
 
 from . import jobs
+from .modality import processor_of
 from .state import current, model_cache, recipe_key, remember_model, variant_model, variant_store, workspace_variants
 
 __all__ = ["intro", "measure_settings", "pick_start", "pick_model", "create_variant", "ensure_base", "fmt_bytes",
@@ -69,7 +70,7 @@ def _measurer(bundle, splits):
 
     def run(model, progress, compare_to=None):
         # with compare_to (the base model) both run interleaved in the same latency rounds
-        return measure(model, bundle.tokenizer, split, split_name="test", latency_runs=(runs, 5), progress=progress,
+        return measure(model, processor_of(bundle), split, split_name="test", latency_runs=(runs, 5), progress=progress,
                        compare_to=compare_to)
     return run
 

@@ -4,7 +4,7 @@
 seconds per token in batches of 64 on a sample spread over the validation split
 (``per_token``) and one batch-1 forward (``batch1``). A pass over the examples a job uses
 costs their token count times ``per_token`` (``forward_s``: long reviews cost more than
-short ones); every estimate below is a count of such passes (a backward pass counted as
+short ones; an image counts as its patches plus the prefix tokens, the same for every image); every estimate below is a count of such passes (a backward pass counted as
 two forwards). Jobs whose cost is not a plain count of
 forwards (GPFQ, export) learn it: each finished job records its seconds per unit of work
 (``learn``) and the next estimate of that kind uses the record; before the first run the
@@ -22,6 +22,7 @@ import time
 import streamlit as st
 
 from .jobs import fmt_seconds
+from .modality import processor_of, split_key
 
 __all__ = ["search_cached", "measuring", "costs", "forward_s", "measure_s", "importance_s", "axformer_steps", "axformer_s", "learn", "learned", "about",
            "caption"]
@@ -33,13 +34,14 @@ _lock = threading.Lock()
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _costs(source: str, data_key: str, _bundle, _splits) -> dict:
     from axlab.core.measure import predict_logits
-    model, tok = _bundle.model, _bundle.tokenizer
-    val = list(_splits.validation.texts) or ["a short sentence"]
+    model, tok = _bundle.model, processor_of(_bundle)
+    inputs = _splits.validation.inputs
+    val = list(inputs) if len(inputs) else ["a short sentence"]
     sample = val[::max(1, len(val) // 128)][:128]                           # spread over the split
     predict_logits(model, tok, sample[:8], batch_size=64)                  # warm-up
     t0 = time.perf_counter()
     predict_logits(model, tok, sample, batch_size=64)
-    per_token = (time.perf_counter() - t0) / max(1, _count(tok, sample))
+    per_token = (time.perf_counter() - t0) / max(1, _count(tok, sample, model))
     t0 = time.perf_counter()
     for t in sample[:3]:
         predict_logits(model, tok, [t], batch_size=1)
@@ -47,25 +49,40 @@ def _costs(source: str, data_key: str, _bundle, _splits) -> dict:
     return {"per_token": per_token, "batch1": batch1, "when": time.time()}
 
 
-def _count(tokenizer, texts) -> int:
-    from axlab.core.measure import MAX_LENGTH
-    return sum(len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=MAX_LENGTH)["input_ids"])
+def _count(tokenizer, inputs, model=None) -> int:
+    """Tokens the model reads for ``inputs``: texts as tokenized, images as patches + prefix tokens each."""
+    from axlab.core.measure import MAX_LENGTH, is_images
+    if is_images(inputs):
+        return len(inputs) * _image_tokens(model)
+    return sum(len(ids) for ids in tokenizer(list(inputs), truncation=True, max_length=MAX_LENGTH)["input_ids"])
+
+
+def _image_tokens(model) -> int:
+    """Sequence length of an image classifier: (image size / patch size)^2 patches + 1 ([CLS]); 1 if unknown."""
+    cfg = getattr(model, "config", None)
+    try:
+        size, patch = cfg.image_size, cfg.patch_size
+        size = size if isinstance(size, (list, tuple)) else (size, size)
+        patch = patch if isinstance(patch, (list, tuple)) else (patch, patch)
+        return (int(size[0]) // int(patch[0])) * (int(size[1]) // int(patch[1])) + 1
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+        return 1
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _tokens(source: str, data_key: str, split: str, n: int, _bundle, _splits) -> int:
-    return _count(_bundle.tokenizer, getattr(_splits, split).texts[:n])
+    return _count(processor_of(_bundle), getattr(_splits, split).inputs[:n], _bundle.model)
 
 
 def costs(bundle, splits) -> dict:
     """Measured once per model and data (a second or two): seconds per token in batches of 64 (``per_token``)
     and per batch-1 call (``batch1``)."""
-    return _costs(str(bundle.source), str(getattr(splits, "key", splits.name)), bundle, splits)
+    return _costs(str(bundle.source), split_key(splits), bundle, splits)
 
 
 def forward_s(c: dict, bundle, splits, split: str, n: int) -> float:
     """One forward pass over the first ``n`` examples of ``split``: its tokens times the cost per token."""
-    return c["per_token"] * _tokens(str(bundle.source), str(getattr(splits, "key", splits.name)), split, int(n),
+    return c["per_token"] * _tokens(str(bundle.source), split_key(splits), split, int(n),
                                     bundle, splits)
 
 
@@ -163,7 +180,7 @@ def search_cached(bundle, splits, config, hard_attention: bool) -> bool:
     from axlab.core.paths import cache_dir
     cfg = ax._resolve_config(config, None, hard_attention)
     opts = {k: v for k, v in cfg.to_dict().items() if k != "time_budget_s"}
-    data_key = getattr(splits, "key", None)
+    data_key = split_key(splits)
     if not data_key:
         return False
     key = hashlib.sha256(json.dumps([_fingerprint(str(bundle.source), bundle.model), data_key, opts],

@@ -24,14 +24,21 @@ _lock = threading.Lock()
 
 # per model_type: (layers key, heads key); the architectures axlab supports
 _KEYS = {"bert": ("num_hidden_layers", "num_attention_heads"), "roberta": ("num_hidden_layers", "num_attention_heads"),
-         "electra": ("num_hidden_layers", "num_attention_heads"), "distilbert": ("n_layers", "n_heads")}
+         "electra": ("num_hidden_layers", "num_attention_heads"), "distilbert": ("n_layers", "n_heads"),
+         "vit": ("num_hidden_layers", "num_attention_heads"), "deit": ("num_hidden_layers", "num_attention_heads"),
+         "dinov2": ("num_hidden_layers", "num_attention_heads")}
+_IMAGE_TYPES = {"vit", "deit", "dinov2"}
+# built-in sources -> the cache folder names they are saved under (models/<prefix>*)
+_BUILTIN = {"default": "default-", "default-vision": "default-vision-"}
 
 
 def _folder(source: str) -> Path | None:
     from axlab.core.paths import cache_dir
-    if source == "default":
-        found = [p.parent for p in cache_dir("models").glob("default-*/config.json")
-                 if (p.parent / "model.safetensors").exists()]
+    if source in _BUILTIN:
+        prefix = _BUILTIN[source]
+        others = [o for o in _BUILTIN.values() if o != prefix and o.startswith(prefix)]   # default- vs default-vision-
+        found = [p.parent for p in cache_dir("models").glob(f"{prefix}*/config.json")
+                 if (p.parent / "model.safetensors").exists() and not p.parent.name.startswith(tuple(others))]
         return max(found, key=lambda p: p.stat().st_mtime) if found else None
     p = Path(source).expanduser()
     if (p / "config.json").exists() and (p / "model.safetensors").exists() and not (p / "axlab_variant.json").exists():
@@ -40,7 +47,7 @@ def _folder(source: str) -> Path | None:
 
 
 def describe(source: str) -> str | None:
-    """``bert, 6 layers x 12 heads, 2 labels`` from config.json, or None (then load the model to know)."""
+    """``bert, 6 layers x 12 heads, 2 labels, reads text`` from config.json, or None (then load the model to know)."""
     try:
         folder = _folder(source)
         if folder is None:
@@ -52,7 +59,9 @@ def describe(source: str) -> str | None:
         n_labels = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels") or 0)
         if not n_labels:
             return None
-        return f"{cfg['model_type']}, {int(cfg[keys[0]])} layers x {int(cfg[keys[1]])} heads, {n_labels} labels"
+        reads = "images" if cfg["model_type"] in _IMAGE_TYPES else "text"
+        return (f"{cfg['model_type']}, {int(cfg[keys[0]])} layers x {int(cfg[keys[1]])} heads, {n_labels} labels, "
+                f"reads {reads}")
     except Exception:  # noqa: BLE001  (the usual load path reports what is wrong)
         return None
 

@@ -7,6 +7,7 @@ import re
 import streamlit as st
 
 from . import jobs
+from .modality import data_modality, modality_of
 from .nav import nav
 from .state import current, current_splits, dataset_label, init_state, load_base, workspace_variants
 
@@ -93,8 +94,9 @@ def _model_line(source: str) -> None:
     sb = st.sidebar
     try:
         bundle = load_base(source, st.session_state.allow_pickle)
+        reads = "images" if modality_of(bundle) == "image" else "text"
         sb.markdown(f"**Model:** `{source}`  \n{bundle.arch}, {bundle.n_layers} layers x {bundle.n_heads} heads, "
-                    f"{len(bundle.labels)} labels")
+                    f"{len(bundle.labels)} labels, reads {reads}")
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
         sb.markdown(f"**Model:** `{source}`")
         sb.warning(getattr(e, "message", str(e)), icon=":material/warning:")
@@ -105,8 +107,9 @@ def _data_line(dataset: str) -> None:
     try:
         splits = current_splits()
         sizes = splits.sizes
+        kind = " images" if data_modality(splits) == "image" else ""
         sb.markdown(f"**Data:** `{dataset_label(dataset)}`  \n{sizes['train']:,} train / {sizes['validation']:,} val / "
-                    f"{sizes['test']:,} test")
+                    f"{sizes['test']:,} test{kind}")
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
         sb.markdown(f"**Data:** `{dataset}`")
         sb.warning(getattr(e, "message", str(e)), icon=":material/warning:")

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import streamlit as st
 
-__all__ = ["init_state", "current", "load_base", "load_splits", "current_splits", "bundle_and_splits", "analysis_results", "variant_store", "variant_model", "model_cache", "remember_model",
+from .modality import processor_of, split_key
+
+__all__ = ["init_state", "current", "load_base", "load_splits", "current_splits", "bundle_and_splits", "check_modalities", "analysis_results", "variant_store", "variant_model", "model_cache", "remember_model",
            "save_upload", "show_error", "DEFAULT_SOURCE", "DEFAULT_DATASET", "workspace_variants",
            "recipe_key", "page_hint", "control_of", "dataset_label", "CONTROL_HINTS"]
 
@@ -76,6 +78,12 @@ def load_base(source: str, allow_pickle: bool = False):
 
 @st.cache_resource(show_spinner="Loading the dataset...", max_entries=4)
 def load_splits(dataset: str, text_column: str | None = None, label_column: str | None = None):
+    """Text data (built-in name, CSV/TSV, manifest) or image data (mnist, a folder or zip of class folders, a
+    CSV of image paths: ``text_column`` then names the image-path column)."""
+    from .modality import dataset_modality
+    if dataset_modality(dataset) == "image":
+        from axlab.core.images import load_image_dataset
+        return load_image_dataset(dataset, image_column=text_column, label_column=label_column)
     from axlab.core.data import load_dataset
     return load_dataset(dataset, text_column=text_column, label_column=label_column)
 
@@ -92,11 +100,22 @@ def bundle_and_splits():
     try:
         bundle = load_base(source, st.session_state.allow_pickle)
         splits = current_splits()
+        check_modalities(bundle, splits)
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
         show_error(e)
         st.page_link("pages/1_Model_and_data.py", label="Choose another model or dataset", icon=":material/tune:")
         return None, None
     return bundle, splits
+
+
+def check_modalities(bundle, splits) -> None:
+    """Raise a DataError when the model reads text and the data hold images, or the other way round."""
+    from axlab.core.errors import DataError
+
+    from .modality import data_modality, mismatch_message, modality_of
+    m, d = modality_of(bundle), data_modality(splits)
+    if m != d:
+        raise DataError(*mismatch_message(m, d))
 
 
 @st.cache_resource
@@ -161,17 +180,17 @@ def variant_model(bundle, splits, recipe: list, progress=False, cache: _ModelCac
         return bundle.model
     from axlab.compress import apply_recipe
     cache = cache or _model_cache()
-    key = (bundle.source, splits.key, json.dumps(recipe, sort_keys=True))
+    key = (bundle.source, split_key(splits), json.dumps(recipe, sort_keys=True))
     model = cache.get(key)
     if model is None:
-        model = apply_recipe(bundle.model, recipe, tokenizer=bundle.tokenizer, splits=splits, progress=progress)
+        model = apply_recipe(bundle.model, recipe, tokenizer=processor_of(bundle), splits=splits, progress=progress)
         cache.put(key, model)
     return model
 
 
 def remember_model(bundle, splits, recipe: list, model, cache: _ModelCache | None = None) -> None:
     """Put an already built variant model (e.g. the result of a search) into the cache."""
-    (cache or _model_cache()).put((bundle.source, splits.key, json.dumps(recipe, sort_keys=True)), model)
+    (cache or _model_cache()).put((bundle.source, split_key(splits), json.dumps(recipe, sort_keys=True)), model)
 
 
 # --- uploads and errors ---------------------------------------------------------------
