@@ -129,7 +129,8 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
         s_logits = model(**batch).logits
         loss = kd_loss(s_logits, t_logits, labels, cfg.temperature, cfg.alpha)
         if cfg.hidden_weight > 0:
-            m = batch["attention_mask"].unsqueeze(-1).to(s_logits.dtype)       # (B, T, 1)
+            from axlab.core.measure import token_mask
+            m = token_mask(batch, s_states[0]).unsqueeze(-1).to(s_logits.dtype)   # (B, T, 1); images: all ones
             mse = sum(((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]) for s, t in zip(s_states, t_states))
             loss = loss + cfg.hidden_weight * mse / max(1, len(s_states))
         return loss
