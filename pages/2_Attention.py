@@ -8,6 +8,8 @@ from axlab.analysis import viz
 
 from ui import jobs
 from ui.common import intro, pick_model
+from ui.modality import modality_of, processor_of
+from ui.picker import pick_image
 from ui.sidebar import sidebar
 from ui.state import analysis_results, bundle_and_splits, current, show_error
 
@@ -25,7 +27,11 @@ intro("Attention",
       "residual connection, to estimate how much each input token flows into each position at the top.\n"
       "- **Statistics** over many sentences: entropy (spread), mean distance (local vs global), and the share of "
       "attention on [CLS], [SEP] and punctuation. Heads that mostly attend to [SEP] often act as a 'no-op' and "
-      "are good pruning candidates (SG-Trans observes lower layers are more local, higher more global).")
+      "are good pruning candidates (SG-Trans observes lower layers are more local, higher more global).\n"
+      "- **Images** (ViT, DeiT, DINOv2): the tokens are the image's **patches** (plus [CLS]). A head's map is drawn "
+      "over the image: how much [CLS] (or a patch you pick) attends to each patch. The statistics add the ViT "
+      "paper's **mean attention distance** in pixels per head against depth: low layers mix near and far "
+      "patches, high layers look globally.")
 
 bundle, splits = bundle_and_splits()
 if bundle is None:
@@ -33,6 +39,92 @@ if bundle is None:
 source, dataset, ws = current()
 
 model, model_name = pick_model(bundle, splits, key="attn_model")
+
+
+def statistics_tab(unit: str) -> None:
+    """Head statistics over validation examples, computed as a job (shared by text and image mode)."""
+    n = st.slider(f"Validation {unit}", 20, len(splits.validation), min(200, len(splits.validation)), step=20,
+                  key="stats_n")
+    key = ("head_stats", source, dataset, model_name, n)
+    store = analysis_results()
+    if key not in store and st.button("Compute statistics", key="stats_go", type="primary"):
+        proc = processor_of(bundle)
+        jobs.start(ws, "head_stats", "Head statistics",
+                   lambda p: store.__setitem__(key, hs.head_statistics(model, proc, splits.validation,
+                                                                       n=n, progress=p)))
+    try:
+        jobs.collect(ws, "head_stats")
+    except Exception as e:  # noqa: BLE001
+        show_error(e)
+    if key in store:
+        if hasattr(viz, "statistics_figures"):
+            figs = viz.statistics_figures(store[key])
+        else:
+            figs = {n: viz.layer_head_heatmap(m, n.replace("_", " ")) for n, m in store[key].items()}
+        cols = st.columns(2)
+        for i, (name, fig) in enumerate(figs.items()):
+            cols[i % 2].plotly_chart(fig, key=f"stat-{name}")
+
+
+if modality_of(bundle) == "image":
+    # ------------------------------------------------------------------ image mode: patches over the image
+    try:
+        image, desc = pick_image(splits, "attn_img")
+    except Exception as e:  # noqa: BLE001  (an unreadable upload: shown with its fix)
+        show_error(e)
+        st.stop()
+    if image is None:
+        st.stop()
+    try:
+        full = maps.attention_for(model, processor_of(bundle), [image])
+        from axlab.core.measure import predict_logits
+        probs = predict_logits(model, processor_of(bundle), [image]).softmax(-1)[0]
+    except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
+        show_error(e)
+        st.stop()
+    top = int(probs.argmax())
+    label = model.config.id2label.get(top, str(top)) if hasattr(model, "config") else str(top)
+    rows, cols_ = full.grid
+    st.caption(f"Looking at {desc}. The model predicts **{label}** (p = {float(probs[top]):.3f}); it reads "
+               f"{rows} x {cols_} patches of {full.patch[0]} x {full.patch[1]} pixels plus {full.n_prefix} prefix "
+               f"token{'s' if full.n_prefix != 1 else ''} ([CLS]).")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    src = c1.radio("Attention from", ["[CLS] (what the classifier reads)", "A patch"], horizontal=True,
+                   key="attn_query_kind", help="Whose attention row to draw: [CLS], or one patch (outlined).")
+    query = None
+    if src == "A patch":
+        qr = c2.number_input(f"Patch row (0-{rows - 1})", 0, rows - 1, rows // 2, key="attn_query_row")
+        qc = c3.number_input(f"Patch column (0-{cols_ - 1})", 0, cols_ - 1, cols_ // 2, key="attn_query_col")
+        query = (int(qr), int(qc))
+    t_layer, t_head, t_roll, t_stats = st.tabs(["Heads of a layer", "Single head", "Rollout", "Statistics"])
+    with t_layer:
+        layer = st.slider("Layer", 0, full.n_layers - 1, 0, key="attn_img_layer")
+        st.caption("Every head of this layer over the image (each scaled to its own maximum); removed heads say so.")
+        try:
+            st.plotly_chart(viz.layer_heads_figure(full, layer, query=query), key="layer_heads")
+        except Exception as e:  # noqa: BLE001
+            show_error(e)
+    with t_head:
+        c1, c2 = st.columns(2)
+        layer = c1.slider("Layer", 0, full.n_layers - 1, 0, key="attn_layer")
+        head = c2.slider("Head", 0, full.n_heads - 1, 0, key="attn_head")
+        try:
+            st.plotly_chart(viz.patch_attention_figure(full, layer, head, query=query), key="head_heatmap")
+        except Exception as e:  # noqa: BLE001  (e.g. a removed head: shown with st.error)
+            show_error(e)
+    with t_roll:
+        reduce = st.radio("Heads combined by", ["mean", "max"], horizontal=True, key="attn_rollout_reduce",
+                          help="mean: the paper's rollout; max: the strongest head of each layer.")
+        st.caption("Attention rollout (Abnar & Zuidema 2020): how much each patch flows into "
+                   f"{'[CLS]' if query is None else f'patch {query}'} after all layers, residual included.")
+        try:
+            st.plotly_chart(viz.rollout_overlay(full, 0, head_reduce=reduce, query=query), key="rollout")
+        except Exception as e:  # noqa: BLE001
+            show_error(e)
+    with t_stats:
+        statistics_tab("images")
+    st.stop()
+
 text = st.text_input("Sentence", value=splits.validation.texts[0], key="attn_text",
                      help="Any text; long texts are cut to the model's first tokens, as when measuring.")
 try:
@@ -74,23 +166,4 @@ with t_roll:
     st.plotly_chart(viz.rollout_figure(result, matrix=maps.rollout(full)[:len(result.tokens[0]), :len(result.tokens[0])]),
                     key="rollout")
 with t_stats:
-    n = st.slider("Validation sentences", 20, len(splits.validation), min(200, len(splits.validation)), step=20,
-                  key="stats_n")
-    key = ("head_stats", source, dataset, model_name, n)
-    store = analysis_results()
-    if key not in store and st.button("Compute statistics", key="stats_go", type="primary"):
-        jobs.start(ws, "head_stats", "Head statistics",
-                   lambda p: store.__setitem__(key, hs.head_statistics(model, bundle.tokenizer, splits.validation,
-                                                                       n=n, progress=p)))
-    try:
-        jobs.collect(ws, "head_stats")
-    except Exception as e:  # noqa: BLE001
-        show_error(e)
-    if key in store:
-        if hasattr(viz, "statistics_figures"):
-            figs = viz.statistics_figures(store[key])
-        else:
-            figs = {n: viz.layer_head_heatmap(m, n.replace("_", " ")) for n, m in store[key].items()}
-        cols = st.columns(2)
-        for i, (name, fig) in enumerate(figs.items()):
-            cols[i % 2].plotly_chart(fig, key=f"stat-{name}")
+    statistics_tab("sentences")

@@ -8,6 +8,7 @@ from axlab.analysis import viz
 from ui import estimate, jobs
 from ui.common import intro
 from ui.insight import agreement_words, low_in_all
+from ui.modality import modality_of, processor_of
 from ui.sidebar import sidebar
 from ui.state import analysis_results, bundle_and_splits, current, show_error
 
@@ -30,11 +31,12 @@ bundle, splits = bundle_and_splits()
 if bundle is None:
     st.stop()
 source, dataset, ws = current()
+unit = "images" if modality_of(bundle) == "image" else "examples"
 
 store = analysis_results()
 c1, c2 = st.columns(2)
 method = c1.selectbox("Method", list(imp_mod.METHODS), key="imp_method")
-n = c2.slider("Validation examples", 50, len(splits.validation), min(200, len(splits.validation)), step=50,
+n = c2.slider(f"Validation {unit}", 50, len(splits.validation), min(200, len(splits.validation)), step=50,
               key="imp_n", help="More examples give a steadier ranking and take longer.")
 
 
@@ -44,7 +46,7 @@ def importance_key(method: str, n: int):
 
 try:
     cost = estimate.costs(bundle, splits)
-    estimate.caption(f"{method} importance on {n} examples",
+    estimate.caption(f"{method} importance on {n} {unit}",
                      estimate.importance_s(method, estimate.forward_s(cost, bundle, splits, "validation", n),
                                            bundle.n_layers * bundle.n_heads),
                      "a result computed before on the same examples comes back at once"
@@ -54,9 +56,10 @@ except Exception:  # noqa: BLE001  (an estimate is a nicety; the page works with
 
 if st.button("Compute importance", type="primary", key="imp_go"):
     key = importance_key(method, n)
-    jobs.start(ws, "importance", f"Importance ({method}, {n} examples)",
+    proc = processor_of(bundle)
+    jobs.start(ws, "importance", f"Importance ({method}, {n} {unit})",
                lambda p: store.__setitem__(key, imp_mod.head_importance(
-                   bundle.model, bundle.tokenizer, splits.validation.head(n), method=method, progress=p)))
+                   bundle.model, proc, splits.validation.head(n), method=method, progress=p)))
 try:
     jobs.collect(ws, "importance")
 except Exception as e:  # noqa: BLE001
@@ -81,14 +84,14 @@ with right:
         st.plotly_chart(viz.agreement_figure(table), key="imp_agree_fig")
         st.markdown(agreement_words(table))
     else:
-        st.caption(f"Compute a second method on the same {n} examples to see whether they agree.")
+        st.caption(f"Compute a second method on the same {n} {unit} to see whether they agree.")
 
 st.subheader("Heads every method ranks low")
 low = low_in_all(done, 0.25)
 methods = ", ".join(done)
 if len(done) < 2:
     st.caption(f"With one method ({methods}) these are simply its lowest quarter; compute another method on the "
-               "same examples to keep only the heads they all rank low (the safest to remove).")
+               f"same {unit} to keep only the heads they all rank low (the safest to remove).")
 if low:
     labels = [f"L{layer}.H{head}" for layer, head in low]
     st.markdown(f"**{len(low)}** heads are in the lowest quarter of every method computed ({methods}): "

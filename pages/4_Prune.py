@@ -13,6 +13,7 @@ from axlab.core.progress import Stopped
 from ui import estimate, jobs
 from ui.common import create_variant, ensure_base, intro, measure_settings
 from ui.guards import degenerate
+from ui.modality import modality_of, processor_of
 from ui.names import budget_name, hand_name, name_box
 from ui.sidebar import sidebar
 from ui.state import analysis_results, bundle_and_splits, current, show_error, workspace_variants
@@ -37,6 +38,8 @@ bundle, splits = bundle_and_splits()
 if bundle is None:
     st.stop()
 source, dataset, ws = current()
+unit = "images" if modality_of(bundle) == "image" else "examples"
+proc = processor_of(bundle)
 
 measure_settings()
 n_layers, n_heads = bundle.n_layers, bundle.n_heads
@@ -111,20 +114,20 @@ t_budget, t_hand, t_search, t_unstr = st.tabs(["Heads by budget", "Heads by hand
 with t_budget:
     if not imps:
         st.caption("No importance computed yet for this model and data: compute the gradient score on 200 "
-                   "validation examples here, or choose a method on the Heads page.")
-        if st.button("Compute importance (gradient, 200 examples)", key="prune_imp"):
+                   f"validation {unit} here, or choose a method on the Heads page.")
+        if st.button(f"Compute importance (gradient, 200 {unit})", key="prune_imp"):
             n = min(200, len(splits.validation))
             key = ("importance", source, dataset, "gradient", n)
             jobs.start(ws, "importance", "Importance (gradient)",
                        lambda p: store.__setitem__(key, imp_mod.head_importance(
-                           bundle.model, bundle.tokenizer, splits.validation.head(n), progress=p)))
+                           bundle.model, proc, splits.validation.head(n), progress=p)))
         try:
             jobs.collect(ws, "importance")
         except Exception as e:  # noqa: BLE001
             show_error(e)
         imps = {k[3:]: v for k, v in store.items() if k[:3] == ("importance", source, dataset)}
     if imps:
-        labels = {f"{m} ({n} examples)": (m, n) for (m, n) in imps}
+        labels = {f"{m} ({n} {unit})": (m, n) for (m, n) in imps}
         which = st.selectbox("Importance", list(labels), key="budget_imp")
         fraction = st.slider("Fraction of heads to remove", 0.0, 1.0, 0.25, step=0.05, key="budget_frac")
         heads = prune.heads_by_budget(imps[labels[which]], fraction) if fraction > 0 else {}
@@ -179,17 +182,17 @@ with t_search:
     n_all = len(splits.validation)
     quick_n = min(300, n_all)
     mode = st.radio("Search pass", ["Quick", "Thorough", "Custom"], horizontal=True, key="ax_mode",
-                    captions=[f"{quick_n} validation examples: a first look", f"all {n_all} validation examples: "
-                              "steadier decisions", "choose the number of examples"],
-                    help="Every candidate change is scored on the validation examples. Fewer is faster but the "
+                    captions=[f"{quick_n} validation {unit}: a first look", f"all {n_all} validation {unit}: "
+                              "steadier decisions", f"choose the number of {unit}"],
+                    help=f"Every candidate change is scored on the validation {unit}. Fewer is faster but the "
                          "search then overfits them more: confirm a quick result with a thorough pass.")
     c1, c2, c3 = st.columns(3)
     if mode == "Custom":
-        n_val = c1.slider("Validation examples", min(100, n_all), n_all, quick_n, step=100 if n_all >= 200 else 1,
+        n_val = c1.slider(f"Validation {unit}", min(100, n_all), n_all, quick_n, step=100 if n_all >= 200 else 1,
                           key="ax_nval")
     else:
         n_val = quick_n if mode == "Quick" else n_all
-        c1.metric("Validation examples", n_val)
+        c1.metric(f"Validation {unit}", n_val)
     tol = c2.number_input("Tolerance (allowed validation-loss increase)", 0.0, 0.5, 0.0, step=0.01,
                           key="ax_tol")
     hard = c3.checkbox("Also try top-k hard attention", value=True, key="ax_hard")
@@ -214,7 +217,7 @@ with t_search:
             st.caption(":material/timer: These settings were searched before on this model and data: the result "
                        "comes back **at once**.")
         else:
-            estimate.caption(f"the search ({steps} candidate changes x {n_val} examples)",
+            estimate.caption(f"the search ({steps} candidate changes x {n_val} {unit})",
                              estimate.axformer_s(steps, estimate.forward_s(cost, bundle, splits, "validation", n_val),
                                                  n_layers),
                              "the search stops early if you press Stop and keeps what it found")
@@ -222,13 +225,14 @@ with t_search:
         pass
     if st.button("Run the search", type="primary", key="ax_go"):
         config = ax.SearchConfig(**search_cfg)
-        run = getattr(ax, "cached_search", None)
+        # the search cache keys data by Splits.key (text splits); image splits are searched afresh
+        run = getattr(ax, "cached_search", None) if hasattr(splits, "key") else None
 
         def work(progress):
             if run is not None:
-                return run(bundle.model, bundle.tokenizer, splits, config=config, hard_attention=hard,
+                return run(bundle.model, proc, splits, config=config, hard_attention=hard,
                            progress=progress)
-            return ax.search(bundle.model, bundle.tokenizer, splits, progress=progress, hard_attention=hard,
+            return ax.search(bundle.model, proc, splits, progress=progress, hard_attention=hard,
                              config=config)
         jobs.start(ws, "search", "AxFormer search", work)
     try:
@@ -271,7 +275,7 @@ with t_search:
         from axlab.core.recipe import describe_recipe
         st.markdown(f"**Found:** {describe_recipe(res['recipe'])}")
         save_button(res["recipe"], f"axformer-{res['n_val']}val", "search",
-                    notes=f"AxFormer search, tolerance {res['tol']}, {res['n_val']} validation examples",
+                    notes=f"AxFormer search, tolerance {res['tol']}, {res['n_val']} validation {unit}",
                     model=st.session_state.get("search_model"))
 
 with t_unstr:

@@ -12,6 +12,7 @@ from axlab.core.recipe import describe_recipe, describe_step
 
 from ui import estimate, jobs
 from ui.common import create_variant, intro, measure_settings, pick_start
+from ui.modality import modality_of, processor_of
 from ui.names import name_box, step_name
 from ui.sidebar import sidebar
 from ui.state import bundle_and_splits, current, show_error, variant_model, workspace_variants
@@ -31,7 +32,7 @@ intro("Quantize",
       "- **What GPFQ corrects that rounding does not** (Zhang, Zhou & Saab). GPFQ quantizes a layer one input "
       "coordinate at a time and carries the running error forward: the next coordinate's choice compensates the "
       "error made so far, measured on real inputs. It also feeds each layer the inputs of the *already quantized* "
-      "network, so it corrects the errors of the earlier layers too. It needs a few hundred calibration texts.\n"
+      "network, so it corrects the errors of the earlier layers too. It needs a few hundred calibration texts (images for an image model).\n"
       "- **Two levers on top.** *Refinement* revisits every code once GPFQ is done, now seeing the codes after it "
       "too (coordinate descent: the error only falls). *Outliers*: a few weights stand far out of their row (in "
       "MiniLM, one weight of layer 0's FFN feeds an activation 200x the usual size); kept exact, they no longer "
@@ -44,11 +45,18 @@ bundle, splits = bundle_and_splits()
 if bundle is None:
     st.stop()
 
+image_mode = modality_of(bundle) == "image"
+unit = "images" if image_mode else "texts"
+proc = processor_of(bundle)
+
 measure_settings()
 recipe, start_name = pick_start(splits, key="quant_start")
 method = st.radio("Method", ["int8 (dynamic)", "Round-to-nearest (RTN)", "GPFQ"], horizontal=True, key="quant_method")
-embeddings = st.checkbox("Also quantize the word embeddings (half of MiniLM's parameters) to 8 bits",
-                         key="quant_emb")
+if image_mode:                     # an image model reads pixels: it has no word embeddings to quantize
+    embeddings = False
+else:
+    embeddings = st.checkbox("Also quantize the word embeddings (half of MiniLM's parameters) to 8 bits",
+                             key="quant_emb")
 start_variant = next((v for v in workspace_variants() if v.recipe
                       and start_name == f"{v.name} ({len(v.recipe)} steps)"), None)
 prefix = "" if start_variant is None else start_variant.name + "+"
@@ -63,7 +71,7 @@ else:
         step = Step("quantize_rtn", bits=bits, group_size=group_size, embeddings=embeddings)
     else:
         c1, c2, c3 = st.columns(3)
-        n_cal = c1.slider("Calibration texts (from train)", 32, 1024, 128, step=32, key="gpfq_n")
+        n_cal = c1.slider(f"Calibration {unit} (from train)", 32, 1024, 128, step=32, key="gpfq_n")
         sparsity = c2.slider("Sparsity threshold (steps; 0 = plain GPFQ)", 0.0, 2.0, 0.0, step=0.25,
                              key="gpfq_sparsity", help="Thresholded rounding: small values become exactly 0.")
         bias_corr = c3.checkbox("Bias correction", value=True, key="gpfq_bias")
@@ -116,20 +124,20 @@ if st.button("Create variant", type="primary", key="quant_go"):
 
 if not method.startswith("int8") and hasattr(quant, "layer_errors") and hasattr(quant, "error_figure"):
     with st.expander("Per-layer output error: RTN vs GPFQ"):
-        st.caption("Relative error ||XW - X~Q|| / ||XW|| of every linear layer on 64 calibration texts, for "
+        st.caption(f"Relative error ||XW - X~Q|| / ||XW|| of every linear layer on 64 calibration {unit}, for "
                    f"{bits}-bit RTN and GPFQ from the same starting model. GPFQ's errors stay lower, most of all in "
                    "the upper layers, where RTN's errors have piled up.")
         if st.button("Compute the per-layer errors", key="quant_errs"):
             ws = current()[2]
             start = variant_model(bundle, splits, recipe)
-            texts = splits.train.texts[:64]
+            inputs = splits.train.inputs[:64]
 
             def work(progress):
                 q = {"rtn": apply_recipe(start, [Step("quantize_rtn", bits=bits, group_size=group_size)]),
                      "gpfq": apply_recipe(start, [Step("quantize_gpfq", bits=bits, n_calibration=64,
-                                                       group_size=group_size)], tokenizer=bundle.tokenizer,
+                                                       group_size=group_size)], tokenizer=proc,
                                           splits=splits, progress=progress)}
-                return quant.layer_errors(start, q, bundle.tokenizer, texts)
+                return quant.layer_errors(start, q, proc, inputs)
             jobs.start(ws, "layer_errors", "Per-layer errors", work)
         try:
             errs = jobs.collect(current()[2], "layer_errors")

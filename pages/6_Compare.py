@@ -8,6 +8,8 @@ from axlab.analysis import viz
 from axlab.deploy import compare
 
 from ui.common import intro
+from ui.modality import modality_of, processor_of
+from ui.picker import pick_image
 from ui.sidebar import sidebar
 from ui.state import bundle_and_splits, show_error, variant_model, variant_store, workspace_variants
 
@@ -21,7 +23,9 @@ intro("Compare",
       "variant size.\n- **Latency** is the median of many single-sentence runs on this machine's CPU threads; it "
       "is noisy when other programs run. Re-measure before drawing conclusions from small differences.\n"
       "- **Before/after** shows where two variants look and which words drive their prediction for the same "
-      "sentence: a good variant keeps the important words.")
+      "sentence: a good variant keeps the important words. For an image model: the attention rollout over the "
+      "same image, and pixel saliency (integrated gradients, or occlusion for int8 variants, which have no "
+      "gradients): a good variant still looks at the strokes that make the class.")
 
 bundle, splits = bundle_and_splits()
 if bundle is None:
@@ -70,7 +74,19 @@ names = [v.name for v in variants]
 c1, c2 = st.columns(2)
 a_name = c1.selectbox("Before", names, index=0, key="cmp_a")
 b_name = c2.selectbox("After", names, index=len(names) - 1, key="cmp_b")
-text = st.text_input("Sentence", value=splits.test.texts[0], key="cmp_text")
+image_mode = modality_of(bundle) == "image"
+proc = processor_of(bundle)
+if image_mode:
+    try:
+        shown_input, desc = pick_image(splits, "cmp_img", default_split="test")
+    except Exception as e:  # noqa: BLE001  (an unreadable upload: shown with its fix)
+        show_error(e)
+        st.stop()
+    if shown_input is None:
+        st.stop()
+    st.caption(f"Both variants look at {desc}.")
+else:
+    shown_input = st.text_input("Sentence", value=splits.test.texts[0], key="cmp_text")
 by_name = {v.name: v for v in variants}
 models = {}
 with st.spinner("Rebuilding the two variants from their recipes..."):
@@ -78,25 +94,38 @@ with st.spinner("Rebuilding the two variants from their recipes..."):
         models[n] = variant_model(bundle, splits, by_name[n].recipe)
 t_attn, t_attr = st.tabs(["Attention", "Attribution"])
 with t_attn:
+    if image_mode:
+        st.caption("Attention rollout into [CLS] over the image (mean over heads, residual included).")
     cols = st.columns(2)
     for col, n in zip(cols, (a_name, b_name)):
         with col:
             st.markdown(f"**{n}**")
             try:
-                st.plotly_chart(viz.model_view(maps.attention_for(models[n], bundle.tokenizer, text)),
-                                key=f"cmp_attn_{n}_{col is cols[0]}")
+                result = maps.attention_for(models[n], proc, [shown_input] if image_mode else shown_input)
+                fig = viz.rollout_overlay(result, 0) if image_mode else viz.model_view(result)
+                st.plotly_chart(fig, key=f"cmp_attn_{n}_{col is cols[0]}")
             except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
                 show_error(e)
 with t_attr:
+    if image_mode:
+        how = st.radio("Method", ["auto", "integrated_gradients", "occlusion"], horizontal=True, key="cmp_attr_method",
+                       help="auto: integrated gradients, or occlusion (patch-sized windows) for a variant with int8 "
+                            "kernels, which have no gradients.")
     if st.button("Explain both", key="cmp_explain"):
         try:
-            res = attr.compare_attributions({a_name: models[a_name], b_name: models[b_name]},
-                                            bundle.tokenizer, text)
+            kw = {"method": how} if image_mode else {}
+            res = attr.compare_attributions({a_name: models[a_name], b_name: models[b_name]}, proc, shown_input,
+                                            **kw)
         except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)
             show_error(e)
         else:
-            cols = st.columns(2)
-            for col, (n, a) in zip(cols, res.items()):
-                with col:
-                    st.markdown(f"**{n}**: p({a.label or a.target}) = {a.output:.3f} ({a.method})")
-                    st.html(viz.attribution_html(a.tokens, a.scores))
+            if image_mode:
+                st.caption("Red pixels push toward the explained class (the first variant's prediction), blue away "
+                           "from it; both on one scale.")
+                st.plotly_chart(viz.pixel_attribution_compare(res), key="cmp_pixel_attr")
+            else:
+                cols = st.columns(2)
+                for col, (n, a) in zip(cols, res.items()):
+                    with col:
+                        st.markdown(f"**{n}**: p({a.label or a.target}) = {a.output:.3f} ({a.method})")
+                        st.html(viz.attribution_html(a.tokens, a.scores))

@@ -10,6 +10,7 @@ from axlab.sweep.pareto import front_figure
 
 from ui import jobs
 from ui.common import intro
+from ui.modality import modality_of
 from ui.sidebar import sidebar
 from ui.state import bundle_and_splits, current, show_error, variant_store
 
@@ -36,6 +37,7 @@ if bundle is None:
     st.stop()
 source, dataset, ws = current()
 ss = st.session_state
+image_mode = modality_of(bundle) == "image"
 
 # ----------------------------------------------------------------------------- the spec
 st.subheader("Space of recipes")
@@ -51,7 +53,7 @@ axformer = c2.multiselect("AxFormer search (loss tolerance)", ["off", 0.0, 0.01,
 distill = c2.multiselect("Distillation from the base", ["off", "on"], default=["off"], key="sw_distill")
 quantizer = c3.multiselect("Quantizer", ["none", "int8", "rtn", "gpfq"], default=["none", "int8"], key="sw_quant")
 bits = c3.multiselect("Bits (RTN, GPFQ)", [2, 3, 4, 8], default=[4], key="sw_bits")
-n_cal = c3.multiselect("GPFQ calibration texts", [32, 64, 128, 256], default=[128], key="sw_ncal")
+n_cal = c3.multiselect(f"GPFQ calibration {'images' if image_mode else 'texts'}", [32, 64, 128, 256], default=[128], key="sw_ncal")
 
 c1, c2, c3, c4 = st.columns(4)
 sampling = c1.radio("Sampling", ["grid", "random"], horizontal=True, key="sw_sampling",
@@ -63,8 +65,8 @@ max_drop = c4.number_input("Allowed validation accuracy drop", 0.0, 0.5, 0.01, s
                            "validation accuracy is within this of the base's.")
 with st.expander("Measurement and workers"):
     c1, c2, c3 = st.columns(3)
-    n_val = c1.number_input("Validation examples", 10, 100_000, min(500, len(splits.validation)), key="sw_nval")
-    n_test = c2.number_input("Test examples", 10, 100_000, min(1000, len(splits.test)), key="sw_ntest")
+    n_val = c1.number_input(f"Validation {'images' if image_mode else 'examples'}", 10, 100_000, min(500, len(splits.validation)), key="sw_nval")
+    n_test = c2.number_input(f"Test {'images' if image_mode else 'examples'}", 10, 100_000, min(1000, len(splits.test)), key="sw_ntest")
     latency_runs = c3.number_input("Batch-1 latency runs", 2, 500, 30, key="sw_lat")
     c1, c2 = st.columns(2)
     backend = c1.radio("Run on", ["Ray", "this process (no Ray)"], horizontal=True, key="sw_backend")
