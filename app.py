@@ -20,7 +20,10 @@ st.markdown(
     "side by side before exporting the one you want.")
 st.markdown(
     "It starts with the default model: **MiniLM-L6** (6 layers x 12 attention heads) fine-tuned on "
-    "**Rotten Tomatoes** movie reviews (fresh vs rotten). Nothing is downloaded; every step runs on this CPU.")
+    "**Rotten Tomatoes** movie reviews (fresh vs rotten). Nothing is downloaded; every step runs on this CPU. "
+    "Image classifiers work the same way: the **default vision model** (a small ViT trained on MNIST digits) is a "
+    "click away on the Model & data page, and every page then shows patches and images instead of tokens and "
+    "text.")
 
 st.subheader("The path from load to export")
 cols = st.columns(2)

@@ -8,30 +8,39 @@ from axlab.analysis import viz
 
 from ui import jobs
 from ui.common import intro, pick_model
-from ui.modality import modality_of, processor_of
+from ui.modality import dataset_modality, modality_of, processor_of
 from ui.picker import pick_image
 from ui.sidebar import sidebar
 from ui.state import analysis_results, bundle_and_splits, current, show_error
 
 st.set_page_config(page_title="Attention - axlab", page_icon=":material/visibility:", layout="wide")
 sidebar()
-intro("Attention",
-      "Each layer of the model has several **attention heads**. A head lets every token gather information from "
-      "other tokens; its weights (a row per token, summing to 1) show where it looks. Heads specialise: some look "
-      "at the next or previous word, some at [CLS] or [SEP], some spread over the whole sentence.",
-      "- **What a head is.** In each layer the hidden vectors are projected into several small query/key/value "
-      "spaces. Each of these is a head: it computes its own attention pattern and its own output, and the outputs "
-      "are concatenated and mixed by the output projection. MiniLM-L6 has 6 layers x 12 heads of size 32.\n"
-      "- **Model view.** One small map per (layer, head), rows = the token that looks, columns = where it looks.\n"
-      "- **Rollout** (Abnar & Zuidema 2020) multiplies the head-averaged attention of every layer, plus the "
-      "residual connection, to estimate how much each input token flows into each position at the top.\n"
-      "- **Statistics** over many sentences: entropy (spread), mean distance (local vs global), and the share of "
-      "attention on [CLS], [SEP] and punctuation. Heads that mostly attend to [SEP] often act as a 'no-op' and "
-      "are good pruning candidates (SG-Trans observes lower layers are more local, higher more global).\n"
-      "- **Images** (ViT, DeiT, DINOv2): the tokens are the image's **patches** (plus [CLS]). A head's map is drawn "
-      "over the image: how much [CLS] (or a patch you pick) attends to each patch. The statistics add the ViT "
-      "paper's **mean attention distance** in pixels per head against depth: low layers mix near and far "
-      "patches, high layers look globally.")
+LEARN_MORE = (
+    "- **What a head is.** In each layer the hidden vectors are projected into several small query/key/value "
+    "spaces. Each of these is a head: it computes its own attention pattern and its own output, and the outputs "
+    "are concatenated and mixed by the output projection. MiniLM-L6 has 6 layers x 12 heads of size 32.\n"
+    "- **Model view.** One small map per (layer, head), rows = the token that looks, columns = where it looks.\n"
+    "- **Rollout** (Abnar & Zuidema 2020) multiplies the head-averaged attention of every layer, plus the "
+    "residual connection, to estimate how much each input token flows into each position at the top.\n"
+    "- **Statistics** over many sentences: entropy (spread), mean distance (local vs global), and the share of "
+    "attention on [CLS], [SEP] and punctuation. Heads that mostly attend to [SEP] often act as a 'no-op' and "
+    "are good pruning candidates (SG-Trans observes lower layers are more local, higher more global).\n"
+    "- **Images** (ViT, DeiT, DINOv2): the tokens are the image's **patches** (plus [CLS]). A head's map is drawn "
+    "over the image: how much [CLS] (or a patch you pick) attends to each patch. The statistics add the ViT "
+    "paper's **mean attention distance** in pixels per head against depth: low layers mix near and far "
+    "patches, high layers look globally.")
+if dataset_modality(st.session_state.dataset) == "image":   # the data's kind (cheap; the model's is checked below)
+    intro("Attention",
+          "Each layer of the model has several **attention heads**. A vision transformer cuts the image into "
+          "**patches** and reads them as tokens, after a [CLS] token whose output is classified. A head's weights "
+          "(a row per token, summing to 1) show where it looks: drawn over the image, they show which patches [CLS] "
+          "(or a patch you pick) gathers from. Heads specialise: some look at neighbouring patches, some at the "
+          "strokes, some spread over the whole image.", LEARN_MORE)
+else:
+    intro("Attention",
+          "Each layer of the model has several **attention heads**. A head lets every token gather information from "
+          "other tokens; its weights (a row per token, summing to 1) show where it looks. Heads specialise: some look "
+          "at the next or previous word, some at [CLS] or [SEP], some spread over the whole sentence.", LEARN_MORE)
 
 bundle, splits = bundle_and_splits()
 if bundle is None:
