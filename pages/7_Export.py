@@ -22,8 +22,12 @@ intro("Export",
       "HTML report comparing all your variants.",
       "- The folder holds safetensors weights, the tokenizer, the recipe and its measurements, and the shapes of "
       "pruned/quantized layers, so the exact variant is rebuilt on load; the export checks this before it "
-      "finishes.\n- **ONNX** is checked against PyTorch on real sentences (max |difference| of logits). ONNX "
-      "Runtime int8 is often the fastest way to serve a small model on CPU.\n- Existing folders are never "
+      "finishes.\n- **ONNX** is checked against PyTorch on real sentences (max |difference| of logits). The "
+      "**fused** graph (the default) runs each layer's attention as one ONNX Runtime operator and keeps a "
+      "k-bit variant's own codes (`MatMulNBits`); where it cannot express the variant (top-k hard attention, an "
+      "unsupported architecture) the **plain** graph is written and the page says why. int8 is often the fastest "
+      "way to serve a small model on CPU.\n- The ONNX files are measured next to the PyTorch variant: accuracy, "
+      "latency in the same interleaved rounds (median and range), size.\n- Existing folders are never "
       "overwritten unless you ask.")
 
 bundle, splits = bundle_and_splits()
@@ -44,8 +48,11 @@ onnx = c1.checkbox("ONNX", value=True, key="exp_onnx")
 int8 = c2.checkbox("ONNX int8 too", value=False, key="exp_int8", disabled=not onnx)
 report = c3.checkbox("Comparison report", value=True, key="exp_report")
 overwrite = c4.checkbox("Overwrite", value=False, key="exp_overwrite")
+GRAPHS = {"fused": "fused (fast: fused attention, native low-bit weights)", "plain": "plain (dynamo export)"}
+graph = st.radio("ONNX graph", list(GRAPHS), format_func=GRAPHS.get, horizontal=True, key="exp_graph",
+                 disabled=not onnx)
 
-cost_kind = f"export-onnx{int(onnx)}-int8{int(onnx and int8)}-report{int(report)}"
+cost_kind = f"export-onnx{int(onnx)}-int8{int(onnx and int8)}-report{int(report)}" + ("-plain" if graph == "plain" else "")
 per_export = estimate.learned(cost_kind)
 if per_export is not None:
     estimate.caption("this export", per_export, "from the last export with these options on this machine")
@@ -62,7 +69,7 @@ if st.button("Export", type="primary", key="exp_go"):
                                  base=source, labels=bundle.labels, name=v.name, dataset=dataset,
                                  overwrite=overwrite, onnx=onnx, int8=onnx and int8, splits=splits,
                                  limit=limit, report_variants=variants, report=report,
-                                 progress=progress)
+                                 progress=progress, onnx_graph=graph)
     jobs.start(ws, "export", f"Exporting '{name}'", work)
     st.session_state.export_cost_kind = cost_kind
 try:
@@ -72,7 +79,7 @@ try:
         estimate.learn(st.session_state.get("export_cost_kind", cost_kind), job.elapsed, 1)
     if res is not None:
         st.session_state.export_result = {"folder": str(res.folder), "files": res.files,
-                                          "onnx": res.measurements.get("onnx"),
+                                          "onnx": res.measurements.get("onnx"), "comparison": res.comparison,
                                           "report": {k: str(p) for k, p in (res.report or {}).items()}}
 except Exception as e:  # noqa: BLE001  (shown, not raised: the rest of the app keeps working)
     show_error(e)
@@ -83,8 +90,32 @@ if res:
     st.dataframe([{"file": f, "size": fmt_bytes(b)} for f, b in res["files"].items()], hide_index=True,
                  key="exp_files")
     if res.get("onnx"):
+        o = res["onnx"]
+        if o.get("fallback_reason"):
+            st.warning(f"The ONNX file is the plain graph, not the fused one: {o['fallback_reason']}.",
+                       icon=":material/warning:")
+        else:
+            st.markdown(f"ONNX graph: **{o.get('graph', 'plain')}**"
+                        + (f" ({o['fused_attention_nodes']} fused attention nodes)" if "fused_attention_nodes" in o
+                           else ""))
         st.markdown(f"ONNX parity with PyTorch: max |logit difference| = "
-                    f"{res['onnx'].get('parity_max_abs_diff', float('nan')):.2e}")
+                    f"{o.get('parity_max_abs_diff', float('nan')):.2e}")
+
+    def ms(r, key):
+        v, spread = r.get(f"latency_{key}_ms"), r.get(f"latency_{key}_spread_ms")
+        if v is None:
+            return "-"
+        return f"{v:.2f}" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
+
+    if res.get("comparison"):
+        st.dataframe([{"runtime": r["runtime"], "graph": r["graph"],
+                       "accuracy": None if r.get("accuracy") is None else round(r["accuracy"], 4),
+                       "batch 1 ms (range)": ms(r, "b1"), "batch 32 ms (range)": ms(r, "b32"),
+                       "speed-up b1": "-" if r.get("speedup_b1") is None else
+                       f"{r['speedup_b1']:.2f}x" + (" (within noise)" if r.get("within_noise_b1") else ""),
+                       "size": "-" if r.get("size_bytes") is None else fmt_bytes(r["size_bytes"])}
+                      for r in res["comparison"]], hide_index=True, key="exp_comparison")
+        st.caption("Latency measured interleaved (PyTorch and ONNX in the same rounds); the range is over rounds.")
     st.code(f"import axlab\nbundle = axlab.load_variant({res['folder']!r})", language="python")
     html = res["report"].get("html")
     if html and Path(html).exists():

@@ -266,6 +266,39 @@ def test_main_path_on_the_default_model(default_bundle, tmp_path):
                           predict_logits(model, default_bundle.tokenizer, texts), atol=1e-4)
 
 
+def test_export_page_writes_the_fused_graph_and_says_when_it_falls_back(tiny_folder, tmp_path):
+    import onnx
+
+    from axlab.deploy.fused_onnx import op_histogram
+    from axlab.store.variants import Variant
+    from ui.state import variant_store
+    at = new_app(tiny_folder, measure_n=24)
+    ss = at.session_state
+    for name, recipe in (("q4", [{"op": "quantize_rtn", "params": {"bits": 4}}]),
+                         ("topk", [{"op": "hard_attention", "params": {"topk": {"0": 2}}}])):
+        variant_store().add(Variant(name=name, base=ss["source"], dataset=ss["dataset"], workspace=ss["workspace"],
+                                    recipe=recipe))
+    page(at, "7_Export")
+    for name, n_attention in (("q4", 2), ("topk", 0)):
+        folder = tmp_path / name
+        at.selectbox(key="exp_variant").set_value(name).run()
+        at.text_input(key=f"exp_folder_{name}").input(str(folder)).run()
+        at.checkbox(key="exp_report").uncheck().run()
+        assert at.radio(key="exp_graph").value == "fused"                  # the default
+        at.button(key="exp_go").click().run()
+        assert_clean(at, name)
+        ops = op_histogram(onnx.load(str(folder / "onnx" / "model.onnx")))
+        assert ops.get("com.microsoft:Attention", 0) + ops.get("com.microsoft:MultiHeadAttention", 0) == n_attention
+        fallback = [w.value for w in at.warning if "plain graph" in w.value]
+        if n_attention:
+            assert not fallback and ops["com.microsoft:MatMulNBits"] == 8
+        else:
+            assert len(fallback) == 1 and "top-k hard attention" in fallback[0]
+        table = next(d.value for d in at.dataframe if "runtime" in d.value.columns)
+        assert list(table["runtime"]) == ["pytorch", "onnxruntime"]
+        assert list(table["graph"]) == ["-", "fused" if n_attention else "plain"]
+
+
 # ----------------------------------------------------------------------------- background jobs
 
 def test_a_job_keeps_running_without_its_page_and_can_be_stopped():

@@ -172,3 +172,15 @@ def test_electra_embedding_projection(batches):
     for q in (m, rtn(m, 4, scope="all")):
         diff, _ = _rel(q, fused_predictor(build_fused_graph(q).SerializeToString()), batches)
         assert diff <= 1e-4
+
+
+def test_fused_support_names_what_it_cannot_write():
+    from axlab.compress.hard_attention import hard_attention
+    from axlab.core.testing import tiny_vision_model
+    from axlab.deploy.fused_onnx import attention_node_count, fused_support
+    m = tiny_model("bert")
+    assert fused_support(m) is None and fused_support(rtn(m, 3, group_size=16)) is None
+    assert "top-k hard attention in layer 1" in fused_support(hard_attention(m, {1: 2}))
+    assert "vit" in fused_support(tiny_vision_model("vit"))
+    assert fused_support(rtn(m, 3, group_size=8)) is not None           # no power-of-two block >= 16
+    assert attention_node_count(op_histogram(build_fused_graph(m))) == 2

@@ -2,11 +2,20 @@
 
     axlab export default --out DIR [--onnx] [--int8] [--overwrite]     # the base model
     axlab export default --variant ID --out DIR --onnx --int8          # a saved variant (replays its recipe)
+    axlab export default --variant ID --out DIR --onnx --onnx-graph plain   # the plain (dynamo) graph
     axlab report --out DIR [--workspace W] [--overwrite]               # the saved variants, compared
 
 ``export`` writes the variant folder (reloadable with ``axlab.export.load_variant``),
-with ``--onnx`` the checked ONNX file (and ``--int8`` its ONNX Runtime int8 version),
-and the comparison report, all into one folder that appears only when complete.
+with ``--onnx`` the checked ONNX file (and ``--int8`` its int8 version), and the
+comparison report, all into one folder that appears only when complete.
+
+The ONNX file is the fused graph by default (one fused attention node per layer; a k-bit
+GPFQ/GPTQ/RTN variant as ``MatMulNBits`` with its own codes; ``--int8``: int8 weights,
+embeddings and dynamic int8 activations). Where the fused writer cannot express the
+variant (top-k hard attention, an unsupported architecture) the plain dynamo graph is
+written and ``onnx.fallback_reason`` says why. The output puts the ONNX files' accuracy,
+latency (interleaved with the PyTorch variant, with spread) and size next to the PyTorch
+variant's (``comparison``).
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ def cmd_export(args) -> None:
                      labels=bundle.labels, name=name, dataset=splits.name, overwrite=args.overwrite,
                      onnx=args.onnx, int8=args.int8, splits=None if args.no_measure else splits,
                      measure_split=args.split, limit=args.limit, report_variants=others, report=not args.no_report,
-                     base_measurements=base_measurements)
+                     base_measurements=base_measurements, onnx_graph=args.onnx_graph)
     if variant is not None:
         new = {k: res.measurements[k] for k in ("onnx", "onnx_int8") if k in res.measurements}
         if new:
@@ -72,7 +81,14 @@ def cmd_export(args) -> None:
            "report": {k: str(p) for k, p in (res.report or {}).items()}}
     for key in ("onnx", "onnx_int8"):
         if key in res.measurements:
-            out[key] = res.measurements[key]
+            out[key] = {k: v for k, v in res.measurements[key].items() if k != "ops"}
+    if args.onnx:
+        onnx = res.measurements.get("onnx") or {}
+        out["onnx_graph"] = onnx.get("graph")
+        if onnx.get("fallback_reason"):
+            out["onnx_fallback_reason"] = onnx["fallback_reason"]
+            log.warning("the ONNX file is the plain graph: %s", onnx["fallback_reason"])
+        out["comparison"] = res.comparison
     if args.json:
         out["hardware"] = hardware_info()
     emit(out, args.json)
@@ -107,7 +123,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--variant", help="id of a saved variant (see `axlab variants`); default: the model itself")
     s.add_argument("--name", help="name shown in the folder's README and the report")
     s.add_argument("--onnx", action="store_true", help="also export ONNX, parity-checked against PyTorch")
-    s.add_argument("--int8", action="store_true", help="with --onnx: also ONNX Runtime dynamic int8")
+    s.add_argument("--int8", action="store_true",
+                   help="with --onnx: also an int8 file (fused: int8 weights + embeddings, dynamic int8 activations)")
+    s.add_argument("--onnx-graph", choices=["fused", "plain"], default="fused",
+                   help="fused (default): ONNX Runtime's fused attention and native low-bit weights, falling back to "
+                        "plain with the reason where the variant needs it; plain: the dynamo export")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.add_argument("--no-report", action="store_true", help="skip the comparison report")
     s.add_argument("--no-measure", action="store_true", help="do not measure accuracy/latency (faster)")

@@ -1,5 +1,16 @@
 """Export a variant: the variant folder (+ ONNX, + int8, + comparison report) in one atomic folder.
 
+The ONNX file is the **fused** graph by default (:mod:`axlab.deploy.fused_onnx`: one
+``com.microsoft`` Attention/MultiHeadAttention per layer, k-bit variants as
+``MatMulNBits`` with their own codes, int8 as ``DynamicQuantizeMatMul``). Where the fused
+writer cannot express the variant (top-k hard attention, an architecture it does not
+know, ...) the plain dynamo graph (:mod:`axlab.deploy.onnx_export`) is written instead and
+the reason is logged and recorded (``measurements["onnx"]["fallback_reason"]``);
+``onnx_graph="plain"`` asks for the plain graph. Either way the file is parity-checked
+against PyTorch before it is kept, and (with ``splits``) measured: accuracy, and latency
+interleaved with the PyTorch variant in the same rounds (medians and spreads, speed-up,
+"within noise"), next to its size (:func:`export_comparison`).
+
 The folder format (and its atomic writes) is :mod:`axlab.core.folder`; loading it back is
 :func:`axlab.core.loading.load_variant` (also ``axlab.load_variant``).
 """
@@ -14,13 +25,16 @@ from pathlib import Path
 from torch import nn
 
 from axlab.core.errors import ExportError
+from axlab.core.measure import compare_latency, measure, size_report
 from axlab.core.folder import atomic_folder, eval_mode, write_variant_files
 from axlab.core.loading import load_variant
 from axlab.core.progress import Progress, as_progress
 
-__all__ = ["export_variant", "ExportResult", "export_all"]
+__all__ = ["export_variant", "ExportResult", "export_all", "export_onnx_graph", "export_comparison", "ONNX_GRAPHS"]
 
 log = logging.getLogger(__name__)
+
+ONNX_GRAPHS = ("fused", "plain")
 
 
 def export_variant(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list | None = None,
@@ -57,6 +71,149 @@ class ExportResult:
     onnx: object | None = None                      # axlab.onnx_export.OnnxResult
     report: dict | None = None                      # {"html", "json", "md"} paths
     files: dict = field(default_factory=dict)       # relative path -> bytes
+    comparison: list = field(default_factory=list)  # export_comparison(measurements): PyTorch vs ONNX rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the ONNX file: fused by default, plain as the fallback
+# ---------------------------------------------------------------------------------------------
+
+def _int8_parity(q: nn.Module, predictor, batches: list[dict]) -> float:
+    """ONNX Runtime vs an ``Int8Linear`` model. Both runtimes quantize activations at run time,
+    differently: ORT must be no further from the dequantized-weight computation than torch.ao
+    is (plus 1e-3). Returns ORT's difference to that computation; raises ExportError otherwise."""
+    import torch
+
+    from axlab.deploy.onnx_export import _export_view, check_parity
+    view, _ = _export_view(q)
+    ort_diff = max(check_parity(view, predictor, batches).values())
+    with torch.inference_mode():
+        torch_diff = max(float((q(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                                - view(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits).abs().max())
+                         for b in batches)
+    if not ort_diff <= 1.5 * torch_diff + 1e-3:
+        raise ExportError(f"The fused int8 graph differs from the int8 computation by {ort_diff:.2e} "
+                          f"(PyTorch's own int8 kernels: {torch_diff:.2e}).", "Export with onnx_graph='plain'.")
+    return ort_diff
+
+
+def _export_fused(model: nn.Module, tokenizer, path: Path, int8: bool, threads: int | None):
+    from axlab.compress.quantize import int8_dynamic
+    from axlab.core.qmodules import Int8Linear
+    from axlab.deploy.fused_onnx import export_fused_onnx
+    from axlab.deploy.onnx_export import OnnxResult, check_parity, parity_batches
+
+    batches = parity_batches(tokenizer)
+    has_int8 = any(isinstance(m, Int8Linear) for m in model.modules())
+    fp = export_fused_onnx(model, tokenizer, path, threads=threads, batches=batches,
+                           tolerance=None if has_int8 else 1e-4)
+    try:
+        parity = _int8_parity(model, fp.predictor, batches) if has_int8 else fp.parity_max_abs_diff
+        variant = max(check_parity(model, fp.predictor, batches).values()) if has_int8 else parity
+        ops = {"fp32": fp.ops}
+        int8_path = int8_pred = int8_diff = None
+        if int8:                                    # int8 weights + dynamic int8 activations + 8-bit embeddings
+            int8_path = path.with_name(f"{path.stem}_int8{path.suffix or '.onnx'}")
+            q8 = int8_dynamic(model, embeddings=True)
+            r8 = export_fused_onnx(q8, tokenizer, int8_path, threads=threads, batches=batches, tolerance=None)
+            try:
+                _int8_parity(q8, r8.predictor, batches)
+            except ExportError:
+                int8_path.unlink(missing_ok=True)
+                raise
+            int8_pred = r8.predictor
+            int8_diff = max(check_parity(model, int8_pred, batches).values())      # vs the variant, informational
+            ops["int8"] = r8.ops
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    return OnnxResult(path=fp.path, size_bytes=fp.size_bytes, parity_max_abs_diff=parity, predictor=fp.predictor,
+                      parity=fp.parity, int8_path=int8_path,
+                      int8_size_bytes=int8_path.stat().st_size if int8_path is not None else None,
+                      int8_max_abs_diff=int8_diff, int8_predictor=int8_pred, variant_max_abs_diff=variant,
+                      graph="fused", ops=ops)
+
+
+def export_onnx_graph(model: nn.Module, tokenizer, path: str | Path, *, graph: str = "fused", int8: bool = False,
+                      int8_per_channel: bool = True, threads: int | None = None):
+    """Write the checked ONNX file of ``model`` (and ``<stem>_int8.onnx`` with ``int8``); an OnnxResult.
+
+    ``graph="fused"`` (default): the fused graph, natively quantized (a k-bit variant's own
+    codes in ``MatMulNBits``; ``int8``: int8 weights and embeddings with dynamic int8
+    activations). Falls back to the plain dynamo graph (ONNX Runtime dynamic int8 for
+    ``int8``) when :func:`axlab.deploy.fused_onnx.fused_support` gives a reason or the fused
+    export fails; the reason is logged and in ``result.fallback_reason``.
+    ``graph="plain"``: the dynamo graph. ``model`` is not modified.
+    """
+    from dataclasses import replace
+
+    from axlab.deploy.fused_onnx import fused_support
+    from axlab.deploy.onnx_export import export_onnx
+    if graph not in ONNX_GRAPHS:
+        raise ExportError(f"Unknown ONNX graph '{graph}'.", f"Use one of: {', '.join(ONNX_GRAPHS)}.")
+    path = Path(path)
+    reason = None
+    if graph == "fused":
+        reason = fused_support(model)
+        if reason is None:
+            try:
+                with eval_mode(model):
+                    return _export_fused(model, tokenizer, path, int8, threads)
+            except Exception as e:  # noqa: BLE001  (any failure of the fused writer: the plain graph still works)
+                reason = f"the fused export failed ({type(e).__name__}: {e})"
+        log.warning("ONNX export: writing the plain (dynamo) graph instead of the fused one: %s", reason)
+    res = export_onnx(model, tokenizer, path, int8=int8, int8_per_channel=int8_per_channel, threads=threads)
+    return replace(res, graph="plain", fallback_reason=reason)
+
+
+def _measure_runtimes(model: nn.Module, predictors: dict, tokenizer, split, split_name: str,
+                      latency_runs: tuple[int, int] = (50, 10), rounds: int = 5) -> dict:
+    """Accuracy of each ONNX predictor, and latency interleaved with the PyTorch ``model`` in the same rounds."""
+    out = {}
+    for key, p in predictors.items():
+        m = measure(p, tokenizer, split, split_name=split_name, with_latency=False)
+        out[key] = {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "loss": m.loss, "n": m.n, "split": split_name}
+    if not len(split):
+        return out
+    models = {"pytorch": model, **predictors}
+    for tag, bs, runs in (("b1", 1, latency_runs[0]), ("b32", 32, latency_runs[1])):
+        r = min(rounds, max(1, runs))
+        lat = compare_latency(models, tokenizer, split.inputs, bs, rounds=r, runs_per_round=max(1, runs // r),
+                              warmup=3 if bs == 1 else 1, base="pytorch")
+        pt = lat["models"]["pytorch"]
+        for key in predictors:
+            mm, ratio = lat["models"][key], lat["ratios"][key]
+            out[key].update({f"latency_{tag}_ms": mm["median_ms"], f"latency_{tag}_p90_ms": mm["p90_ms"],
+                             f"latency_{tag}_spread_ms": mm["spread_ms"], "threads": lat["threads"]})
+            out[key].setdefault("vs_pytorch", {})[tag] = {
+                "pytorch_ms": pt["median_ms"], "pytorch_spread_ms": pt["spread_ms"], "speedup": ratio["speedup"],
+                "speedup_range": ratio["speedup_range"], "within_noise": ratio["within_noise"]}
+    return out
+
+
+def export_comparison(measurements: dict) -> list[dict]:
+    """The exported files next to the PyTorch variant: one row per runtime (accuracy, latency with
+    spread, size). The PyTorch latency is the one measured in the same rounds as the ONNX files."""
+    m = measurements or {}
+    onnx = m.get("onnx") or {}
+    vs = onnx.get("vs_pytorch") or {}
+    rows = [{"runtime": "pytorch", "graph": "-", "accuracy": m.get("accuracy"),
+             "latency_b1_ms": vs.get("b1", {}).get("pytorch_ms", m.get("latency_b1_ms")),
+             "latency_b1_spread_ms": vs.get("b1", {}).get("pytorch_spread_ms", m.get("latency_b1_spread_ms")),
+             "latency_b32_ms": vs.get("b32", {}).get("pytorch_ms", m.get("latency_b32_ms")),
+             "latency_b32_spread_ms": vs.get("b32", {}).get("pytorch_spread_ms", m.get("latency_b32_spread_ms")),
+             "size_bytes": m.get("size_bytes"), "speedup_b1": 1.0 if vs else None, "within_noise_b1": None}]
+    for key, runtime in (("onnx", "onnxruntime"), ("onnx_int8", "onnxruntime-int8")):
+        o = m.get(key)
+        if not o:
+            continue
+        v1 = (o.get("vs_pytorch") or {}).get("b1") or {}
+        rows.append({"runtime": runtime, "graph": onnx.get("graph", "plain"), "accuracy": o.get("accuracy"),
+                     "latency_b1_ms": o.get("latency_b1_ms"), "latency_b1_spread_ms": o.get("latency_b1_spread_ms"),
+                     "latency_b32_ms": o.get("latency_b32_ms"), "latency_b32_spread_ms": o.get("latency_b32_spread_ms"),
+                     "size_bytes": o.get("size_bytes"), "speedup_b1": v1.get("speedup"),
+                     "within_noise_b1": v1.get("within_noise")})
+    return rows
 
 
 def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list | None = None,
@@ -65,22 +222,28 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
                onnx: bool = True, int8: bool = False, splits=None, measure_split: str = "test",
                limit: int | None = None, report_variants: list | None = None, report: bool = True,
                progress: Progress = None, int8_per_channel: bool = True,
-               base_measurements: dict | None = None) -> ExportResult:
+               base_measurements: dict | None = None, onnx_graph: str = "fused") -> ExportResult:
     """Variant folder + ONNX (+ int8) + comparison report, in one atomic folder.
 
-    The int8 file uses per-channel weight scales by default (``int8_per_channel``): on the
-    benchmark's pruned model they kept 0.8325 test accuracy where per-tensor scales gave 0.821.
+    ``onnx_graph``: "fused" (default; falls back to "plain" with a recorded reason where the
+    fused writer cannot express the variant, see :func:`export_onnx_graph`) or "plain".
+    The plain graph's int8 file uses per-channel weight scales by default
+    (``int8_per_channel``): on the benchmark's pruned model they kept 0.8325 test accuracy
+    where per-tensor scales gave 0.821.
 
     ``splits`` (axlab.data.Splits) lets the ONNX files be measured (accuracy on
-    ``measure_split``, first ``limit`` examples, and ONNX Runtime latency); their
-    size and latency join the measurements under ``"onnx"`` / ``"onnx_int8"``.
+    ``measure_split``, first ``limit`` examples, and ONNX Runtime latency interleaved with
+    the PyTorch variant's); their size and latency join the measurements under ``"onnx"`` /
+    ``"onnx_int8"``, and ``ExportResult.comparison`` puts them next to the PyTorch variant.
     ``report_variants`` are the other variants (axlab.variants.Variant or dicts) to
     compare against; the exported one is added to them. The report always has a base-model
     row: from ``report_variants`` (the one with an empty recipe), else ``base_measurements``,
     else the exported model itself when its recipe is empty.
     """
     from axlab.core.data import align_labels
-    from axlab.deploy.onnx_export import export_onnx, measure_onnx
+
+    if onnx_graph not in ONNX_GRAPHS:
+        raise ExportError(f"Unknown ONNX graph '{onnx_graph}'.", f"Use one of: {', '.join(ONNX_GRAPHS)}.")
 
     steps = 1 + int(onnx) + int(onnx and int8) + int(report)
     prog = as_progress(progress, total=steps, desc="export")
@@ -91,21 +254,30 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
     result_onnx = None
     with atomic_folder(folder, overwrite) as tmp, eval_mode(model):
         if onnx:
-            result_onnx = export_onnx(model, tokenizer, tmp / "onnx" / "model.onnx", int8=int8,
-                                      int8_per_channel=int8_per_channel)
-            prog.update(1, "ONNX export and parity check")
-            measurements["onnx"] = {"size_bytes": result_onnx.size_bytes,
+            result_onnx = export_onnx_graph(model, tokenizer, tmp / "onnx" / "model.onnx", graph=onnx_graph,
+                                            int8=int8, int8_per_channel=int8_per_channel)
+            prog.update(1, f"ONNX export ({result_onnx.graph} graph) and parity check")
+            if measurements.get("size_bytes") is None:
+                measurements["size_bytes"] = size_report(model)["size_bytes"]
+            measurements["onnx"] = {"size_bytes": result_onnx.size_bytes, "graph": result_onnx.graph,
                                     "parity_max_abs_diff": result_onnx.parity_max_abs_diff,
                                     "variant_max_abs_diff": result_onnx.variant_max_abs_diff}
+            if result_onnx.fallback_reason:
+                measurements["onnx"]["fallback_reason"] = result_onnx.fallback_reason
+            if result_onnx.ops:
+                from axlab.deploy.fused_onnx import attention_node_count
+                measurements["onnx"]["fused_attention_nodes"] = attention_node_count(result_onnx.ops["fp32"])
+                measurements["onnx"]["ops"] = result_onnx.ops["fp32"]
             if int8:
-                measurements["onnx_int8"] = {"size_bytes": result_onnx.int8_size_bytes,
+                measurements["onnx_int8"] = {"size_bytes": result_onnx.int8_size_bytes, "graph": result_onnx.graph,
                                              "max_abs_diff_vs_pytorch": result_onnx.int8_max_abs_diff}
             if splits is not None:
                 split = splits[measure_split].head(limit)
-                measurements["onnx"].update(measure_onnx(result_onnx.predictor, tokenizer, split, measure_split))
+                preds = {"onnx": result_onnx.predictor}
                 if int8:
-                    measurements["onnx_int8"].update(
-                        measure_onnx(result_onnx.int8_predictor, tokenizer, split, measure_split))
+                    preds["onnx_int8"] = result_onnx.int8_predictor
+                for key, got in _measure_runtimes(model, preds, tokenizer, split, measure_split).items():
+                    measurements[key].update(got)
             if int8:
                 prog.update(1, "ONNX int8 written" + (" and measured" if splits is not None else ""))
         write_variant_files(model, tokenizer, tmp, recipe=recipe, measurements=measurements, base=base, labels=labels,
@@ -139,4 +311,5 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
         result_onnx = result_onnx.moved_to(target / "onnx")
     if report_paths:
         report_paths = {k: moved(v) for k, v in report_paths.items()}
-    return ExportResult(folder=target, measurements=measurements, onnx=result_onnx, report=report_paths, files=files)
+    return ExportResult(folder=target, measurements=measurements, onnx=result_onnx, report=report_paths, files=files,
+                        comparison=export_comparison(measurements) if onnx else [])

@@ -54,7 +54,7 @@ from axlab.core.qmodules import Int8Linear, QuantEmbedding, QuantLinear
 from axlab.core.surgery import EmptyAttention, is_skipped
 
 __all__ = ["FusedConfig", "FusedResult", "build_fused_graph", "export_fused_onnx", "fused_predictor",
-           "op_histogram", "nbits_container", "pack_nbits"]
+           "op_histogram", "nbits_container", "pack_nbits", "fused_support", "FUSED_TYPES", "attention_node_count"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ MS = "com.microsoft"
 OPSET = 17                      # LayerNormalization (17), ScatterElements reduction="add" (16)
 NBITS_KERNEL = (2, 4, 8)        # bit widths the CPU MatMulNBits kernel executes (ORT 1.32)
 GBQ_BITS = (2, 4, 8)            # bit widths GatherBlockQuantized accepts for uint8 data
+FUSED_TYPES = ("bert", "roberta", "distilbert", "electra")     # architectures the writer knows
+_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 
 
 @dataclass
@@ -138,6 +140,38 @@ def _pow2_block(width: int, cap: int | None = None) -> int | None:
         best = b
         b *= 2
     return best
+
+
+def fused_support(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be written as the fused graph, in words; None when it can.
+
+    Checked before any work, so an export can fall back to the plain (dynamo) graph
+    with a clear reason: an architecture the writer does not know (vision models,
+    anything outside :data:`FUSED_TYPES`), top-k hard attention (no fused ONNX Runtime op
+    computes it), an activation other than GELU/ReLU, or k-bit groups with no
+    power-of-two block for MatMulNBits.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FUSED_TYPES:
+        return (f"the fused graph supports {', '.join(FUSED_TYPES)} text classifiers, not "
+                f"'{model_type or type(model).__name__}'")
+    topk = [i for i in range(len(registry.layers(model)))
+            if getattr(registry.attention_module(model, i), "axlab_topk", None) is not None]
+    if topk:
+        return (f"top-k hard attention in layer{'s' if len(topk) > 1 else ''} {', '.join(map(str, topk))}: "
+                "no fused ONNX Runtime attention op computes it")
+    act = getattr(model.config, "hidden_act", None) or getattr(model.config, "activation", "gelu")
+    if act not in _ACTIVATIONS:
+        return f"activation '{act}' has no fused ONNX form here"
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear) and m.group_size is not None and _pow2_block(m.group_size) is None:
+            return f"'{name}' uses {m.bits}-bit groups of {m.group_size}, which MatMulNBits cannot block"
+    return None
+
+
+def attention_node_count(ops: dict) -> int:
+    """Fused attention nodes (com.microsoft Attention + MultiHeadAttention) in an :func:`op_histogram`."""
+    return int(ops.get(f"{MS}:Attention", 0)) + int(ops.get(f"{MS}:MultiHeadAttention", 0))
 
 
 # ----------------------------------------------------------------------------------------

@@ -63,6 +63,9 @@ class OnnxResult:
     # max |ORT - the variant in PyTorch|; equals parity_max_abs_diff unless the variant runs int8
     # kernels in PyTorch (axlab.quantize.int8_dynamic), whose dequantized weights are what is exported
     variant_max_abs_diff: float | None = None
+    graph: str = "plain"                 # "plain" (dynamo export) or "fused" (axlab.deploy.fused_onnx)
+    fallback_reason: str | None = None   # why a fused export fell back to the plain graph
+    ops: dict | None = None              # op histogram of the fused graph(s): {"fp32": {...}, "int8": {...}}
 
     def moved_to(self, folder: Path) -> "OnnxResult":
         """The same result after its folder was renamed (sessions stay valid: ORT holds the graph in memory)."""
@@ -74,7 +77,8 @@ class OnnxResult:
         return {"path": str(self.path), "size_bytes": self.size_bytes, "parity_max_abs_diff": self.parity_max_abs_diff,
                 "parity": self.parity, "int8_path": str(self.int8_path) if self.int8_path else None,
                 "int8_size_bytes": self.int8_size_bytes, "int8_max_abs_diff": self.int8_max_abs_diff,
-                "variant_max_abs_diff": self.variant_max_abs_diff}
+                "variant_max_abs_diff": self.variant_max_abs_diff, "graph": self.graph,
+                "fallback_reason": self.fallback_reason}
 
 
 class _LogitsOnly(nn.Module):
