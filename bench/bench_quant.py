@@ -16,7 +16,15 @@ One run measures, on the 2,000 test reviews:
 4. for every row, its agreement with fp32's predictions and the KL of its output
    distribution to fp32's (``measure.fidelity``): near-lossless variants tie on accuracy
    within a review or two, not on these; GPFQ is also run on calibration sets drawn with
-   ``--seeds`` seeds at ``--seed-bits`` (``gpfq_over_seeds``: mean, min, max).
+   ``--seeds`` seeds at ``--seed-bits`` (``gpfq_over_seeds``: mean, min, max);
+5. GPTQ (``axlab.compress.gptq``, Frantar et al. 2022, the paper's algorithm: max scaling,
+   1% dampening, blocks of 128, natural column order) as GPFQ's peer at ``--peer-bits``:
+   the same calibration texts per draw (seeds 0 .. ``--seeds``-1) and the same grid and
+   scale granularity for both; ``gptq_vs_gpfq`` has accuracy and KL to fp32 per method
+   (mean, min, max over the draws). ``gptq N-bit + levers`` (seed 0) is GPTQ with GPFQ's
+   exact outliers and bias correction.
+
+    python bench/bench_quant.py --peers-only            # only section 5 (+ RTN), merged into quant.json
 
 Weight-only k-bit layers compute with their dequantized weights (no k-bit CPU kernel), so
 their latency equals fp32 and is not measured. Timings on a shared machine are noisy.
@@ -34,6 +42,7 @@ from pathlib import Path
 import torch
 from axlab.compress import quantize as Q
 from axlab.compress.gpfq import choose_bits, gpfq
+from axlab.compress.gptq import gptq
 from axlab.core.data import load_dataset
 from axlab.core.loading import load_model
 from axlab.core.measure import fidelity, hardware_info, latency, predict_logits, scores, size_report
@@ -86,6 +95,10 @@ def main(argv=None) -> int:
     ap.add_argument("--outliers", type=float, default=0.001, help="fraction of weights kept exact (rtn/gpfq rows)")
     ap.add_argument("--seeds", type=int, default=3, help="calibration draws for GPFQ at --seed-bits (1 = only seed 0)")
     ap.add_argument("--seed-bits", type=int, nargs="*", default=[3, 4])
+    ap.add_argument("--peer-bits", type=int, nargs="*", default=[2, 3, 4],
+                    help="bits at which GPTQ runs next to GPFQ, both over --seeds calibration draws")
+    ap.add_argument("--peers-only", action="store_true",
+                    help="only fp32 accuracy, RTN, GPFQ and GPTQ at --peer-bits; merged into the rows already in --out")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-runs", type=int, default=100)
     ap.add_argument("--limit", type=int, default=None, help="first N test reviews (default all 2,000)")
@@ -110,7 +123,10 @@ def main(argv=None) -> int:
                          f"KL {r['kl_to_fp32']:.4f}  size {r.get('size_bytes', 0) / 1e6:.1f} MB"
                          + (f"  b1 {r['latency_b1_ms']:.1f} ms" if "latency_b1_ms" in r else "") + "\n")
 
-    rows["fp32"] = row(model, tok, test, reference=ref, size_of=model, lat=True, args=args); log("fp32")
+    rows["fp32"] = row(model, tok, test, reference=ref, size_of=model, lat=not args.peers_only, args=args)
+    log("fp32")
+    if args.peers_only:
+        return peers_only(args, model, tok, splits, test, ref, calib, res, log)
     for name, kw in (("torch int8 dynamic", {}), ("torch int8 + emb8", {"embeddings": True})):
         q = Q.int8_dynamic(model, **kw)
         rows[name] = row(q, tok, test, reference=ref, size_of=q, lat=True, args=args); log(name)
@@ -127,17 +143,8 @@ def main(argv=None) -> int:
             res["onnx_error"] = f"{type(e).__name__}: {e}"
 
     def gpfq_row(name, bits, calibration=None, **options):
-        t0 = time.perf_counter()
-        g = gpfq(model, tok, calib if calibration is None else calibration, bits, group_size=args.group_size,
-                 progress=False, **options)
-        secs = time.perf_counter() - t0
-        rep = g.axlab_gpfq_report.layers
-        rows[name] = row(g, tok, test, reference=ref, size_of=g, bits=bits, group_size=args.group_size, quantize_seconds=secs,
-                         options=options or "axlab defaults",
-                         mean_rel_error=sum(r["rel_error"] for r in rep) / len(rep),
-                         mean_rtn_rel_error=sum(r["rtn_rel_error"] for r in rep) / len(rep))
-        log(name)
-        return g
+        return quant_row(gpfq, rows, name, bits, model, tok, test, ref, calib if calibration is None else calibration,
+                         args, log, **options)
 
     errs_models = {}
     for bits in args.bits:
@@ -150,10 +157,12 @@ def main(argv=None) -> int:
             log(f"rtn {bits}-bit + outliers")
         g = gpfq_row(f"gpfq {bits}-bit", bits, outliers=args.outliers)
         gpfq_row(f"gpfq {bits}-bit plain", bits, **PLAIN)
-        if bits in args.seed_bits:                  # calibration sets drawn with other seeds
+        if bits in args.seed_bits or bits in args.peer_bits:     # calibration sets drawn with other seeds
             for seed in range(1, args.seeds):
                 gpfq_row(f"gpfq {bits}-bit seed {seed}", bits, outliers=args.outliers,
                          calibration=Q.calibration_texts(splits, args.calibration, seed=seed))
+        if bits in args.peer_bits:
+            gptq_rows(args, model, tok, splits, test, ref, calib, rows, log, bits)
         if bits == 3:
             errs_models = {"rtn 3-bit": q, "gpfq 3-bit": g}
     if args.mixed_avg_bits:
@@ -169,23 +178,113 @@ def main(argv=None) -> int:
         res["layer_errors_3bit"] = errs
         html = Path(args.out).with_name("quant_errors.html")
         Q.error_figure(errs, "Per-layer relative error at 3 bits: RTN vs GPFQ").write_html(html, include_plotlyjs=True)
+    res["gpfq_over_seeds"] = {}
+    summarise(res, args, args.bits)
+    return write(res, args)
+
+
+# GPTQ as published: max scaling, 1% dampening, blocks of 128, natural order; "+ levers": GPFQ's outliers and
+# bias correction on top
+GPTQ_LEVERS = dict(bias_correction=True)
+
+
+def quant_row(method, rows, name, bits, model, tok, test, ref, calibration, args, log, **options):
+    t0 = time.perf_counter()
+    q = method(model, tok, calibration, bits, group_size=args.group_size, progress=False, **options)
+    secs = time.perf_counter() - t0
+    rep = (getattr(q, "axlab_gpfq_report", None) or q.axlab_gptq_report).layers
+    rows[name] = row(q, tok, test, reference=ref, size_of=q, bits=bits, group_size=args.group_size, quantize_seconds=secs,
+                     options=options or ("axlab defaults" if method is gpfq else "the paper's GPTQ"),
+                     mean_rel_error=sum(r["rel_error"] for r in rep) / len(rep),
+                     mean_rtn_rel_error=sum(r["rtn_rel_error"] for r in rep) / len(rep))
+    log(name)
+    return q
+
+
+def gptq_rows(args, model, tok, splits, test, ref, calib, rows, log, bits):
+    """GPTQ at ``bits`` on the same calibration draws as GPFQ's rows (seed 0 = ``calib``)."""
+    for seed in range(args.seeds):
+        texts = calib if seed == 0 else Q.calibration_texts(splits, args.calibration, seed=seed)
+        quant_row(gptq, rows, f"gptq {bits}-bit" + (f" seed {seed}" if seed else ""), bits, model, tok, test, ref,
+                  texts, args, log)
+    quant_row(gptq, rows, f"gptq {bits}-bit + levers", bits, model, tok, test, ref, calib, args, log,
+              outliers=args.outliers, **GPTQ_LEVERS)
+
+
+def _over(got: list[dict]) -> dict:
+    acc, kl = [r["accuracy"] for r in got], [r["kl_to_fp32"] for r in got]
+    return {"n_seeds": len(got), "mean_accuracy": sum(acc) / len(acc), "min_accuracy": min(acc), "max_accuracy": max(acc),
+            "mean_kl_to_fp32": sum(kl) / len(kl), "min_kl_to_fp32": min(kl), "max_kl_to_fp32": max(kl)}
+
+
+def summarise(res: dict, args, bits_list) -> None:
+    rows = res["rows"]
     fp = rows["fp32"]["accuracy"]
     for r in rows.values():
         r["delta_vs_fp32_points"] = round(100 * (r["accuracy"] - fp), 2)
-    res["gpfq_over_seeds"] = {}
-    for bits in args.bits:
+    res.setdefault("gpfq_over_seeds", {})
+    res.setdefault("gptq_vs_gpfq", {})
+    for bits in bits_list:
         names = [f"gpfq {bits}-bit"] + [f"gpfq {bits}-bit seed {s}" for s in range(1, args.seeds)]
         got = [rows[n] for n in names if n in rows]
+        rtn = {"rtn_accuracy": rows[f"rtn {bits}-bit"]["accuracy"], "rtn_kl_to_fp32": rows[f"rtn {bits}-bit"]["kl_to_fp32"]}
         if len(got) > 1:
-            res["gpfq_over_seeds"][bits] = {
-                "n_seeds": len(got), "mean_accuracy": sum(r["accuracy"] for r in got) / len(got),
-                "min_accuracy": min(r["accuracy"] for r in got), "max_accuracy": max(r["accuracy"] for r in got),
-                "mean_kl_to_fp32": sum(r["kl_to_fp32"] for r in got) / len(got),
-                "rtn_accuracy": rows[f"rtn {bits}-bit"]["accuracy"], "rtn_kl_to_fp32": rows[f"rtn {bits}-bit"]["kl_to_fp32"]}
+            s = _over(got)
+            res["gpfq_over_seeds"][str(bits)] = {k: s[k] for k in ("n_seeds", "mean_accuracy", "min_accuracy",
+                                                                     "max_accuracy", "mean_kl_to_fp32")} | rtn
+        peers = [rows[n] for n in [f"gptq {bits}-bit"] + [f"gptq {bits}-bit seed {s}" for s in range(1, args.seeds)]
+                 if n in rows]
+        if peers and got:
+            a, b = _over(got), _over(peers)
+            res["gptq_vs_gpfq"][str(bits)] = {
+                "gpfq": a, "gptq": b, **rtn,
+                "gpfq_ahead_on_accuracy": a["mean_accuracy"] > b["mean_accuracy"],
+                "gpfq_ahead_on_kl": a["mean_kl_to_fp32"] < b["mean_kl_to_fp32"],
+                "gpfq_options": "axlab defaults (scale search, bias correction, 3 refinement passes, "
+                                f"{args.outliers:g} exact outliers)",
+                "gptq_options": "the paper's (max scaling, damp 0.01, block 128, natural order)",
+                "gptq_plus_levers": {k: rows[f"gptq {bits}-bit + levers"][k] for k in ("accuracy", "kl_to_fp32")}
+                if f"gptq {bits}-bit + levers" in rows else None,
+                "gpfq_plain_seed0": {k: rows[f"gpfq {bits}-bit plain"][k] for k in ("accuracy", "kl_to_fp32")}
+                if f"gpfq {bits}-bit plain" in rows else None}
+
+
+def write(res: dict, args) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
+
+
+def peers_only(args, model, tok, splits, test, ref, calib, res, log) -> int:
+    """RTN, GPFQ (axlab defaults) and GPTQ at ``--peer-bits`` over ``--seeds`` draws, merged into ``--out``."""
+    rows = res["rows"]
+    for bits in args.peer_bits:
+        q = Q.rtn(model, bits, group_size=args.group_size)
+        rows[f"rtn {bits}-bit"] = row(q, tok, test, reference=ref, size_of=q, bits=bits, group_size=args.group_size)
+        log(f"rtn {bits}-bit")
+        for seed in range(args.seeds):
+            texts = calib if seed == 0 else Q.calibration_texts(splits, args.calibration, seed=seed)
+            quant_row(gpfq, rows, f"gpfq {bits}-bit" + (f" seed {seed}" if seed else ""), bits, model, tok, test, ref,
+                      texts, args, log, outliers=args.outliers)
+        gptq_rows(args, model, tok, splits, test, ref, calib, rows, log, bits)
+        _merge(args, res, rows, [b for b in args.peer_bits if f"gptq {b}-bit" in rows])   # written after each width
+    return 0
+
+
+def _merge(args, res, rows, done_bits) -> None:
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    merged = {**old, "hardware": res["hardware"]}
+    if old and (old.get("n_test"), old.get("calibration_texts")) != (res["n_test"], res["calibration_texts"]):
+        merged = res                                  # another setting: the old rows are not comparable
+    merged.setdefault("rows", {})
+    merged["rows"].update(rows)
+    merged["peers_run"] = {"command": "python bench/bench_quant.py " + " ".join(sys.argv[1:]),
+                           "date": time.strftime("%Y-%m-%d %H:%M"), "rows": sorted(rows),
+                           "note": "these rows were re-measured by a --peers-only run; the others are from the last "
+                                   "full run (same test split, same calibration draw for seed 0)"}
+    summarise(merged, args, done_bits)
+    write(merged, args)
 
 
 if __name__ == "__main__":
