@@ -10,3 +10,9 @@ def test_recipes_in_words_follow_their_parameters():
     assert describe_recipe([Step("quantize_int8", embeddings=True)]) == "int8 weights and activations + int8 embeddings"
     assert "2.5-bit average" in describe_recipe([Step("quantize_gpfq", bits=4, avg_bits=2.5)])
     assert describe_recipe([Step("quantize_gptq", bits=3)]) == "GPTQ 3-bit weights"
+
+
+def test_self_distillation_in_words():
+    assert (describe_recipe([Step("drop_layers", layers=[4, 5]), Step("self_distill", steps=300, alpha=1.0)])
+            == "drop layers [4, 5]; self-distil the intermediate blocks toward the last (300 steps)")
+    assert describe_recipe([Step("self_distill", steps=50, alpha=0.0)]) == "fine-tune on the labels (50 steps)"
