@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import streamlit as st
 
@@ -172,6 +173,11 @@ with right:
     if st.button("Use this data", type="primary", key="load_data", disabled=new_dataset is None):
         cols = (None, None) if choice in DATASETS else (text_col, label_col)
         try:
+            if choice == IMAGE_PATH and not Path(new_dataset).expanduser().exists():
+                from axlab.core.errors import DataError
+                raise DataError(f"'{new_dataset}' does not exist on the machine that runs the workbench.",
+                                "Type the path of a folder with one subfolder per class, a .zip of one, or a CSV "
+                                "of image paths and labels (paths relative to the CSV).")
             splits_new = load_splits(new_dataset, *cols)
             if data_modality(splits_new) != model_kind:
                 from axlab.core.errors import DataError

@@ -280,3 +280,23 @@ def test_every_page_renders_for_the_default_vision_model():
     assert any("Attention rollout into [CLS]" in s for s in charts(at))
     caption = " ".join(c.value for c in at.caption)
     assert "labelled **3**" in caption and "The model predicts **3**" in caption, caption   # validation digit 0 is a 3
+
+
+def test_an_image_folder_on_this_machine_is_used_and_a_wrong_path_says_so(vit_folder, tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    for label in ("3", "7"):
+        (tmp_path / "digits" / label).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(tmp_path / "digits" / label / f"{i}.png")
+    at = page(vision_app(vit_folder), "1_Model_and_data")
+    at.selectbox(key="dataset_choice_image").set_value("A folder, zip or CSV of images on this machine").run()
+    at.text_input(key="image_path").input(str(tmp_path / "nowhere")).run()
+    at.button(key="load_data").click().run()
+    assert not at.exception
+    assert "does not exist on the machine that runs the workbench" in errors(at)
+    at.text_input(key="image_path").input(str(tmp_path / "digits")).run()
+    at.button(key="load_data").click().run()
+    assert_clean(at, "image folder")
+    assert at.session_state["dataset"] == str(tmp_path / "digits")
+    assert "2 labels (3, 7)" in " ".join(s.value for s in at.success)
