@@ -78,7 +78,7 @@ def save_button(recipe: list, default_name: str, key: str, notes: str = "", mode
     """The name box (following the settings), a warning before a degenerate model, and Create variant."""
     taken = {v.name for v in workspace_variants()}
     name = name_box(default_name, f"{key}_name", taken)
-    why = degenerate(recipe, n_layers, n_heads)
+    why = degenerate(recipe, n_layers, n_heads, modality_of(bundle))
     confirmed = True
     if why:
         st.warning(why, icon=":material/warning:")

@@ -15,7 +15,7 @@ def removed_heads(recipe: list) -> dict[int, set[int]]:
     return out
 
 
-def degenerate(recipe: list, n_layers: int, n_heads: int) -> str | None:
+def degenerate(recipe: list, n_layers: int, n_heads: int, modality: str = "text") -> str | None:
     """Why ``recipe`` would leave a model that cannot read its input (None when it does not)."""
     heads = removed_heads(recipe)
     total = n_layers * n_heads
@@ -24,14 +24,15 @@ def degenerate(recipe: list, n_layers: int, n_heads: int) -> str | None:
     for step in recipe:
         if step.get("op") == "drop_layers":
             dropped.update(int(x) for x in (step.get("params") or {}).get("layers") or [])
+    unit, whole = ("patch", "image") if modality == "image" else ("word", "text")
     if len(dropped) >= n_layers:
         return (f"This removes all {n_layers} blocks. What is left is the embedding layer and the classifier: "
-                "the classifier reads the [CLS] position, which then carries no word of the text, so the model "
+                f"the classifier reads the [CLS] position, which then carries no {unit} of the {whole}, so the model "
                 "gives the same answer for every input.")
     if n_removed >= total:
-        return (f"This removes **all {total} attention heads**. Attention is the only way words reach each "
-                "other, and the classifier reads the [CLS] position: with no head left, it never sees a word of "
-                "the text, so the model gives **the same answer for every input** (its accuracy becomes the "
+        return (f"This removes **all {total} attention heads**. Attention is the only way {unit}{'es' if unit == 'patch' else 's'} reach each "
+                f"other, and the classifier reads the [CLS] position: with no head left, it never sees a {unit} of "
+                f"the {whole}, so the model gives **the same answer for every input** (its accuracy becomes the "
                 "share of the most common label). It can be useful as a floor to compare against, not as a "
                 "model.")
     return None
