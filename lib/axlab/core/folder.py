@@ -4,7 +4,8 @@ The folder is a Hugging Face-style model folder plus one sidecar::
 
     config.json            the model config (architecture, labels)
     model.safetensors      the weights, exactly the variant's state_dict
-    tokenizer files        from tokenizer.save_pretrained
+    tokenizer files        from tokenizer.save_pretrained (text models), or
+    preprocessor_config.json  from image_processor.save_pretrained (image models)
     axlab_variant.json     recipe, shape layout, quantization layout, measurements, base,
                            labels, axlab version, and probe logits for a self-check
     README.md              what the folder is and how to load it
@@ -18,7 +19,8 @@ reshape it with ``axlab.core.surgery.apply_layout``, swap in quantized modules w
 ``axlab.core.qmodules.apply_quant_layout``, then load the weights with ``strict=True``.
 A variant whose shapes equal the config's (no pruning, no quantization, no hard
 attention) is marked ``plain``: it also loads with
-``AutoModelForSequenceClassification.from_pretrained(folder)``.
+``AutoModelForSequenceClassification.from_pretrained(folder)`` (image models:
+``AutoModelForImageClassification``).
 
 Writes are atomic: everything goes into a hidden temporary sibling folder
 (``.NAME.axlab-tmp-PID-TAG``) which is renamed into place at the very end, so a crash never
@@ -47,7 +49,8 @@ from torch import nn
 
 from axlab.core.errors import ExportError, ModelLoadError
 
-__all__ = ["VARIANT_FILE", "WEIGHTS_FILE", "FORMAT_VERSION", "PROBE_TEXTS", "PROBE_ATOL", "write_variant_files",
+__all__ = ["VARIANT_FILE", "WEIGHTS_FILE", "FORMAT_VERSION", "PROBE_TEXTS", "PROBE_ATOL", "probe_images",
+           "probe_inputs", "write_variant_files",
            "read_sidecar", "probe_logits", "is_plain", "quant_layout_of", "weight_names", "eval_mode",
            "atomic_folder", "check_target", "clean_leftovers"]
 
@@ -193,9 +196,13 @@ def quant_layout_of(model: nn.Module) -> dict | None:
 
 def _reference_shapes(config) -> dict[str, tuple]:
     """State-dict shapes of a model built straight from ``config`` (on the meta device: no memory)."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    from axlab.core.registry import modality
+    auto = AutoModelForImageClassification if modality(config.model_type) == "image" else \
+        AutoModelForSequenceClassification
     with torch.device("meta"):
-        ref = AutoModelForSequenceClassification.from_config(config)
+        ref = auto.from_config(config)
     return {k: tuple(v.shape) for k, v in ref.state_dict().items()}
 
 
@@ -254,19 +261,46 @@ def _export_config(model: nn.Module, labels: list[str] | None):
     return cfg
 
 
-def probe_logits(model: nn.Module, tokenizer) -> torch.Tensor:
-    from axlab.core.measure import tokenize
-    batch = tokenize(tokenizer, PROBE_TEXTS)
+def probe_images(config) -> list:
+    """Three fixed uint8 images at the model's size (black, seeded noise, a gradient): the image models' probe.
+
+    Built from numpy's PCG64 with seed 0, which numpy keeps stable across versions, so they
+    need not be stored. Grey (H, W) for a one-channel model, (H, W, 3) otherwise.
+    """
+    import numpy as np
+    size = getattr(config, "image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    shape = (h, w) if getattr(config, "num_channels", 3) == 1 else (h, w, 3)
+    noise = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    ramp = np.linspace(0, 255, h * w).reshape(h, w).astype(np.uint8)
+    ramp = ramp if len(shape) == 2 else np.stack([ramp, ramp.T if h == w else ramp, 255 - ramp], -1)
+    return [np.zeros(shape, np.uint8), noise, ramp]
+
+
+def probe_inputs(model: nn.Module) -> list:
+    """What the stored probe logits are computed on: :data:`PROBE_TEXTS` or :func:`probe_images`."""
+    from axlab.core.registry import modality
+    return probe_images(model.config) if modality(model) == "image" else PROBE_TEXTS
+
+
+def probe_logits(model: nn.Module, processor) -> torch.Tensor:
+    """Logits of the probe inputs, read through the model's processor (tokenizer or image processor)."""
+    from axlab.core.measure import encode, forward
+    batch = encode(processor, probe_inputs(model))
     with torch.inference_mode():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        return forward(model, batch).logits.float()
 
 
 def _readme(sidecar: dict) -> str:
     plain = sidecar["plain"]
     steps = ", ".join(s["op"] for s in sidecar["recipe"]) or "none (the base model)"
+    from axlab.core.registry import SUPPORTED
+    spec = SUPPORTED.get(sidecar.get("model_type"))
+    auto = "AutoModelForImageClassification" if spec is not None and spec.modality == "image" else \
+        "AutoModelForSequenceClassification"
     how = ("It also loads with plain transformers:\n\n```python\nfrom transformers import "
-           "AutoModelForSequenceClassification\n"
-           "model = AutoModelForSequenceClassification.from_pretrained(folder)\n```\n"
+           f"{auto}\n"
+           f"model = {auto}.from_pretrained(folder)\n```\n"
            if plain else
            "Its shapes differ from what config.json alone describes (pruned heads or FFN neurons, hard attention "
            "or quantized layers), so load it with axlab, which rebuilds them from axlab_variant.json.\n")
@@ -274,7 +308,7 @@ def _readme(sidecar: dict) -> str:
              f"An axlab variant of `{sidecar['base']}` exported on {sidecar['created']}.", "",
              f"Recipe steps: {steps}.", "",
              "```python\nimport axlab\n"
-             "bundle = axlab.load_variant(folder)   # model, tokenizer, labels\n```",
+             "bundle = axlab.load_variant(folder)   # model, processor (tokenizer or image processor), labels\n```",
              "", how]
     m = sidecar.get("measurements") or {}
     if isinstance(m.get("onnx"), dict):
@@ -285,6 +319,15 @@ def _readme(sidecar: dict) -> str:
         lines.append(f"Measured accuracy: {m['accuracy']:.4f} on {m.get('n', '?')} examples "
                      f"({m.get('split', '?')} split).")
     return "\n".join(lines) + "\n"
+
+
+def _probe_record(model: nn.Module, processor) -> dict:
+    from axlab.core.registry import modality
+    logits = probe_logits(model, processor).tolist()
+    if modality(model) == "text":
+        return {"texts": PROBE_TEXTS, "logits": logits}
+    return {"images": "axlab.core.folder.probe_images(config): black, noise (PCG64 seed 0), gradient",
+            "logits": logits}
 
 
 def write_variant_files(model: nn.Module, tokenizer, folder: Path, *, recipe, measurements, base, labels,
@@ -315,7 +358,7 @@ def write_variant_files(model: nn.Module, tokenizer, folder: Path, *, recipe, me
         "quant_layout": quant_layout_of(model),
         "plain": is_plain(model),
         "model_type": model.config.model_type,
-        "probe": {"texts": PROBE_TEXTS, "logits": probe_logits(model, tokenizer).tolist()} if tokenizer else None,
+        "probe": _probe_record(model, tokenizer) if tokenizer is not None else None,
         **(extra or {}),
     }
     (folder / "README.md").write_text(_readme(sidecar))

@@ -30,16 +30,45 @@ _PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.
 _SAFE_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
-@dataclass
+@dataclass(init=False)
 class ModelBundle:
-    """A loaded model with what it needs to be used: tokenizer, label names, provenance."""
+    """A loaded model with what it needs to be used: its processor, label names, provenance.
+
+    ``processor`` is the tokenizer of a text model or the image processor of an image model
+    (:func:`axlab.core.measure.encode` turns inputs into a batch with either); ``tokenizer`` is
+    the same object under its older name. ``modality`` is ``"text"`` or ``"image"`` (from the
+    architecture registry).
+    """
 
     model: nn.Module
-    tokenizer: object
+    processor: object
     labels: list[str]
     source: str                      # what the user asked for ("default", a hub id, a folder)
     path: str                        # where it was loaded from (folder or hub id)
     info: dict = field(default_factory=dict)   # model card etc.
+
+    def __init__(self, model: nn.Module, processor: object = None, labels: list[str] | None = None,
+                 source: str = "", path: str = "", info: dict | None = None, *, tokenizer: object = None):
+        if processor is not None and tokenizer is not None and processor is not tokenizer:
+            raise TypeError("pass the processor once (processor= or its older name tokenizer=)")
+        self.model = model
+        self.processor = processor if processor is not None else tokenizer
+        self.labels = list(labels) if labels is not None else []
+        self.source, self.path = source, path
+        self.info = dict(info or {})
+
+    @property
+    def tokenizer(self):
+        """The processor (a tokenizer for text models): the older name, kept for existing code."""
+        return self.processor
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self.processor = value
+
+    @property
+    def modality(self) -> str:
+        return registry.modality(self.model)
 
     @property
     def arch(self) -> str:
@@ -54,18 +83,29 @@ class ModelBundle:
         return registry.n_heads_config(self.model)
 
 
+DEFAULT_SOURCES = ("default", "default-vision")
+
+
 def resolve_source(source: str) -> tuple[str, str]:
-    """Return (kind, location): kind is "default", "folder" or "hub"."""
+    """Return (kind, location): kind is "default" (also for "default-vision"), "folder" or "hub"."""
     source = str(source).strip()
     if not source:
-        raise ModelLoadError("No model given.", "Pass 'default', a local folder, or a hub id such as "
-                             "'textattack/bert-base-uncased-SST-2'.")
+        raise ModelLoadError("No model given.", "Pass 'default', 'default-vision', a local folder, or a hub id such as "
+                             "'textattack/bert-base-uncased-SST-2' or 'google/vit-base-patch16-224'.")
     if source == "default":
         from axlab.core.train import default_model_dir
         folder = default_model_dir()
         if not (folder / "config.json").exists():
             raise ModelLoadError("The default model has not been built yet.",
                                  "Run `axlab prepare` once (about 10 minutes on 2 cores); it is cached afterwards.")
+        return "default", str(folder)
+    if source == "default-vision":
+        from axlab.core.train_vision import default_vision_dir
+        folder = default_vision_dir()
+        if not (folder / "config.json").exists():
+            raise ModelLoadError("The default vision model has not been built yet.",
+                                 "Run `axlab prepare` once (or only this model: `axlab prepare --only vision`, "
+                                 "about 5 minutes on 2 cores); it is cached afterwards.")
         return "default", str(folder)
     p = Path(source).expanduser()
     if p.exists():
@@ -135,20 +175,46 @@ def _check_folder(folder: Path, allow_pickle: bool) -> None:
                          "Copy the weights file into the folder, or save the model with `save_pretrained`.")
 
 
-def _check_config(config, where: str) -> None:
-    registry.spec_for(config.model_type)  # raises UnsupportedModelError
+_HEADS = {"text": "ForSequenceClassification", "image": "ForImageClassification"}
+
+
+def _check_config(config, where: str) -> str:
+    """The model's modality; a clear error for an unsupported architecture or a model without a classifier head."""
+    modality = registry.spec_for(config.model_type).modality  # raises UnsupportedModelError
     archs = list(getattr(config, "architectures", None) or [])
-    if not any(a.endswith("ForSequenceClassification") for a in archs):
+    head = _HEADS[modality]
+    if not any(a.endswith(head) for a in archs):
+        if modality == "image":
+            raise ModelLoadError(
+                f"{where} has no image-classification head (architectures: {archs or 'none listed'}).",
+                "axlab works on trained classifiers. Pick a *ForImageClassification checkpoint (for example "
+                "'google/vit-base-patch16-224'), or train one first (see `axlab prepare --only vision` for how the "
+                "default vision model is built).")
         raise ModelLoadError(
             f"{where} has no sequence-classification head (architectures: {archs or 'none listed'}).",
             "axlab works on fine-tuned classifiers. Pick a *ForSequenceClassification checkpoint, or fine-tune "
             "this encoder first (see `axlab prepare` for how the default model is built).")
+    return modality
+
+
+def _auto_classes(modality: str):
+    """(model class, processor class) for a modality: the only place loading picks text or image classes."""
+    if modality == "image":
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        return AutoModelForImageClassification, AutoImageProcessor
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    return AutoModelForSequenceClassification, AutoTokenizer
 
 
 def load_model(source: str = "default", *, allow_pickle: bool = False, trust_remote_code: bool = False,
                revision: str | None = None) -> ModelBundle:
-    """Load a fine-tuned sequence classifier and its tokenizer, routed through axlab attention."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    """Load a fine-tuned classifier and its processor, routed through axlab attention.
+
+    Text: a ``*ForSequenceClassification`` and its tokenizer. Images: a ``*ForImageClassification``
+    (ViT, DeiT, DINOv2) and its image processor. ``source``: ``"default"`` (the text default),
+    ``"default-vision"`` (the MNIST ViT), a local folder or a hub id.
+    """
+    from transformers import AutoConfig
 
     kind, location = resolve_source(source)
     if kind in ("default", "folder"):
@@ -191,9 +257,10 @@ def load_model(source: str = "default", *, allow_pickle: bool = False, trust_rem
             f"loading it with the stock {config.model_type} classes instead could give different outputs.",
             "Only if you trust its author, pass trust_remote_code=True (CLI: --trust-remote-code). If the stock "
             "class is right for it, remove the 'auto_map' entry from its config.json.")
-    _check_config(config, f"Model '{source}'")
+    modality = _check_config(config, f"Model '{source}'")
+    model_cls, processor_cls = _auto_classes(modality)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = model_cls.from_pretrained(
             location, attn_implementation="eager", use_safetensors=None if allow_pickle else True, **common)
     except AxlabError:
         raise
@@ -206,13 +273,15 @@ def load_model(source: str = "default", *, allow_pickle: bool = False, trust_rem
                              "Check the id or folder; without a network, pass a local folder.") from None
     except Exception as e:  # noqa: BLE001  (damaged weights, shapes that do not fit the config, remote code)
         raise _load_failure(source, "weights", e, trust_remote_code) from None
+    what = "image processor" if modality == "image" else "tokenizer"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        processor = processor_cls.from_pretrained(location, **common)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"'{source}' has weights but no usable tokenizer: {str(e).splitlines()[0]}",
-                             "Save the tokenizer into the same folder (`tokenizer.save_pretrained(folder)`).") from None
+        raise ModelLoadError(f"'{source}' has weights but no usable {what}: {str(e).splitlines()[0]}",
+                             f"Save the {what} into the same folder (`{'image_processor' if modality == 'image' else 'tokenizer'}"
+                             ".save_pretrained(folder)`).") from None
     except Exception as e:  # noqa: BLE001
-        raise _load_failure(source, "tokenizer", e, trust_remote_code) from None
+        raise _load_failure(source, what, e, trust_remote_code) from None
     model.eval()
     use_axlab_attention(model)
     labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
@@ -222,7 +291,7 @@ def load_model(source: str = "default", *, allow_pickle: bool = False, trust_rem
         info = json.loads(card.read_text())
     log.info("loaded %s (%s, %d layers x %d heads)", source, config.model_type,
              len(registry.layers(model)), registry.n_heads_config(model))
-    return ModelBundle(model=model, tokenizer=tokenizer, labels=labels, source=str(source), path=location, info=info)
+    return ModelBundle(model=model, processor=processor, labels=labels, source=str(source), path=location, info=info)
 
 
 def _load_failure(source: str, part: str, e: Exception, remote: bool) -> ModelLoadError:
@@ -234,7 +303,7 @@ def _load_failure(source: str, part: str, e: Exception, remote: bool) -> ModelLo
                               "README for the packages and versions it needs, or ask its author. axlab's supported "
                               "architectures load without --trust-remote-code.")
     hint = ("The weights file is damaged or incomplete, or does not fit config.json; save the model again with "
-            "`save_pretrained`." if part == "weights" else "Save the tokenizer again with `save_pretrained`.")
+            "`save_pretrained`." if part == "weights" else f"Save the {part} again with `save_pretrained`.")
     return ModelLoadError(f"Could not load the {part} of '{source}': {msg}", hint)
 
 
@@ -245,7 +314,7 @@ def load_variant(folder: str | Path, *, verify: bool = True):
     are recomputed and compared (tolerance 1e-4).
     """
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig
 
     from axlab.core.folder import PROBE_ATOL, WEIGHTS_FILE, probe_logits, read_sidecar
     from axlab.core.qmodules import apply_quant_layout
@@ -258,8 +327,8 @@ def load_variant(folder: str | Path, *, verify: bool = True):
                              "The export is incomplete; export the variant again.")
     _check_safetensors(folder / WEIGHTS_FILE)
     config = AutoConfig.from_pretrained(folder)
-    registry.spec_for(config.model_type)
-    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    model_cls, processor_cls = _auto_classes(registry.modality(config.model_type))
+    model = model_cls.from_config(config, attn_implementation="eager")
     model.eval()
     use_axlab_attention(model)
     apply_layout(model, sidecar.get("layout") or {})
@@ -274,10 +343,10 @@ def load_variant(folder: str | Path, *, verify: bool = True):
     model.eval()
     use_axlab_attention(model)
     model.axlab_recipe = list(sidecar.get("recipe") or [])
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    processor = processor_cls.from_pretrained(folder)
     probe = sidecar.get("probe")
     if verify and probe:
-        got = probe_logits(model, tokenizer)
+        got = probe_logits(model, processor)
         want = torch.tensor(probe["logits"])
         diff = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
         if diff > PROBE_ATOL:
@@ -287,5 +356,5 @@ def load_variant(folder: str | Path, *, verify: bool = True):
                                  "the variant differently; export it again.")
     labels = list(sidecar.get("labels") or [str(config.id2label[i]) for i in range(config.num_labels)])
     log.info("loaded variant %s (%d steps)", folder, len(model.axlab_recipe))
-    return ModelBundle(model=model, tokenizer=tokenizer, labels=labels, source=str(folder), path=str(folder),
+    return ModelBundle(model=model, processor=processor, labels=labels, source=str(folder), path=str(folder),
                        info=sidecar)

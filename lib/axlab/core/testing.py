@@ -14,7 +14,7 @@ from axlab.core.attention import use_axlab_attention
 from axlab.core.data import Split
 
 __all__ = ["ARCHS", "VISION_ARCHS", "tiny_model", "tiny_vision_model", "tiny_pixels", "tiny_tokenizer", "save_tiny",
-           "tiny_split"]
+           "tiny_split", "tiny_image_processor", "tiny_image_split", "tiny_image_splits", "save_tiny_vision"]
 
 ARCHS = ("bert", "roberta", "distilbert", "electra")
 VISION_ARCHS = ("vit", "deit", "dinov2")
@@ -100,3 +100,52 @@ def tiny_split(n: int = 32, seed: int = 0, num_labels: int = 2) -> Split:
         texts.append(" ".join(words[i] for i in idx))
         labels.append(int(torch.randint(0, num_labels, (1,), generator=g)))
     return Split(texts, labels)
+
+
+def tiny_image_processor(image_size: int = 28, channels: int = 1):
+    """A ViT image processor for tiny models: resize to ``image_size``, rescale, normalise (0.5, 0.5)."""
+    from transformers import ViTImageProcessor
+    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * channels,
+                             image_std=[0.5] * channels)
+
+
+def tiny_image_split(n: int = 24, seed: int = 0, num_labels: int = 3, image_size: int = 28, channels: int = 1):
+    """A small labelled :class:`~axlab.core.images.ImageSplit` of seeded uint8 images.
+
+    Class c is a bright square in the c-th of ``num_labels`` horizontal positions on noise,
+    so the label is learnable; names are ``"c0"``, ``"c1"``, ...
+    """
+    import numpy as np
+
+    from axlab.core.images import ImageSplit
+    rng = np.random.default_rng(seed)
+    shape = (n, image_size, image_size) + ((3,) if channels == 3 else ())
+    images = rng.integers(0, 80, size=shape, dtype=np.uint8)
+    labels = rng.integers(0, num_labels, size=n).tolist()
+    width = max(1, image_size // num_labels)
+    for i, y in enumerate(labels):
+        images[i, image_size // 3: 2 * image_size // 3, y * width:(y + 1) * width] = 255
+    return ImageSplit(images, [int(y) for y in labels], [f"c{i}" for i in range(num_labels)])
+
+
+def tiny_image_splits(n: int = 24, num_labels: int = 3, image_size: int = 28, channels: int = 1):
+    """Train / validation / test :func:`tiny_image_split` s (seeds 0, 1, 2) as :class:`~axlab.core.images.ImageSplits`."""
+    from axlab.core.images import ImageSplits
+    parts = [tiny_image_split(n, seed, num_labels, image_size, channels) for seed in range(3)]
+    return ImageSplits("tiny-images", parts[0].label_names, *parts, seed=0, file_hash="0" * 64,
+                       source_file="(synthetic)")
+
+
+def save_tiny_vision(folder: str | Path, arch: str = "vit", **kw) -> Path:
+    """Write a tiny image classifier + image processor folder, as ``save_pretrained`` would.
+
+    Its labels are ``"c0"``, ``"c1"``, ... (as :func:`tiny_image_split`).
+    """
+    folder = Path(folder)
+    model = tiny_vision_model(arch, **kw)
+    n = model.config.num_labels
+    model.config.id2label = {i: f"c{i}" for i in range(n)}
+    model.config.label2id = {f"c{i}": i for i in range(n)}
+    model.save_pretrained(folder, safe_serialization=True)
+    tiny_image_processor(model.config.image_size, model.config.num_channels).save_pretrained(folder)
+    return folder
