@@ -264,8 +264,22 @@ class _Evaluator:
 
 # ----------------------------------------------------------------------------- the search
 
+def _split_hash(split) -> str:
+    """Identifies a split's inputs (texts or images) and labels, for the cache key."""
+    inputs = split.inputs
+    h = hashlib.sha256()
+    if isinstance(inputs, np.ndarray):                       # images (N, H, W[, C]) uint8
+        h.update(str(inputs.shape).encode())
+        h.update(np.ascontiguousarray(inputs).tobytes())
+    else:
+        h.update(json.dumps(list(inputs)).encode())
+    h.update(json.dumps([int(y) for y in split.labels]).encode())
+    return h.hexdigest()[:16]
+
+
 def _validation(splits_or_split) -> Split:
-    if isinstance(splits_or_split, Split):
+    if isinstance(splits_or_split, Split) or (hasattr(splits_or_split, "inputs")
+                                              and hasattr(splits_or_split, "labels")):     # a Split or an ImageSplit
         return splits_or_split
     if hasattr(splits_or_split, "validation"):
         return splits_or_split.validation
@@ -475,8 +489,7 @@ def cached_search(model: nn.Module, tokenizer, splits, *, config: SearchConfig |
     """
     cfg = _resolve_config(config, tolerance, hard_attention)
     opts = {k: v for k, v in cfg.to_dict().items() if k != "time_budget_s"}
-    data_key = getattr(splits, "key", None) or hashlib.sha256(
-        json.dumps([_validation(splits).texts, _validation(splits).labels]).encode()).hexdigest()[:16]
+    data_key = getattr(splits, "key", None) or _split_hash(_validation(splits))
     key = hashlib.sha256(json.dumps([model_fingerprint(model), data_key, opts], sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir("axformer") / f"{key}.json"
     if path.exists() and not refresh:

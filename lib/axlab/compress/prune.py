@@ -36,7 +36,7 @@ from torch import nn
 from axlab.core import registry, surgery
 from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError
-from axlab.core.measure import iter_batches, size_report
+from axlab.core.measure import iter_batches, size_report, token_mask
 from axlab.core.progress import Progress, as_progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
 
@@ -196,7 +196,8 @@ def ffn_importance(model: nn.Module, criterion: str = "magnitude", tokenizer=Non
         def hook(mod, args):
             a = args[0]                                         # (B, T, width) activations entering down
             if criterion == "activation":
-                m = state["mask"].unsqueeze(-1).to(a.dtype)     # (B, T, 1)
+                m = token_mask(state["batch"], a).unsqueeze(-1).to(a.dtype)     # (B, T, 1); images: all ones
+                state["n_tokens"] = int(m.sum())
                 acc[i] += (a.detach().abs() * m).sum(dim=(0, 1))
                 return None
             return (a * gates[i],)
@@ -209,11 +210,11 @@ def ffn_importance(model: nn.Module, criterion: str = "magnitude", tokenizer=Non
     model.eval()
     try:
         for ix, batch in iter_batches(tokenizer, split.inputs, batch_size):
-            state["mask"] = batch["attention_mask"]
-            n_tokens += int(batch["attention_mask"].sum())
+            state["batch"], state["n_tokens"] = batch, 0
             if criterion == "activation":
                 with torch.no_grad():
                     model(**batch)
+                n_tokens += state["n_tokens"]
             else:
                 loss = nn.functional.cross_entropy(model(**batch).logits, torch.as_tensor(labels[ix]), reduction="sum")
                 grads = torch.autograd.grad(loss, [gates[i] for i in live])
@@ -371,7 +372,7 @@ def _input_norms(model: nn.Module, tokenizer, texts: list[str], batch_size: int 
     def make_hook(key):
         def hook(mod, args):
             x = args[0].detach()                                # (B, T, in)
-            m = state["mask"].unsqueeze(-1).to(x.dtype)         # (B, T, 1)
+            m = token_mask(state["batch"], x).unsqueeze(-1).to(x.dtype)     # (B, T, 1); images: all ones
             sq[key] += (x.pow(2) * m).sum(dim=(0, 1))
             return None                                          # record only: never replace the input
         return hook
@@ -380,7 +381,7 @@ def _input_norms(model: nn.Module, tokenizer, texts: list[str], batch_size: int 
     try:
         with torch.no_grad():
             for _, batch in iter_batches(tokenizer, texts, batch_size):
-                state["mask"] = batch["attention_mask"]
+                state["batch"] = batch
                 model(**batch)
     finally:
         for h in handles:

@@ -23,7 +23,7 @@ from torch import nn
 
 from axlab.core.data import Split, Splits, align_labels, load_dataset, package_file
 from axlab.core.errors import DataError, ModelLoadError
-from axlab.core.measure import evaluate, tokenize
+from axlab.core.measure import encode, evaluate, is_images
 from axlab.core.paths import cache_dir
 from axlab.core.progress import Progress, as_progress
 
@@ -112,6 +112,10 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
                      patience: int | None = None) -> dict:
     """Fine-tune ``model`` in place on ``train`` with AdamW and a linear schedule.
 
+    ``tokenizer`` is the model's processor: a tokenizer for a text split, an image processor
+    for an :class:`~axlab.core.images.ImageSplit` (texts are batched by length; images in a
+    seeded random order).
+
     ``loss_fn(model, batch, labels) -> loss`` replaces cross-entropy (distillation uses it).
     With ``validation`` and ``patience``: after each epoch the model is scored on validation
     (accuracy, then loss); training stops after ``patience`` epochs without improvement and
@@ -123,7 +127,8 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
         validation = align_labels(validation, model)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    lengths = np.array([len(t) for t in train.texts])
+    images = is_images(train.inputs)
+    lengths = np.zeros(len(train)) if images else np.array([len(t) for t in train.texts])
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = steps_per_epoch * epochs
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n)]
@@ -141,7 +146,7 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
     try:
         for epoch in range(epochs):
             for ix in _length_grouped_batches(lengths, batch_size, rng):
-                batch = tokenize(tokenizer, [train.texts[i] for i in ix], max_length)
+                batch = encode(tokenizer, [train.inputs[i] for i in ix], max_length)     # texts or images
                 labels = torch.as_tensor([train.labels[i] for i in ix])
                 if loss_fn is None:
                     out = model(**batch)
