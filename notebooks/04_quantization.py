@@ -40,8 +40,8 @@
 # Parameters
 MODEL = "default"
 DATASET = "rotten_tomatoes"
-N_TEST = 500                        # test reviews to score every variant (all: 2000)
-N_CALIBRATION = 128                 # training reviews GPFQ learns from (calibration); the benchmark: 512
+N_TEST = 300                        # test reviews to score every variant (steadier: 1000; all: 2000)
+N_CALIBRATION = 64                  # training reviews GPFQ learns from (calibration); steadier: 256, the benchmark: 512
 LATENCY_RUNS = (20, 5)              # timed runs at batch 1 and batch 32 (steadier: (50, 10))
 WITH_ONNX = True                    # export to ONNX (fp32 + int8) and time ONNX Runtime
 BITS = (4, 3, 2)                    # bit-widths for RTN vs GPFQ (add 8 to see that 8 bits loses nothing)
@@ -50,7 +50,7 @@ ERROR_BITS = 4                      # bit-width for the per-layer error and the 
 SPARSITY_THRESHOLDS = (1.0,)        # GPFQ rounding thresholds (in quantization steps); more: (0.5, 1.0)
 AVG_BITS = 3.0                      # mixed precision: average bits per weight
 MIXED_CANDIDATES = (2, 3, 4)        # bit-widths a layer may get
-N_SENSITIVITY = 32                  # reviews used to measure each layer's sensitivity (steadier: 64)
+N_SENSITIVITY = 16                  # reviews used to measure each layer's sensitivity (steadier: 64)
 LEVER_BITS = 3                      # bit-width for the refinement / outliers comparison
 
 # %%
