@@ -71,7 +71,7 @@ left, right = st.columns(2)
 with left:
     st.subheader("Model")
     kind = st.radio("Source", ["Default model", VISION_KIND, "Hub id", "Local folder"], horizontal=True,
-                    key="model_kind")
+                    key="model_kind", index=1 if ss.source == DEFAULT_SOURCES["image"] else 0)
     if kind == "Default model":
         new_source = DEFAULT_SOURCES["text"]
         st.caption("MiniLM-L6 (6 layers x 12 heads) fine-tuned on Rotten Tomatoes reviews.")
