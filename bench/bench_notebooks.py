@@ -8,7 +8,7 @@ learner's second run would use them; ``--cold`` points axlab's analysis cache at
 empty folder first (the AxFormer search cache is kept: it is a "reuse" parameter of the
 notebooks). Results go to bench/results/notebooks.json.
 
-    python bench/bench_notebooks.py                 # all five
+    python bench/bench_notebooks.py                 # all six
     python bench/bench_notebooks.py 01_tour 04_quantization
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 TARGET_S = 300.0
-NOTEBOOKS = ["01_tour", "02_which_heads_matter", "03_axformer", "04_quantization", "05_putting_it_together"]
+NOTEBOOKS = ["01_tour", "02_which_heads_matter", "03_axformer", "04_quantization", "05_putting_it_together", "06_vision"]
 
 
 def run_one(name: str, timeout_s: int) -> dict:

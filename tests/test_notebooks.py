@@ -25,7 +25,7 @@ import pytest
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = ["01_tour.ipynb", "02_which_heads_matter.ipynb", "03_axformer.ipynb", "04_quantization.ipynb",
-             "05_putting_it_together.ipynb"]
+             "05_putting_it_together.ipynb", "06_vision.ipynb"]
 
 # Small configurations: every code path runs, on the real default model, in well under a minute each
 # on two quiet cores. The AxFormer settings are the same in 03 and 05, so 05 reuses 03's cached search.
@@ -41,6 +41,7 @@ TEST_PARAMETERS = {
                                   N_SENSITIVITY=8, GPFQ_OPTIONS={"scale_grid": None}, LEVER_BITS=4),
     "05_putting_it_together.ipynb": dict(N_TEST=64, REUSE_CACHED_SEARCH=True, LATENCY_RUNS=(5, 2), QUANT_METHOD="rtn",
                                          QUANT_BITS=4, **SMALL_SEARCH),
+    "06_vision.ipynb": dict(N_STATS=40, N_EVAL=300, IG_STEPS=32, SD_STEPS=20, SD_BATCH=32),
 }
 TIMEOUT_S = 900          # per cell: generous, the machine may be shared
 SUMMARY_MARK = "AXLAB_SUMMARY="
@@ -232,6 +233,32 @@ def test_05_putting_it_together(default_model_ready):
     assert s["replay_max_abs_diff"] < 1e-4            # the recipe rebuilds the same variant
     assert s["reload_accuracy"] == s["exported_accuracy"]
     assert s["exported"] in conclusion_text(nb)
+
+
+@pytest.fixture(scope="session")
+def default_vision_ready():
+    """Build (once) and cache the default vision model (MNIST ViT) before a kernel loads it."""
+    from axlab.core.loading import load_model
+    from axlab.core.train_vision import prepare_vision
+    prepare_vision()
+    return load_model("default-vision")
+
+
+@pytest.mark.slow
+def test_06_vision(default_vision_ready):
+    p = TEST_PARAMETERS["06_vision.ipynb"]
+    nb, s, _ = execute("06_vision.ipynb", p)
+    n_layers = len(s["exits_base"])
+    assert s["n_eval"] == p["N_EVAL"] and n_layers == default_vision_ready.n_layers
+    assert s["accuracy"] > 0.95                                   # the trained MNIST ViT, not chance
+    assert abs(s["exits_base"][-1] - s["accuracy"]) < 1e-9        # the last exit is the model's own prediction
+    assert 0 <= s["rollout_on_ink"] <= 1
+    assert s["distance_first_layer_px"] >= 0 and s["distance_last_layer_px"] >= 0
+    assert abs(s["ig_sum"] - s["ig_target_change"]) < 0.05       # integrated gradients' completeness
+    for key in ("exits_control", "exits_sd"):
+        assert len(s[key]) == n_layers and all(0 <= a <= 1 for a in s[key])
+    text = conclusion_text(nb)
+    assert f"{s['mean_intermediate_sd']:.3f}" in text and f"{s['shifted_sd']:.3f}" in text
 
 
 def test_saving_in_jupyter_updates_the_pair(tmp_path):
