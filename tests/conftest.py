@@ -55,6 +55,21 @@ def default_bundle():
 
 
 @pytest.fixture(scope="session")
+def default_vision_bundle():
+    """The real default vision model (the MNIST ViT, built once by `axlab prepare`, cached)."""
+    from axlab.core.loading import load_model
+    from axlab.core.train_vision import prepare_vision
+    prepare_vision()
+    return load_model("default-vision")
+
+
+@pytest.fixture(scope="session")
+def mnist_splits():
+    from axlab.core.images import load_image_dataset
+    return load_image_dataset("mnist")
+
+
+@pytest.fixture(scope="session")
 def default_splits():
     from axlab.core.data import load_dataset
     return load_dataset("rotten_tomatoes")

@@ -102,3 +102,83 @@ def test_prune_compares_with_the_base_interleaved_and_saves_the_base_row(tmp_pat
     from axlab.store.variants import VariantStore
     names = sorted(v.name for v in VariantStore().list())
     assert names == ["base", "p25"]
+
+
+# ----------------------------------------------------------------------------- image models and image data (issue 16)
+
+def _image_folder(tmp_path, n=8):
+    """An image folder (one subfolder per class c0/c1/c2) of the tiny learnable squares, plus a CSV of its paths."""
+    from PIL import Image
+
+    from axlab.core.testing import tiny_image_split
+    split = tiny_image_split(3 * n, seed=5)
+    root = tmp_path / "imgs"
+    rows = ["path,label"]
+    for i, (img, y) in enumerate(zip(split.images, split.labels)):
+        (root / f"c{y}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"c{y}" / f"{i}.png")
+        rows.append(f"imgs/c{y}/{i}.png,c{y}")
+    (tmp_path / "imgs.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_eval_image_model_on_an_image_folder_zip_and_csv(tmp_path, capsys):
+    import shutil
+
+    from axlab.core.testing import save_tiny_vision
+    model = save_tiny_vision(tmp_path / "vit", "vit")
+    root = _image_folder(tmp_path)
+    zipped = shutil.make_archive(str(tmp_path / "imgs"), "zip", root)
+    for data in (str(root), zipped, str(tmp_path / "imgs.csv")):
+        assert main(["eval", str(model), "--dataset", data, "--json", "--no-latency", "--split", "train"]) == 0, data
+        out = json.loads(capsys.readouterr().out)
+        assert 0 <= out["accuracy"] <= 1 and out["n"] > 0 and out["labels"] == ["c0", "c1", "c2"]
+
+
+def test_text_model_with_image_data_and_image_model_with_text_data_are_clear_errors(tmp_path, capsys):
+    from axlab.core.testing import save_tiny_vision
+    text_model = save_tiny(tmp_path / "bert")
+    vit = save_tiny_vision(tmp_path / "vit", "vit")
+    root = _image_folder(tmp_path)
+    assert main(["eval", str(text_model), "--dataset", str(root), "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert "is a text model" in err and "image data" in err and "how to fix:" in err
+    assert main(["eval", str(text_model), "--dataset", "mnist", "--no-latency"]) == 2
+    assert "is a text model" in capsys.readouterr().err
+    assert main(["eval", str(vit), "--dataset", _csv(tmp_path), "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert "is an image model" in err and "--dataset mnist" in err
+    assert main(["train", "--dataset", "mnist"]) == 2
+    assert "prepare --only vision" in capsys.readouterr().err
+
+
+def test_dataset_modality_sniffs_image_csvs(tmp_path):
+    from axlab.cli.common import dataset_modality
+    _image_folder(tmp_path)
+    assert dataset_modality("mnist") == dataset_modality("mnist_shifted") == "image"
+    assert dataset_modality(str(tmp_path / "imgs")) == dataset_modality(str(tmp_path / "imgs.csv")) == "image"
+    assert dataset_modality(_csv(tmp_path)) == dataset_modality("rotten_tomatoes") == "text"
+    assert dataset_modality(None) is None
+
+
+def test_prune_and_quantize_commands_run_on_an_image_model(tmp_path, capsys):
+    from axlab.core.testing import save_tiny_vision
+    vit = save_tiny_vision(tmp_path / "vit", "vit")
+    root = str(_image_folder(tmp_path))
+    assert main(["prune", str(vit), "--dataset", root, "--heads-fraction", "0.25", "--no-latency", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out
+    assert main(["quantize", str(vit), "--dataset", root, "--method", "rtn", "--bits", "4", "--no-latency",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)
+
+
+def test_datasets_lists_the_image_sets(capsys):
+    assert main(["datasets", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "mnist" in out and "mnist_shifted" in out and "rotten_tomatoes" in out
+
+
+def test_prepare_only_choices_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--only", "audio"])

@@ -29,10 +29,14 @@ def positive_int(text: str) -> int:
     return v
 
 
-def add_data_args(p: argparse.ArgumentParser, default: str | None = "rotten_tomatoes") -> None:
+def add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--dataset", default=default,
-                   help="registry name (see `axlab datasets`), a CSV/TSV path, or a JSON manifest of split files")
+                   help="registry name (see `axlab datasets`: text sets, or 'mnist' / 'mnist_shifted' for images), "
+                        "a CSV/TSV path, a JSON manifest of split files, or images: a folder with one subfolder per "
+                        "class, a .zip of one, or a CSV of image paths and labels. Default: rotten_tomatoes for a "
+                        "text model, mnist for an image model")
     p.add_argument("--text-column")
+    p.add_argument("--image-column", help="for a CSV of image paths: the column with the paths")
     p.add_argument("--label-column")
     p.add_argument("--train", metavar="FILE", help="your training split (CSV/TSV), used as given")
     p.add_argument("--validation", metavar="FILE", help="your validation split, used as given")
@@ -43,7 +47,8 @@ def add_data_args(p: argparse.ArgumentParser, default: str | None = "rotten_toma
 
 
 def add_model_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
-    p.add_argument("model", nargs="?", default="default", help="'default', a local folder or a hub id")
+    p.add_argument("model", nargs="?", default="default",
+                   help="'default' (text), 'default-vision' (the MNIST ViT), a local folder or a hub id")
     p.add_argument("--allow-pickle", action="store_true", help="allow a pickle (.bin) checkpoint you trust")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (only if trusted)")
     if dataset:
@@ -56,12 +61,70 @@ def load_bundle(args):
     return load_model(args.model, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
 
 
+DEFAULT_DATASETS = {"text": "rotten_tomatoes", "image": "mnist"}
+
+
+def dataset_modality(dataset: str | None) -> str | None:
+    """``"image"`` for an image dataset (built-in name, folder, zip, CSV of image paths), ``"text"`` for a text one,
+    None when the name says nothing (no dataset given)."""
+    from pathlib import Path
+
+    from axlab.core.images import IMAGE_DATASETS, IMAGE_SUFFIXES
+    if dataset is None:
+        return None
+    if dataset in IMAGE_DATASETS:
+        return "image"
+    path = Path(dataset).expanduser()
+    if path.is_dir() or path.suffix.lower() == ".zip":
+        return "image"
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        import pandas as pd
+        try:
+            head = pd.read_csv(path, nrows=20, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+        except Exception:  # noqa: BLE001  (the text loader gives the clear error)
+            return "text"
+        for col in head.columns:
+            values = head[col].dropna().astype(str)
+            if len(values) and values.str.lower().str.endswith(IMAGE_SUFFIXES).all():
+                return "image"
+    return "text"
+
+
 def load_splits(args, bundle=None):
-    """The dataset named by the arguments, its labels matched to ``bundle``'s model by name (DataError if not)."""
+    """The dataset named by the arguments, its labels matched to ``bundle``'s model by name (DataError if not).
+
+    Image data (``mnist``, ``mnist_shifted``, an image folder / zip / CSV of image paths) is read with
+    :func:`axlab.core.images.load_image_dataset`, text data with :func:`axlab.core.data.load_dataset`;
+    a text model given image data (or the other way round) is a clear error. Without ``--dataset`` the
+    model's modality picks the default (rotten_tomatoes or mnist).
+    """
     from axlab.core.data import align_labels, load_dataset
-    splits = load_dataset(args.dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column,
-                          train=getattr(args, "train", None), validation=getattr(args, "validation", None),
-                          test=getattr(args, "test", None), split_column=getattr(args, "split_column", None))
+    from axlab.core.errors import DataError
+    model_kind = bundle.modality if bundle is not None else None
+    dataset = args.dataset
+    own_files = any(getattr(args, k, None) for k in ("train", "validation", "test"))
+    if dataset is None and not own_files:
+        dataset = DEFAULT_DATASETS[model_kind or "text"]
+    data_kind = dataset_modality(dataset) or "text"
+    if model_kind is not None and data_kind != model_kind:
+        if model_kind == "image":
+            raise DataError(f"'{args.model}' is an image model, but '{dataset}' is text data.",
+                            "Give image data: --dataset mnist, mnist_shifted, a folder with one subfolder per class, "
+                            "a .zip of one, or a CSV of image paths and labels.")
+        raise DataError(f"'{args.model}' is a text model, but '{dataset}' is image data.",
+                        "Give text data (see `axlab datasets`, or a CSV/TSV of texts and labels), or an image model "
+                        "such as 'default-vision'.")
+    if data_kind == "image":
+        from axlab.core.images import load_image_dataset
+        if own_files:
+            raise DataError("--train / --validation / --test files are for text data.",
+                            "For images, give one folder with train/validation/test subfolders as --dataset.")
+        splits = load_image_dataset(dataset, seed=args.seed, image_column=getattr(args, "image_column", None),
+                                    label_column=args.label_column)
+    else:
+        splits = load_dataset(dataset, seed=args.seed, text_column=args.text_column, label_column=args.label_column,
+                              train=getattr(args, "train", None), validation=getattr(args, "validation", None),
+                              test=getattr(args, "test", None), split_column=getattr(args, "split_column", None))
     return align_labels(splits, bundle.model) if bundle is not None else splits
 
 

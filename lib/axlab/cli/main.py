@@ -29,8 +29,17 @@ def _card_summary(card: dict) -> dict:
 
 
 def cmd_prepare(args) -> None:
-    from axlab.core.train import prepare
-    emit(_card_summary(prepare(force=args.force)), args.json)
+    """Build the embedded defaults: the text model, then the vision model (``--only`` picks one)."""
+    out = {}
+    if args.only in (None, "text"):
+        from axlab.core.train import prepare
+        out["text"] = _card_summary(prepare(force=args.force))
+    if args.only in (None, "vision"):
+        from axlab.core.train_vision import prepare_vision
+        card = prepare_vision(force=args.force, progress=None if args.progress else False)
+        out["vision"] = {**_card_summary(card), "source": "default-vision",
+                         "use_it": "axlab eval default-vision --dataset mnist  (or pass default-vision as the model)"}
+    emit(out[args.only] if args.only else out, args.json)
 
 
 def cmd_train(args) -> None:
@@ -46,6 +55,10 @@ def cmd_train(args) -> None:
         raise DataError("No data to train on.", f"Pass --dataset (one of {', '.join(DATASETS)}, or a CSV/TSV file) "
                                                 "or your own splits with --train FILE [--validation FILE --test FILE].")
     splits = load_splits(args)
+    if not hasattr(splits.train, "texts"):
+        from axlab.core.errors import DataError
+        raise DataError(f"'{splits.name}' is image data; `axlab train` fine-tunes text encoders.",
+                        "For images, `axlab prepare --only vision` builds the MNIST ViT ('default-vision').")
     cfg = TrainConfig(dataset=splits.name, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, max_length=args.max_length, encoder=args.encoder,
                       patience=None if args.patience == 0 else args.patience, max_train=args.max_train)
@@ -70,7 +83,8 @@ def cmd_eval(args) -> None:
 
 def cmd_datasets(args) -> None:
     from axlab.core.data import DATASETS
-    emit({name: desc for name, (_, desc, _) in DATASETS.items()}, args.json)
+    from axlab.core.images import IMAGE_DATASETS
+    emit({**{name: desc for name, (_, desc, _) in DATASETS.items()}, **IMAGE_DATASETS}, args.json)
 
 
 def cmd_variants(args) -> None:
@@ -84,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="axlab", description="Make a fine-tuned transformer smaller and faster.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("prepare", help="build and cache the embedded default model (once)")
+    s = sub.add_parser("prepare", help="build and cache the embedded default models (once): the text model "
+                                       "('default') and the MNIST ViT ('default-vision')")
+    s.add_argument("--only", choices=["text", "vision"], help="build only one of the two")
     s.add_argument("--force", action="store_true")
+    s.add_argument("--progress", action="store_true", help="show a progress bar while the vision model trains")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_prepare)
     s = sub.add_parser("train", help="fine-tune an encoder (default: the packaged MiniLM) on a dataset; cached")
