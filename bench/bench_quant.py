@@ -280,7 +280,8 @@ def _merge(args, res, rows, done_bits) -> None:
     merged.setdefault("rows", {})
     merged["rows"].update(rows)
     merged["peers_run"] = {"command": "python bench/bench_quant.py " + " ".join(sys.argv[1:]),
-                           "date": time.strftime("%Y-%m-%d %H:%M"), "rows": sorted(rows),
+                           "date": time.strftime("%Y-%m-%d %H:%M"),
+                           "rows": sorted(set(rows) | set((old.get("peers_run") or {}).get("rows", []))),
                            "note": "these rows were re-measured by a --peers-only run; the others are from the last "
                                    "full run (same test split, same calibration draw for seed 0)"}
     summarise(merged, args, done_bits)
