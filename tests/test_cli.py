@@ -182,3 +182,22 @@ def test_datasets_lists_the_image_sets(capsys):
 def test_prepare_only_choices_are_checked(capsys):
     with pytest.raises(SystemExit):
         main(["prepare", "--only", "audio"])
+
+
+def test_attention_and_attribute_take_an_image_file_for_an_image_model(tmp_path, capsys):
+    from PIL import Image
+
+    from axlab.core.testing import save_tiny_vision, tiny_image_split
+    vit = save_tiny_vision(tmp_path / "vit", "vit")
+    Image.fromarray(tiny_image_split(1).images[0]).save(tmp_path / "x.png")
+    assert main(["attention", str(vit), "--image", str(tmp_path / "x.png"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["grid"] == [4, 4] and len(out["rollout_cls_patches"]) == 4 and out["n_heads"] == 4
+    assert main(["attribute", str(vit), "--image", str(tmp_path / "x.png"), "--target", "c1", "--n-steps", "4",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["label"] == "c1" and len(out["saliency"]) > 0
+    assert main(["attention", str(vit), "--text", "a film"]) == 2
+    assert "is an image model" in capsys.readouterr().err
+    assert main(["attention", str(save_tiny(tmp_path / "bert")), "--image", str(tmp_path / "x.png")]) == 2
+    assert "is a text model" in capsys.readouterr().err

@@ -84,13 +84,40 @@ def cmd_importance(args) -> None:
     emit(out, args.json)
 
 
+def _one_input(args, bundle):
+    """--text for a text model, --image (a file) for an image model; a clear error otherwise."""
+    from axlab.core.errors import AxlabError
+    image = getattr(args, "image", None)
+    if bundle.modality == "image":
+        if not image:
+            raise AxlabError(f"'{args.model}' is an image model: give an image file with --image, not --text.",
+                             "For example --image digit.png (PNG, JPEG, ...).")
+        from pathlib import Path
+
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(Path(image).expanduser()) as im:
+                return np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as e:
+            raise AxlabError(f"Cannot read the image '{image}': {e}.", "Give a PNG or JPEG file.") from None
+    if image or args.text is None:
+        raise AxlabError(f"'{args.model}' is a text model: give a sentence with --text, not --image.",
+                         "For example --text \"a quiet, well acted film\".")
+    return args.text
+
+
 def cmd_attention(args) -> None:
     from axlab.analysis.attention_maps import attention_for, rollout
     bundle = _load(args)
-    res = attention_for(bundle.model, bundle.tokenizer, args.text)
+    res = attention_for(bundle.model, bundle.tokenizer, _one_input(args, bundle))
     roll = rollout(res)
-    out = {"model": args.model, "tokens": res.tokens[0], "n_layers": res.n_layers, "n_heads": res.n_heads,
-           "rollout_cls": [round(float(v), 4) for v in roll[0]]}
+    if bundle.modality == "image":
+        from axlab.analysis.attention_maps import rollout_map
+        out = {"model": args.model, "grid": list(res.grid), "n_layers": res.n_layers, "n_heads": res.n_heads,
+               "rollout_cls_patches": np.round(rollout_map(res, matrix=roll), 4).tolist()}
+    else:
+        out = {"model": args.model, "tokens": res.tokens[0], "n_layers": res.n_layers, "n_heads": res.n_heads,
+               "rollout_cls": [round(float(v), 4) for v in roll[0]]}
     if args.layer is not None and args.head is not None:
         out["head"] = {"layer": args.layer, "head": args.head,
                        "weights": np.round(res.head(args.layer, args.head).astype(float), 4).tolist()}
@@ -116,7 +143,8 @@ def cmd_head_stats(args) -> None:
 def cmd_attribute(args) -> None:
     from axlab.analysis.attributions import token_attributions
     bundle = _load(args)
-    a = token_attributions(bundle.model, bundle.tokenizer, args.text, target=_target(bundle, args.target),
+    a = token_attributions(bundle.model, bundle.tokenizer, _one_input(args, bundle),
+                           target=_target(bundle, args.target),
                            n_steps=args.n_steps,
                            method=args.method)
     emit({"model": args.model, **a.to_dict()}, args.json)
@@ -138,9 +166,10 @@ def add_commands(sub) -> None:
     p.add_argument("--ray", action="store_true", help="ablation: one Ray task per share of the heads (local, or RAY_ADDRESS)")
     p.set_defaults(fn=cmd_importance)
 
-    p = sub.add_parser("attention", help="attention maps and rollout for one sentence")
+    p = sub.add_parser("attention", help="attention maps and rollout for one sentence (or one image)")
     add_model_args(p, dataset=False)
-    p.add_argument("--text", required=True)
+    p.add_argument("--text", help="the sentence (text models)")
+    p.add_argument("--image", help="an image file (image models)")
     p.add_argument("--layer", type=int)
     p.add_argument("--head", type=int)
     p.add_argument("--html", help="write a self-contained HTML figure (model view, or the chosen head)")
@@ -151,9 +180,11 @@ def add_commands(sub) -> None:
     _data_args(p, 1000)
     p.set_defaults(fn=cmd_head_stats)
 
-    p = sub.add_parser("attribute", help="token attributions (integrated gradients) for one sentence")
+    p = sub.add_parser("attribute", help="token attributions (integrated gradients) for one sentence, or pixel "
+                                         "saliency for one image")
     add_model_args(p, dataset=False)
-    p.add_argument("--text", required=True)
+    p.add_argument("--text", help="the sentence (text models)")
+    p.add_argument("--image", help="an image file (image models)")
     p.add_argument("--target", help="class to explain, by label name or index (default: the predicted one)")
     p.add_argument("--n-steps", type=int, default=50)
     p.add_argument("--method", default="auto", choices=["auto", "integrated_gradients", "occlusion"])
