@@ -84,13 +84,12 @@ def _int8_parity(q: nn.Module, predictor, batches: list[dict]) -> float:
     is (plus 1e-3). Returns ORT's difference to that computation; raises ExportError otherwise."""
     import torch
 
+    from axlab.core.measure import forward
     from axlab.deploy.onnx_export import _export_view, check_parity
     view, _ = _export_view(q)
     ort_diff = max(check_parity(view, predictor, batches).values())
     with torch.inference_mode():
-        torch_diff = max(float((q(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                                - view(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits).abs().max())
-                         for b in batches)
+        torch_diff = max(float((forward(q, b).logits - forward(view, b).logits).abs().max()) for b in batches)
     if not ort_diff <= 1.5 * torch_diff + 1e-3:
         raise ExportError(f"The fused int8 graph differs from the int8 computation by {ort_diff:.2e} "
                           f"(PyTorch's own int8 kernels: {torch_diff:.2e}).", "Export with onnx_graph='plain'.")

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from axlab.core.errors import ExportError
-from axlab.core.measure import MAX_LENGTH, tokenize
+from axlab.core.measure import MAX_LENGTH, encode, forward, tokenize
 
 __all__ = ["OnnxResult", "export_onnx", "onnx_predictor", "parity_batches", "check_parity", "measure_onnx",
            "DEFAULT_TOLERANCE"]
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4
 INPUTS = ("input_ids", "attention_mask")
+IMAGE_INPUTS = ("pixel_values",)
 
 
 @dataclass
@@ -93,6 +94,51 @@ class _LogitsOnly(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+class _PixelLogits(nn.Module):
+    """pixel_values -> logits, the signature an image classifier's ONNX graph gets."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # pixel_values: (B, C, H, W) float32 -> logits (B, n_labels)
+        return self.model(pixel_values=pixel_values).logits
+
+
+def _is_image_processor(processor) -> bool:
+    return hasattr(processor, "image_mean") or (hasattr(processor, "size") and not hasattr(processor, "vocab_size")
+                                                and not callable(getattr(processor, "tokenize", None)))
+
+
+def _image_batches(processor) -> list[dict]:
+    """Pixel batches of 1, 2 and 5 images (seeded noise, a blank and a bright image), at the processor's size."""
+    size = getattr(processor, "size", None)
+
+    def dim(*names) -> int | None:
+        for n in names:
+            v = size.get(n) if isinstance(size, dict) else getattr(size, n, None)
+            if v:
+                return int(v)
+        return None
+    if isinstance(size, (int, float)):
+        h = w = int(size)
+    else:
+        h = dim("height", "shortest_edge") or 224
+        w = dim("width", "shortest_edge") or h
+    channels = len(getattr(processor, "image_mean", None) or [0, 0, 0])
+    rng = np.random.default_rng(0)
+
+    def image(kind: str) -> np.ndarray:
+        shape = (h, w) if channels == 1 else (h, w, 3)
+        if kind == "noise":
+            return rng.integers(0, 256, size=shape, dtype=np.uint8)
+        return np.full(shape, 0 if kind == "blank" else 255, dtype=np.uint8)
+
+    sets = [["noise"], ["blank", "bright"], ["noise", "noise", "blank", "noise", "bright"]]
+    return [encode(processor, [image(k) for k in kinds]) for kinds in sets]
+
+
 def _export_view(model: nn.Module) -> tuple[nn.Module, bool]:
     """The computation the exporter records, as a PyTorch model; True if it differs from ``model``'s.
 
@@ -121,7 +167,10 @@ def _export_view(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def parity_batches(tokenizer, max_length: int = MAX_LENGTH) -> list[dict]:
-    """Tokenised batches of several shapes: 1 token of text, short, mid, max length, and a padded mix."""
+    """Batches of several shapes to check an export on: for a tokenizer, 1 token of text, short, mid,
+    max length and a padded mix; for an image processor, 1, 2 and 5 images (noise, blank, bright)."""
+    if _is_image_processor(tokenizer):
+        return _image_batches(tokenizer)
     words = ("the film is a quiet , warm and funny story but the plot drags and the ending is flat . " * 40).split()
 
     def text(n: int) -> str:
@@ -143,7 +192,8 @@ def onnx_predictor(path: str | Path, threads: int | None = None) -> Callable:
     names = [i.name for i in session.get_inputs()]
 
     def predict(batch: dict) -> torch.Tensor:
-        feeds = {n: np.ascontiguousarray(np.asarray(batch[n], dtype=np.int64)) for n in names}
+        feeds = {n: np.ascontiguousarray(np.asarray(batch[n], dtype=np.float32 if n == "pixel_values" else np.int64))
+                 for n in names}
         return torch.from_numpy(session.run(None, feeds)[0])
 
     predict.session = session
@@ -155,9 +205,9 @@ def check_parity(model: nn.Module, predictor: Callable, batches: list[dict]) -> 
     out = {}
     for b in batches:
         with torch.inference_mode():
-            ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
+            ref = forward(model, b).logits.float()
         got = predictor(b).float()
-        key = "x".join(str(s) for s in b["input_ids"].shape)
+        key = "x".join(str(s) for s in (b["pixel_values"] if "pixel_values" in b else b["input_ids"]).shape)
         out[key] = float((got - ref).abs().max()) if got.shape == ref.shape else float("inf")
     return out
 
@@ -194,15 +244,20 @@ def _torch_export(model: nn.Module, example: dict, path: Path) -> None:
     if n_bytes > 1_800_000_000:
         raise ExportError(f"The model has {n_bytes / 1e9:.1f} GB of weights, too large for a single ONNX file.",
                           "Models over ~1.8 GB need external data files, which axlab does not write yet.")
-    wrapped = _LogitsOnly(model).eval()
-    max_len = int(getattr(model.config, "max_position_embeddings", 0) or MAX_LENGTH * 4)
-    batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=1, max=max_len)
-    dyn = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    batch = Dim("batch", min=1, max=4096)
+    if "pixel_values" in example:                    # an image classifier: only the batch axis varies
+        wrapped, args, names = _PixelLogits(model).eval(), (example["pixel_values"],), list(IMAGE_INPUTS)
+        dyn = {"pixel_values": {0: batch}}
+    else:
+        wrapped, names = _LogitsOnly(model).eval(), list(INPUTS)
+        args = (example["input_ids"], example["attention_mask"])
+        max_len = int(getattr(model.config, "max_position_embeddings", 0) or MAX_LENGTH * 4)
+        seq = Dim("seq", min=1, max=max_len)
+        dyn = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     # the exporter prints progress lines to stdout and warns a lot; the library does neither
     with _quiet() as sink:
-        torch.onnx.export(wrapped, (example["input_ids"], example["attention_mask"]), str(path), dynamo=True,
-                          dynamic_shapes=dyn, input_names=list(INPUTS), output_names=["logits"],
-                          external_data=False, verbose=False, optimize=True)
+        torch.onnx.export(wrapped, args, str(path), dynamo=True, dynamic_shapes=dyn, input_names=names,
+                          output_names=["logits"], external_data=False, verbose=False, optimize=True)
     if sink.getvalue().strip():
         log.debug("torch.onnx.export: %s", sink.getvalue().strip())
 
@@ -261,7 +316,7 @@ def _export_onnx(model: nn.Module, tokenizer, path, int8: bool, overwrite: bool,
     tmp8 = path.with_name(f".{path.name}.int8-tmp-{tag}")
     view, differs = _export_view(model)
     try:
-        _torch_export(view, batches[3], tmp)
+        _torch_export(view, batches[min(3, len(batches) - 1)], tmp)
         predictor = onnx_predictor(tmp, threads)
         parity = check_parity(view, predictor, batches)
         worst = max(parity.values())

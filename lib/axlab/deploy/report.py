@@ -26,6 +26,7 @@ from html.parser import HTMLParser
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from axlab.core.errors import ExportError
@@ -52,9 +53,15 @@ def library_versions() -> dict:
 
 
 def _hash_split(split) -> str:
+    """sha256 of the (input, label) pairs: texts as UTF-8, images as their shape and bytes."""
     h = hashlib.sha256()
-    for text, label in zip(split.texts, split.labels):
-        h.update(text.encode("utf-8"))
+    for item, label in zip(split.inputs, split.labels):
+        if isinstance(item, str):
+            h.update(item.encode("utf-8"))
+        else:
+            a = np.ascontiguousarray(item)
+            h.update(f"img{a.shape}{a.dtype}:".encode())
+            h.update(a.tobytes())
         h.update(b"\t%d\n" % int(label))
     return h.hexdigest()
 
