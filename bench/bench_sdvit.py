@@ -46,7 +46,7 @@ log = logging.getLogger("bench_sdvit")
 
 
 def own_vit(train, steps: int, seed: int = 0, layers: int = 6, hidden: int = 64):
-    """A small ViT (the default-vision shape: 28x28, patch 7, 6 x 4 heads, hidden 64) trained here with cross-entropy."""
+    """A small ViT (the default-vision shape: 28x28, patch 7, 4 layers x 4 heads, hidden 64) trained here with cross-entropy."""
     from transformers import ViTImageProcessor
 
     from axlab.core.testing import tiny_vision_model
