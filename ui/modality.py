@@ -88,22 +88,13 @@ def words(modality: str) -> dict:
 
 
 def split_key(splits) -> str:
-    """Identifies data + split for the app's caches (``Splits.key``; built the same way for image splits)."""
-    key = getattr(splits, "key", None)
-    if key:
-        return str(key)
-    sz = splits.sizes
-    return (f"{splits.name}-{str(getattr(splits, 'file_hash', ''))[:12]}-s{getattr(splits, 'seed', 0)}-"
-            f"{sz['train']}-{sz['validation']}-{sz['test']}")
+    """Identifies data + split for the app's caches (``splits.key``, text and image splits alike)."""
+    return str(splits.key)
 
 
 def split_notes(splits) -> list[str]:
     """What a reader should know about the data (who split it, how labels were matched)."""
-    notes = getattr(splits, "notes", None)
-    if notes is not None:
-        return list(notes)
-    info = getattr(splits, "info", {}) or {}
-    return [str(n) for n in (info.get("split_note") or info.get("split"), info.get("label_note")) if n]
+    return list(splits.notes)
 
 
 def mismatch_message(model_modality: str, data_modality_: str) -> tuple[str, str]:

@@ -82,6 +82,17 @@ class SplitAccess:
     def sizes(self) -> dict[str, int]:
         return {k: len(self[k]) for k in SPLIT_NAMES}
 
+    @property
+    def key(self) -> str:
+        """Identifies data + split, for caches."""
+        return f"{self.name}-{self.file_hash[:12]}-s{self.seed}-{len(self.train)}-{len(self.validation)}-{len(self.test)}"
+
+    @property
+    def notes(self) -> list[str]:
+        """What a reader of the results should know: who split the data, how labels were matched."""
+        info = getattr(self, "info", None) or {}
+        return [n for n in (info.get("split_note"), info.get("label_note")) if n]
+
 
 @dataclass
 class Splits(SplitAccess):
@@ -100,16 +111,6 @@ class Splits(SplitAccess):
             s = getattr(self, k)
             if s.label_names is None:
                 setattr(self, k, Split(s.texts, s.labels, list(self.label_names)))
-
-    @property
-    def key(self) -> str:
-        """Identifies data + split, for caches."""
-        return f"{self.name}-{self.file_hash[:12]}-s{self.seed}-{len(self.train)}-{len(self.validation)}-{len(self.test)}"
-
-    @property
-    def notes(self) -> list[str]:
-        """What a reader of the results should know: who split the data, how labels were matched."""
-        return [n for n in (self.info.get("split_note"), self.info.get("label_note")) if n]
 
 
 def package_file(package: str, relative: str) -> Path:

@@ -86,11 +86,6 @@ class ImageSplits(SplitAccess):
     source_file: str
     info: dict = field(default_factory=dict)
 
-    @property
-    def key(self) -> str:
-        """Identifies data + split, for caches (as :attr:`axlab.core.data.Splits.key`)."""
-        return f"{self.name}-{self.file_hash[:12]}-s{self.seed}-{len(self.train)}-{len(self.validation)}-{len(self.test)}"
-
 
 # ---------------------------------------------------------------------------------------------
 # MNIST
