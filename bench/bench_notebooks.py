@@ -4,17 +4,20 @@ Runs every notebook as a learner opens it (no injected parameters: the defaults 
 ``parameters`` cell), one at a time in a fresh python3 kernel (nbclient), and records
 the wall time of each, the load average before and after, and whether it stayed under
 the 5-minute target. Caches (the AxFormer search, importance scores) are used as a
-learner's second run would use them; ``--cold`` points axlab's analysis cache at an
-empty folder first (the AxFormer search cache is kept: it is a "reuse" parameter of the
-notebooks). Results go to bench/results/notebooks.json.
+learner's second run would use them; ``--cold`` sets axlab's analysis cache aside for the
+run (a learner's first run; it is put back afterwards). The AxFormer search cache is kept:
+reusing it is a parameter of notebooks 3 and 5 (move its file away to time a first search).
+Results go to bench/results/notebooks.json.
 
     python bench/bench_notebooks.py                 # all six
     python bench/bench_notebooks.py 01_tour 04_quantization
+    python bench/bench_notebooks.py --cold --out /tmp/cold.json
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import json
 import os
 import sys
@@ -76,16 +79,34 @@ def main(argv=None) -> dict:
     ap.add_argument("names", nargs="*", default=NOTEBOOKS)
     ap.add_argument("--timeout", type=int, default=1800, help="per cell, seconds")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "notebooks.json"))
+    ap.add_argument("--cold", action="store_true",
+                    help="a learner's first run: the analysis cache is set aside (and put back afterwards)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "lib"))
     from axlab.core.measure import hardware_info
+    from axlab.core.paths import cache_dir
 
+    saved = None
+    if args.cold:
+        live = cache_dir("analysis")
+        saved = live.with_name(f"analysis.bench-saved-{int(time.time())}")
+        live.rename(saved)
+    try:
+        return _run(args, hardware_info)
+    finally:
+        if saved is not None:
+            shutil.rmtree(cache_dir("analysis"), ignore_errors=True)
+            saved.rename(saved.with_name("analysis"))
+
+
+def _run(args, hardware_info) -> dict:
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
     rows = {r["notebook"]: r for r in previous.get("runs", [])}
     for name in args.names:
         name = name.removesuffix(".ipynb")
         r = run_one(name, args.timeout)
+        r["cache"] = "cold (analysis cache empty)" if args.cold else "warm (cached analyses and searches reused)"
         rows[r["notebook"]] = r
         print(json.dumps(r), file=sys.stderr)
         result = {"benchmark": "notebooks top to bottom at their default parameters (nbclient, fresh kernel)",

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 1. A tour of a fine-tuned transformer
 #
-# > **Run time at these defaults:** 1.6 min top to bottom, measured on a busy shared 2-core machine (load average 6.5; the CPU time was not recorded). Re-measure: `python bench/bench_notebooks.py 01_tour`.
+# > **Run time at these defaults:** 0.2 min top to bottom on a quiet 2-core machine (0.25 min on a first run, with no cached analyses) (measured 2026-11-29; a busy machine takes several times longer). Re-measure: `python bench/bench_notebooks.py 01_tour`.
 #
 # This notebook loads axlab's default model (MiniLM-L6: 6 layers x 12 attention heads,
 # fine-tuned to tell fresh from rotten movie reviews) and looks inside it:

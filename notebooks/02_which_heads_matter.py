@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 2. Which heads matter?
 #
-# > **Run time at these defaults:** 15.3 min top to bottom, measured on a busy shared 2-core machine (load average 6.5; its kernel used 5.5 min of CPU, so about 2.7-5.5 min on a quiet 2-core machine). Re-measure: `python bench/bench_notebooks.py 02_which_heads_matter`.
+# > **Run time at these defaults:** 0.4 min top to bottom on a quiet 2-core machine with the importance scores cached; 1.1 min on a first run, which computes them (measured 2026-11-29; a busy machine takes several times longer). Re-measure: `python bench/bench_notebooks.py 02_which_heads_matter`.
 #
 # Michel et al. (2019) asked "are sixteen heads really better than one?" and found that
 # many heads of a fine-tuned model can be removed with little loss, *if you remove the

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 3. AxFormer: let the validation loss decide what to remove
 #
-# > **Run time at these defaults:** 22.6 min top to bottom, measured on a busy shared 2-core machine (load average 8.9; its kernel used 9.6 min of CPU, so about 4.8-9.6 min on a quiet 2-core machine). Re-measure: `python bench/bench_notebooks.py 03_axformer`.
+# > **Run time at these defaults:** 0.5 min top to bottom on a quiet 2-core machine reusing the cached AxFormer search; 1.3 min on a first run, which runs the search (about 50 s) and caches it (measured 2026-11-29; a busy machine takes several times longer). Re-measure: `python bench/bench_notebooks.py 03_axformer`.
 #
 # Notebook 2 ranked heads by a score and removed the lowest. AxFormer (Nagarajan et al.)
 # asks the task directly: walking the layers **from the top down**, it tries in each layer

@@ -16,12 +16,15 @@
 # %% [markdown]
 # # 4. Quantization: fewer bits per weight
 #
+# > **Run time at these defaults:** 4.1 min top to bottom on a quiet 2-core machine (measured 2026-11-29; a busy machine takes several times longer). Re-measure: `python bench/bench_notebooks.py 04_quantization`.
+#
 # A float32 weight takes 32 bits. Quantization stores each weight as a small integer
 # code times a shared scale. This notebook measures:
 #
 # 1. **int8 runtimes**: 8-bit weights *and* int8 matrix kernels (PyTorch, ONNX Runtime):
 #    smaller and faster;
-# 2. **round-to-nearest (RTN) vs GPFQ** at 4, 3 and 2 bits (`BITS`). RTN rounds every weight on
+# 2. **round-to-nearest (RTN) vs GPFQ** at 3 and 2 bits (`BITS`; add 4 to see that 4 bits is close
+#    to lossless for both). RTN rounds every weight on
 #    its own. GPFQ (Lybrand & Saab; Zhang, Zhou & Saab) quantizes a neuron's weights one
 #    input at a time and feeds the error made so far into the next choice, measured on
 #    real inputs, including the inputs of the *already quantized* earlier layers, so
@@ -44,9 +47,9 @@ N_TEST = 300                        # test reviews to score every variant (stead
 N_CALIBRATION = 64                  # training reviews GPFQ learns from (calibration); steadier: 256, the benchmark: 512
 LATENCY_RUNS = (20, 5)              # timed runs at batch 1 and batch 32 (steadier: (50, 10))
 WITH_ONNX = True                    # export to ONNX (fp32 + int8) and time ONNX Runtime
-BITS = (4, 3, 2)                    # bit-widths for RTN vs GPFQ (add 8 to see that 8 bits loses nothing)
+BITS = (3, 2)                       # bit-widths for RTN vs GPFQ; (8, 4, 3, 2) shows the whole range (about 1 min more)
 GPFQ_OPTIONS = {}                   # more GPFQConfig fields, e.g. {"group_size": 64}; {"scale_grid": None} is faster
-ERROR_BITS = 4                      # bit-width for the per-layer error and the sparsity experiment
+ERROR_BITS = 3                      # bit-width for the per-layer error and the sparsity experiment
 SPARSITY_THRESHOLDS = (1.0,)        # GPFQ rounding thresholds (in quantization steps); more: (0.5, 1.0)
 AVG_BITS = 3.0                      # mixed precision: average bits per weight
 MIXED_CANDIDATES = (2, 3, 4)        # bit-widths a layer may get

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 5. Putting it together: prune, quantize, compare, export
 #
-# > **Run time at these defaults:** 18.6 min top to bottom, measured on a busy shared 2-core machine (load average 9.0; its kernel used 7.2 min of CPU, so about 3.6-7.2 min on a quiet 2-core machine). Re-measure: `python bench/bench_notebooks.py 05_putting_it_together`.
+# > **Run time at these defaults:** 2.3 min top to bottom on a quiet 2-core machine, reusing the AxFormer search that notebook 3 cached (a first search adds about 50 s) (measured 2026-11-29; a busy machine takes several times longer). Re-measure: `python bench/bench_notebooks.py 05_putting_it_together`.
 #
 # Pruning removes structure (notebook 3); quantization shrinks what is left (notebook 4).
 # They combine. Here every variant is a **recipe**, a JSON list of steps replayed on the

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 6. Where a ViT looks, and what self-distillation buys
 #
-# > **Run time at these defaults:** not measured yet. Re-measure: `python bench/bench_notebooks.py 06_vision`.
+# > **Run time at these defaults:** 0.7 min top to bottom on a quiet 2-core machine (0.6 min on a first run) (measured 2026-11-29; a busy machine takes several times longer). Re-measure: `python bench/bench_notebooks.py 06_vision`.
 #
 # A vision transformer (ViT, Dosovitskiy et al. 2021) cuts an image into patches and treats
 # each patch as a token; a `[CLS]` token gathers what the classifier reads. axlab's default
