@@ -7,6 +7,7 @@ and saves screenshots under test-artifacts/browser/ (gitignored):
   v01_model_and_data       Model & data: the image datasets and example digits
   v02_attention_heads      Attention: every head of layer 0 as patch heatmaps over a validation digit
   v03_rollout_overlay      Attention, Rollout tab: the attention rollout overlaid on the digit
+  v04_heads .. v09_sweep   every other page, drawn for the image model
 
 Skips with a reason when chromium or playwright is missing, or when the library cannot load
 an image classifier yet.
@@ -122,6 +123,33 @@ def test_attention_rollout_over_an_image_in_chromium(server, image_source):
             assert roll.first.locator("image").count() >= 1 or roll.first.locator("img").count() >= 1 \
                 or roll.first.locator(".layer-below image, .imagelayer image").count() >= 1
             shots.append(shot(page, "v03_rollout_overlay"))
+        finally:
+            browser.close()
+    for s in shots:
+        assert s.exists() and s.stat().st_size > 10_000, s
+
+
+def test_every_page_renders_for_the_image_model_in_chromium(server, image_source):
+    """Heads, Prune, Quantize, Compare, Export and Sweep draw for the image model without an exception or
+    an error box (screenshots v04..v09)."""
+    from playwright.sync_api import sync_playwright
+
+    ws = "browser-vision-pages-" + secrets.token_hex(3)
+    pages = [("Heads", "Head importance"), ("Prune", "Prune"), ("Quantize", "Quantize"), ("Compare", "Compare"),
+             ("Export", "Export"), ("Sweep", "Sweep")]
+    shots = []
+    with sync_playwright() as p:
+        browser, page = launch(p)
+        try:
+            page.goto(f"{server}/?ws={ws}&model={quote(image_source, safe='')}&data=mnist")
+            page.get_by_role("heading", name="axlab workbench", level=1).wait_for(timeout=STEP_MS)
+            wait_idle(page, STEP_MS)
+            for i, (nav, title) in enumerate(pages, start=4):
+                go(page, nav, title, title)
+                no_exception(page)
+                text = main(page).inner_text()
+                assert "Sentence" not in text and "Traceback" not in text, text[:500]
+                shots.append(shot(page, f"v{i:02d}_{nav.lower()}"))
         finally:
             browser.close()
     for s in shots:
