@@ -1,7 +1,7 @@
 """Vision rows: the default vision model (MNIST ViT) and its axlab variants against PyTorch and ONNX Runtime peers.
 
     python bench/bench_vision.py            # -> bench/results/vision.json and vision.md
-    python bench/bench_vision.py --quick    # 1,000 test digits, fewer rounds and steps (what the tests run)
+    python bench/bench_vision.py --quick    # 1,000 test digits, top-layer search, fewer rounds and steps (the tests)
 
 Rows, all measured in one run (accuracy and macro-F1 on the MNIST test split; latency at batch 1
 and 32 interleaved across every row in the same rounds, with each row's spread and "within
@@ -105,8 +105,9 @@ def main(argv=None) -> dict:
     n_test = 1000 if args.quick else len(splits.test)
     n_val = 1000 if args.quick else 5000
     test, val = splits.test.head(n_test), splits.validation.head(n_val)
-    sd_steps = args.sd_steps or (100 if args.quick else 600)
+    sd_steps = args.sd_steps or (30 if args.quick else 600)
     n_layers = bundle.n_layers
+    search_layers = [n_layers - 1] if args.quick else None          # --quick: the top layer only
 
     def val_acc(m) -> float:
         return evaluate(m, proc, val, batch_size=256)["accuracy"]
@@ -134,7 +135,8 @@ def main(argv=None) -> dict:
 
     # --- axlab -----------------------------------------------------------------------------------
     search = axformer.cached_search(model, proc, splits, config=axformer.SearchConfig(
-        n_val=n_val, ffn_groups=4, significance=0.0, stages=("ffn_block", "ffn_groups", "attention_block", "heads")))
+        n_val=n_val, ffn_groups=4, significance=0.0, layers=search_layers,
+        stages=("ffn_block", "ffn_groups", "attention_block", "heads")))
     ax_model = search.model
     calib = calibration_texts(splits, 256)
     g4 = gpfq(model, proc, calib, 4)
@@ -162,7 +164,7 @@ def main(argv=None) -> dict:
             structural[f"sd first {k}"] = drop_layers(sd, list(range(k, n_layers)))
     if k_sd < n_layers:
         sd_search = axformer.cached_search(sd_trunc, proc, splits, config=axformer.SearchConfig(
-            n_val=n_val, ffn_groups=4, significance=0.0,
+            n_val=n_val, ffn_groups=4, significance=0.0, layers=search_layers,
             stages=("ffn_block", "ffn_groups", "attention_block", "heads")))
         structural[f"sd first {k_sd} + axformer"] = sd_search.model
     cands, cand_size = {}, {}

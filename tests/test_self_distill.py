@@ -241,3 +241,24 @@ def test_bench_sdvit_quick_runs(tmp_path):
     ee = res["early_exit"]
     assert len(ee["before"]["test"]["accuracy"]) == len(ee["after"]["test"]["accuracy"]) == res["model"]["layers"]
     assert (tmp_path / "sdvit.md").read_text().startswith("#")
+
+
+def test_bench_vision_quick_runs(tmp_path):
+    """bench_vision --quick on the default vision model: every row measured, ratios against the fastest peer."""
+    from axlab.core.train_vision import prepare_vision
+    prepare_vision()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_vision.py"), "--quick", "--out",
+                           str(tmp_path / "vision")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((tmp_path / "vision.json").read_text())
+    rows = res["rows"]
+    assert {"pytorch fp32", "pytorch int8", "onnxruntime fp32", "onnxruntime int8", "axlab AxFormer",
+            "axlab GPFQ 4-bit", "axlab best combination"} <= set(rows)
+    for name, r in rows.items():
+        assert 0.5 < r["test_accuracy"] <= 1 and r["size_bytes"] > 0 and r["b1_ms"] > 0, name
+    for bs in (1, 32):
+        fastest = res["fastest_peer"][str(bs)] if str(bs) in res["fastest_peer"] else res["fastest_peer"][bs]
+        assert rows[fastest][f"b{bs}_vs_fastest_peer"] == 1.0
+    assert rows["axlab GPFQ 4-bit"]["size_bytes"] < rows["pytorch fp32"]["size_bytes"] / 3
+    assert (tmp_path / "vision.md").read_text().startswith("Vision:")
