@@ -33,6 +33,7 @@ import pytest  # noqa: E402
     (["quantize", "/no/such/model", "--method", "int8", "--bits", "3"], "--bits do(es) not apply to --method int8"),
     (["quantize", "/no/such/model", "--method", "rtn", "--bits", "12"], "--bits must be between 2 and 8"),
     (["quantize", "/no/such/model", "--method", "rtn", "--calibration", "64"], "only apply to --method gpfq"),
+    (["quantize", "/no/such/model", "--method", "gptq", "--avg-bits", "3"], "only apply to --method gpfq"),
     (["prune", "/no/such/model", "--heads-fraction", "1.5"], "--heads-fraction must be"),
 ])
 def test_bad_options_are_refused_before_the_model_loads(argv, words, capsys):
@@ -171,6 +172,10 @@ def test_prune_and_quantize_commands_run_on_an_image_model(tmp_path, capsys):
     assert main(["quantize", str(vit), "--dataset", root, "--method", "rtn", "--bits", "4", "--no-latency",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)
+    assert main(["quantize", str(vit), "--dataset", root, "--method", "gptq", "--bits", "3", "--calibration", "8",
+                 "--no-latency", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "gptq" and out["recipe"][0]["op"] == "quantize_gptq" and 0 <= out["accuracy"] <= 1
 
 
 def test_datasets_lists_the_image_sets(capsys):

@@ -3,6 +3,7 @@
     axlab quantize default --method gpfq --bits 4 --json
     axlab quantize default --method rtn --bits 3 --group-size 64 --limit 500
     axlab quantize default --method gpfq --bits 3 --avg-bits 3.5 --save gpfq-mixed
+    axlab quantize default --method gptq --bits 3          # the GPTQ reference, same scales and calibration
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ def check_args(args) -> None:
     if args.group_size is not None and args.group_size < 1:
         raise AxlabError(f"--group-size must be at least 1, not {args.group_size}.",
                          "Use e.g. --group-size 64, or leave it out for one scale per output channel.")
-    if args.method != "gpfq":
+    if args.method == "rtn":
         given = [f for f, v in (("--calibration", args.calibration), ("--avg-bits", args.avg_bits)) if v is not None]
         if given:
-            raise AxlabError(f"{', '.join(given)} only apply to --method gpfq.", "Drop them, or use --method gpfq.")
+            raise AxlabError(f"{', '.join(given)} only apply to --method gpfq / gptq.",
+                             "Drop them, or use --method gpfq.")
         return
+    if args.method == "gptq":
+        given = [f for f, v in (("--avg-bits", args.avg_bits), ("--sparsity", args.sparsity or None)) if v is not None]
+        if given:
+            raise AxlabError(f"{', '.join(given)} only apply to --method gpfq.", "Drop them, or use --method gpfq.")
     args.calibration = DEFAULT_CALIBRATION if args.calibration is None else args.calibration
     if args.calibration < 1:
         raise AxlabError(f"--calibration must be a positive number of texts, not {args.calibration}.",
@@ -56,6 +62,9 @@ def recipe_from_args(args) -> list[dict]:
     if args.method == "rtn":
         return [Step("quantize_rtn", bits=args.bits, group_size=args.group_size, embeddings=args.embeddings,
                      scale_search=args.scale_search, outliers=args.outliers or 0.0)]
+    if args.method == "gptq":
+        return [Step("quantize_gptq", bits=args.bits, group_size=args.group_size, embeddings=args.embeddings,
+                     n_calibration=args.calibration, outliers=args.outliers or 0.0)]
     params = dict(bits=args.bits, group_size=args.group_size, embeddings=args.embeddings,
                   n_calibration=args.calibration, sparsity=args.sparsity,
                   outliers=GPFQConfig.outliers if args.outliers is None else args.outliers,
@@ -77,8 +86,8 @@ def cmd_quantize(args) -> None:
     check_args(args)                                     # before anything slow
     recipe = recipe_from_args(args)
     bundle, splits = load_model_and_data(args)
-    if args.method == "gpfq" and len(splits.train) == 0:
-        raise AxlabError("GPFQ calibrates on the training split, and this data has none.",
+    if args.method in ("gpfq", "gptq") and len(splits.train) == 0:
+        raise AxlabError(f"{args.method.upper()} calibrates on the training split, and this data has none.",
                          "Give a training file (--train FILE) or use --method rtn / int8.")
     t0 = time.perf_counter()
     model = apply_recipe(bundle.model, recipe, tokenizer=bundle.tokenizer, splits=splits, progress=False)
@@ -104,7 +113,8 @@ def cmd_quantize(args) -> None:
 def add_commands(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a model (int8, k-bit RTN, GPFQ) and measure it")
     add_model_args(p)
-    p.add_argument("--method", choices=["int8", "rtn", "gpfq"], default="gpfq")
+    p.add_argument("--method", choices=["int8", "rtn", "gpfq", "gptq"], default="gpfq",
+                   help="gptq: the GPTQ reference (Frantar et al.), same grid, scales and calibration as gpfq")
     p.add_argument("--bits", type=int, default=None, help=f"2..8 (rtn, gpfq; default {DEFAULT_BITS})")
     p.add_argument("--group-size", type=int, default=None, help="one scale per group of inputs (default per channel)")
     p.add_argument("--embeddings", action="store_true", help="also store the word embeddings in 8 bits per row")

@@ -58,7 +58,7 @@ from axlab.compress.gpfq import (
 from axlab.compress.quantize import calibration_texts, quantize_embeddings_, target_linears
 from axlab.core import registry
 from axlab.core.errors import AxlabError
-from axlab.core.measure import iter_batches
+from axlab.core.measure import iter_batches, token_mask
 from axlab.core.packing import code_range
 from axlab.core.progress import Progress, as_progress
 from axlab.core.qmodules import QuantLinear, check_bits, layer_group_size, outlier_mask, quantize_codes, set_module
@@ -268,13 +268,13 @@ def gptq(model: nn.Module, tokenizer, texts: list[str], bits: int = 4, *, progre
     ref = model
     qmodel = copy.deepcopy(model).eval()
     batches = [b for _, b in iter_batches(tokenizer, list(texts), cfg.batch_size)]
-    masks = [b["attention_mask"].bool() for b in batches]                  # (B, T) each
-    n_tokens = int(sum(int(m.sum()) for m in masks))
 
     with torch.no_grad():
         if cfg.embeddings:
             quantize_embeddings_(qmodel, check_bits(cfg.embedding_bits))
         inputs = _layer_inputs(ref, batches)                                # original network
+        masks = [token_mask(b, x[0]) for b, x in zip(batches, inputs)]     # (B, T) each; images: all True
+        n_tokens = int(sum(int(m.sum()) for m in masks))
         h_ref = [x[0] for x in inputs]
         h_q = [x[0] for x in _layer_inputs(qmodel, batches)] if cfg.embeddings else list(h_ref)
         all_names = set(target_linears(ref, cfg.scope))
