@@ -366,6 +366,25 @@ def gpfq(model: nn.Module, tokenizer, texts: list[str], bits: int = 4, *, progre
     if not texts:
         raise AxlabError("GPFQ needs calibration texts.", "Pass e.g. 256 training texts (quantize.calibration_texts).")
     t0 = time.perf_counter()
+    qmodel, report_layers, n_tokens = sequential_quantize(model, tokenizer, texts, cfg, _quantize_linear,
+                                                          desc="GPFQ", progress=progress)
+    qmodel.axlab_gpfq_report = GPFQReport(config=asdict(cfg), n_texts=len(texts), n_tokens=n_tokens,
+                                          seconds=time.perf_counter() - t0, layers=report_layers)
+    log.info("GPFQ %d-bit: %d layers in %.1f s (%d calibration tokens)", cfg.bits, len(report_layers),
+             qmodel.axlab_gpfq_report.seconds, n_tokens)
+    return qmodel
+
+
+def sequential_quantize(model: nn.Module, tokenizer, texts: list, cfg, quantize_linear, *, desc: str,
+                        progress: Progress = None) -> tuple[nn.Module, list[dict], int]:
+    """The layer-by-layer pass GPFQ and GPTQ share; returns (quantized copy, per-layer reports, tokens).
+
+    Both networks run the calibration inputs layer by layer: each Linear of a layer is
+    quantized by ``quantize_linear(qmodel, name, linear, stats, cfg)`` from the statistics
+    of its input in the original network (X) and in the network quantized so far (X~);
+    Linears that read the same input share them. Padding is excluded (``token_mask``).
+    ``cfg`` needs ``batch_size``, ``embeddings``, ``embedding_bits`` and ``scope``.
+    """
     ref = model
     qmodel = copy.deepcopy(model).eval()
     batches = [b for _, b in iter_batches(tokenizer, list(texts), cfg.batch_size)]
@@ -380,39 +399,31 @@ def gpfq(model: nn.Module, tokenizer, texts: list[str], bits: int = 4, *, progre
         h_q = [x[0] for x in _layer_inputs(qmodel, batches)] if cfg.embeddings else list(h_ref)
 
         all_names = set(target_linears(ref, cfg.scope))
-        enc_layers_ref, enc_layers_q = registry.layers(ref), registry.layers(qmodel)
         layer_prefix = _layer_prefixes(ref)
         report_layers: list[dict] = []
-        n_groups_total = len(all_names)
-        prog = as_progress(progress, total=n_groups_total, desc="GPFQ")
-        for li, (Lr, Lq) in enumerate(zip(enc_layers_ref, enc_layers_q)):
+        prog = as_progress(progress, total=len(all_names), desc=desc)
+        for li, (Lr, Lq) in enumerate(zip(registry.layers(ref), registry.layers(qmodel))):
             prefix = layer_prefix[li]
             rel_names = [n[len(prefix):] for n in sorted(all_names) if n.startswith(prefix)]
             if rel_names:
-                groups = _input_groups(Lr, rel_names, h_ref[0], inputs[0][1], inputs[0][2])
-                for group in groups:
+                for group in _input_groups(Lr, rel_names, h_ref[0], inputs[0][1], inputs[0][2]):
+                    # X~ of the quantized network so far (earlier groups of this layer included)
                     stats = _gram(Lr, Lq, group[0], h_ref, h_q, inputs, masks)
                     for rel in group:
-                        info = _quantize_linear(qmodel, prefix + rel, Lq.get_submodule(rel), stats, cfg)
-                        report_layers.append(info)
+                        report_layers.append(quantize_linear(qmodel, prefix + rel, Lq.get_submodule(rel), stats, cfg))
                         prog.update(1, prefix + rel)
             # propagate both networks through this (now quantized) layer
             for b, (_, args, kwargs) in enumerate(inputs):
                 h_ref[b] = _run_layer(Lr, h_ref[b], args, kwargs)
                 h_q[b] = _run_layer(Lq, h_q[b], args, kwargs)
-        # linears outside the encoder (scope="all"): plain RTN-free GPFQ needs their inputs too
-        rest = [n for n in sorted(all_names) if not any(n.startswith(p) for p in layer_prefix)]
-        for n in rest:
+        # linears outside the encoder (scope="all") need their inputs captured from a full forward
+        for n in [n for n in sorted(all_names) if not any(n.startswith(p) for p in layer_prefix)]:
             stats = _gram_full(ref, qmodel, n, batches, masks)
-            report_layers.append(_quantize_linear(qmodel, n, qmodel.get_submodule(n), stats, cfg))
+            report_layers.append(quantize_linear(qmodel, n, qmodel.get_submodule(n), stats, cfg))
             prog.update(1, n)
         prog.close()
     qmodel.eval()
-    qmodel.axlab_gpfq_report = GPFQReport(config=asdict(cfg), n_texts=len(texts), n_tokens=n_tokens,
-                                          seconds=time.perf_counter() - t0, layers=report_layers)
-    log.info("GPFQ %d-bit: %d layers in %.1f s (%d calibration tokens)", cfg.bits, len(report_layers),
-             qmodel.axlab_gpfq_report.seconds, n_tokens)
-    return qmodel
+    return qmodel, report_layers, n_tokens
 
 
 def _layer_prefixes(model: nn.Module) -> list[str]:

@@ -33,7 +33,6 @@ round-to-nearest's with the same scales.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -44,23 +43,16 @@ from torch import nn
 
 from axlab.compress.gpfq import (
     _column_scales,
-    _gram,
-    _gram_full,
-    _input_groups,
-    _layer_inputs,
-    _layer_prefixes,
     _live_columns,
     _one_thread,
     _row_errors,
-    _run_layer,
     _Stats,
+    sequential_quantize,
 )
-from axlab.compress.quantize import calibration_texts, quantize_embeddings_, target_linears
-from axlab.core import registry
+from axlab.compress.quantize import calibration_texts
 from axlab.core.errors import AxlabError
-from axlab.core.measure import iter_batches, token_mask
 from axlab.core.packing import code_range
-from axlab.core.progress import Progress, as_progress
+from axlab.core.progress import Progress
 from axlab.core.qmodules import QuantLinear, check_bits, layer_group_size, outlier_mask, quantize_codes, set_module
 from axlab.core.recipe import RecipeContext, register_transform
 
@@ -265,41 +257,8 @@ def gptq(model: nn.Module, tokenizer, texts: list[str], bits: int = 4, *, progre
     if not texts:
         raise AxlabError("GPTQ needs calibration texts.", "Pass e.g. 256 training texts (quantize.calibration_texts).")
     t0 = time.perf_counter()
-    ref = model
-    qmodel = copy.deepcopy(model).eval()
-    batches = [b for _, b in iter_batches(tokenizer, list(texts), cfg.batch_size)]
-
-    with torch.no_grad():
-        if cfg.embeddings:
-            quantize_embeddings_(qmodel, check_bits(cfg.embedding_bits))
-        inputs = _layer_inputs(ref, batches)                                # original network
-        masks = [token_mask(b, x[0]) for b, x in zip(batches, inputs)]     # (B, T) each; images: all True
-        n_tokens = int(sum(int(m.sum()) for m in masks))
-        h_ref = [x[0] for x in inputs]
-        h_q = [x[0] for x in _layer_inputs(qmodel, batches)] if cfg.embeddings else list(h_ref)
-        all_names = set(target_linears(ref, cfg.scope))
-        layer_prefix = _layer_prefixes(ref)
-        report_layers: list[dict] = []
-        prog = as_progress(progress, total=len(all_names), desc="GPTQ")
-        for li, (Lr, Lq) in enumerate(zip(registry.layers(ref), registry.layers(qmodel))):
-            prefix = layer_prefix[li]
-            rel_names = [n[len(prefix):] for n in sorted(all_names) if n.startswith(prefix)]
-            if rel_names:
-                for group in _input_groups(Lr, rel_names, h_ref[0], inputs[0][1], inputs[0][2]):
-                    # X~ of the quantized network so far (earlier groups of this layer included)
-                    stats = _gram(Lr, Lq, group[0], h_ref, h_q, inputs, masks)
-                    for rel in group:
-                        report_layers.append(_quantize_linear(qmodel, prefix + rel, Lq.get_submodule(rel), stats, cfg))
-                        prog.update(1, prefix + rel)
-            for b, (_, args, kwargs) in enumerate(inputs):                  # both networks through this layer
-                h_ref[b] = _run_layer(Lr, h_ref[b], args, kwargs)
-                h_q[b] = _run_layer(Lq, h_q[b], args, kwargs)
-        for n in [n for n in sorted(all_names) if not any(n.startswith(p) for p in layer_prefix)]:
-            stats = _gram_full(ref, qmodel, n, batches, masks)
-            report_layers.append(_quantize_linear(qmodel, n, qmodel.get_submodule(n), stats, cfg))
-            prog.update(1, n)
-        prog.close()
-    qmodel.eval()
+    qmodel, report_layers, n_tokens = sequential_quantize(model, tokenizer, texts, cfg, _quantize_linear,
+                                                          desc="GPTQ", progress=progress)
     qmodel.axlab_gptq_report = GPTQReport(config=asdict(cfg), n_texts=len(texts), n_tokens=n_tokens,
                                           seconds=time.perf_counter() - t0, layers=report_layers)
     log.info("GPTQ %d-bit: %d layers in %.1f s (%d calibration tokens)", cfg.bits, len(report_layers),
