@@ -153,12 +153,16 @@ def _compute(model: nn.Module, tokenizer, split: Split, batch_size: int, max_len
     finally:
         prog.close()
         model.train(was_training)
+    return _per_head_means(sums, n_queries, head_ids, n_heads)
+
+
+def _per_head_means(sums: dict, n_queries: int, head_ids: list[list[int]], n_heads: int) -> dict[str, np.ndarray]:
+    """Per-query sums -> (n_layers, n_heads) means; removed heads are NaN."""
     out = {}
-    for name, s in sums.items():
-        arr = (s / max(1, n_queries)).numpy()
-        for layer in range(n_layers):
-            missing = sorted(set(range(n_heads)) - set(head_ids[layer]))
-            arr[layer, missing] = np.nan
+    for name, total in sums.items():
+        arr = (total / max(1, n_queries)).numpy()
+        for layer, kept in enumerate(head_ids):
+            arr[layer, sorted(set(range(n_heads)) - set(kept))] = np.nan
         out[name] = arr
     return out
 
@@ -200,13 +204,7 @@ def _compute_images(model: nn.Module, processor, split, batch_size: int, progres
     finally:
         prog.close()
         model.train(was_training)
-    out = {}
-    for name, s in sums.items():
-        arr = (s / max(1, n_queries)).numpy()
-        for layer in range(n_layers):
-            arr[layer, sorted(set(range(n_heads)) - set(head_ids[layer]))] = np.nan
-        out[name] = arr
-    return out
+    return _per_head_means(sums, n_queries, head_ids, n_heads)
 
 
 def head_statistics(model: nn.Module, tokenizer, split: Split, n: int | None = None, *, batch_size: int = 32,
