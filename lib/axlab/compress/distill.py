@@ -26,6 +26,7 @@ from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError
 from axlab.core.progress import Progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
+from axlab.core.train import linear_warmup_decay, optimizer_step
 
 __all__ = ["DistillConfig", "distill", "kd_loss", "SelfDistillConfig", "self_distill", "self_distill_loss"]
 
@@ -273,9 +274,7 @@ def _self_distill_(model: nn.Module, processor, split, cfg: SelfDistillConfig, p
     decay = [p for p in model.parameters() if not any(p is q for q in no_decay)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    n_warm = max(1, int(cfg.warmup * cfg.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / n_warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - n_warm))))
+    sched = linear_warmup_decay(opt, cfg.steps, cfg.warmup)
     prog = as_progress(progress, total=cfg.steps, desc="self-distil")
     hist: list[dict] = []
     drawn = np.zeros(len(registry.layers(model)), dtype=int)
@@ -297,11 +296,7 @@ def _self_distill_(model: nn.Module, processor, split, cfg: SelfDistillConfig, p
                 loss = nn.functional.cross_entropy(final, labels)
                 parts = {"ce": loss.item()}
             outs.clear()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(model, loss, opt, sched)
             parts["loss"] = loss.item()
             hist.append(parts)
             prog.update(1, f"loss {np.mean([h['loss'] for h in hist[-20:]]):.3f}")

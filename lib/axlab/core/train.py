@@ -106,6 +106,22 @@ def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     return batches
 
 
+def linear_warmup_decay(opt: torch.optim.Optimizer, total: int, warmup: float):
+    """Learning rate rising linearly over the first ``warmup`` share of ``total`` steps, then falling linearly to 0."""
+    n_warm = max(1, int(warmup * total))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / n_warm, max(0.0, (total - s) / max(1, total - n_warm))))
+
+
+def optimizer_step(model: nn.Module, loss: torch.Tensor, opt: torch.optim.Optimizer, sched) -> None:
+    """One training step: backward, clip the gradient norm to 1, step the optimizer and the schedule, clear."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int = 3, batch_size: int = 32,
                      lr: float = 1e-4, weight_decay: float = 0.01, warmup: float = 0.06, max_length: int = 64,
                      seed: int = 0, progress: Progress = None, loss_fn=None, validation: Split | None = None,
@@ -135,9 +151,7 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(p is q for q in no_decay)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    n_warm = max(1, int(warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / n_warm, max(0.0, (total - s) / max(1, total - n_warm))))
+    sched = linear_warmup_decay(opt, total, warmup)
     prog = as_progress(progress, total=total, desc="fine-tune")
     model.train()
     losses = []
@@ -153,11 +167,7 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
                     loss = nn.functional.cross_entropy(out.logits, labels)
                 else:
                     loss = loss_fn(model, batch, labels)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(model, loss, opt, sched)
                 losses.append(loss.item())
                 step += 1
                 prog.update(1, f"epoch {epoch + 1}/{epochs} loss {np.mean(losses[-50:]):.3f}")

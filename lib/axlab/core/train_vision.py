@@ -33,6 +33,7 @@ from torch import nn
 from axlab.core.errors import DataError
 from axlab.core.paths import cache_dir
 from axlab.core.progress import Progress, as_progress
+from axlab.core.train import optimizer_step
 
 __all__ = ["VisionTrainConfig", "DEFAULT_VISION_CONFIG", "prepare_vision", "train_vit", "default_vision_dir",
            "vit_config", "image_processor_for", "pixels"]
@@ -167,11 +168,7 @@ def train_vit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, va
                 xb = _shift(train_x[ix], config.shift, g)
                 logits = model(pixel_values=xb).logits
                 loss = nn.functional.cross_entropy(logits, train_y[ix], label_smoothing=config.label_smoothing)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(model, loss, opt, sched)
                 losses.append(loss.item())
                 step += 1
                 prog.update(1, f"epoch {epoch + 1}/{config.epochs} loss {np.mean(losses[-50:]):.3f}")
