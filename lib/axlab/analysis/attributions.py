@@ -126,6 +126,23 @@ def _window(model: nn.Module, window) -> tuple[int, int]:
     return (int(window), int(window)) if isinstance(window, int) else tuple(int(w) for w in window)
 
 
+def _resolve_target(probs: torch.Tensor, target: int | None) -> int:
+    """The class to explain: ``target``, or the prediction when None; a class the model lacks is an error."""
+    n_classes = probs.shape[-1]
+    if target is None:
+        return int(probs.argmax())
+    if not 0 <= int(target) < n_classes:
+        raise AxlabError(f"Class {target} does not exist; the model has {n_classes} classes.",
+                         f"Pick a class from 0 to {n_classes - 1}, or leave it empty for the prediction.")
+    return int(target)
+
+
+def _check_gradients(model: nn.Module, method: str) -> None:
+    if method == "integrated_gradients" and uses_int8_kernels(model):
+        raise AxlabError("Integrated gradients need gradients, and this model runs torch int8 kernels "
+                         "that have none.", "Use method='occlusion' (or 'auto', which picks it).")
+
+
 def pixel_attributions(model: nn.Module, processor, image, target: int | None = None, *, method: str = "auto",
                        baseline: str = "black", n_steps: int = 50, window: int | tuple[int, int] | None = None,
                        internal_batch_size: int = 16) -> PixelAttribution:
@@ -153,17 +170,9 @@ def pixel_attributions(model: nn.Module, processor, image, target: int | None = 
     try:
         with torch.no_grad():
             probs = forward(pixels)[0]
-            n_classes = probs.shape[-1]
-            if target is None:
-                target = int(probs.argmax())
-            if not 0 <= int(target) < n_classes:
-                raise AxlabError(f"Class {target} does not exist; the model has {n_classes} classes.",
-                                 f"Pick a class from 0 to {n_classes - 1}, or leave it empty for the prediction.")
-            target = int(target)
+            target = _resolve_target(probs, target)
             base_p = float(forward(base)[0, target])
-        if method == "integrated_gradients" and uses_int8_kernels(model):
-            raise AxlabError("Integrated gradients need gradients, and this model runs torch int8 kernels "
-                             "that have none.", "Use method='occlusion' (or 'auto', which picks it).")
+        _check_gradients(model, method)
         scores, used, delta = None, method, float("nan")
         if method == "integrated_gradients" or (method == "auto" and not uses_int8_kernels(model)):
             try:
@@ -272,19 +281,11 @@ def token_attributions(model: nn.Module, tokenizer, text: str, target: int | Non
     try:
         with torch.no_grad():
             probs = torch.softmax(model(input_ids=input_ids, attention_mask=mask).logits, -1)[0]
-            n_classes = probs.shape[-1]
-            if target is None:
-                target = int(probs.argmax())
-            if not 0 <= int(target) < n_classes:
-                raise AxlabError(f"Class {target} does not exist; the model has {n_classes} classes.",
-                                 f"Pick a class from 0 to {n_classes - 1}, or leave it empty for the prediction.")
-            target = int(target)
+            target = _resolve_target(probs, target)
             base_p = float(torch.softmax(model(input_ids=base_ids, attention_mask=mask).logits, -1)[0, target])
         used = method
         scores = None
-        if method == "integrated_gradients" and uses_int8_kernels(model):
-            raise AxlabError("Integrated gradients need gradients, and this model runs torch int8 kernels "
-                             "that have none.", "Use method='occlusion' (or 'auto', which picks it).")
+        _check_gradients(model, method)
         if method == "integrated_gradients" or (method == "auto" and not uses_int8_kernels(model)):
             try:
                 scores, base_p = _integrated_gradients(model, input_ids, mask, base_ids, target, n_steps)
