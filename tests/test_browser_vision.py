@@ -88,6 +88,13 @@ def no_exception(page) -> None:
         '[data-testid="stAlertContentError"]').first.inner_text()
 
 
+def open_home(page, server: str, ws: str, source: str) -> None:
+    """The home page in workspace ``ws`` with ``source`` as the model and MNIST as the data, after its first run."""
+    page.goto(f"{server}/?ws={ws}&model={quote(source, safe='')}&data=mnist")
+    page.get_by_role("heading", name="axlab workbench", level=1).wait_for(timeout=STEP_MS)
+    wait_idle(page, STEP_MS)
+
+
 def test_attention_rollout_over_an_image_in_chromium(server, image_source):
     from playwright.sync_api import sync_playwright
 
@@ -96,9 +103,7 @@ def test_attention_rollout_over_an_image_in_chromium(server, image_source):
     with sync_playwright() as p:
         browser, page = launch(p)
         try:
-            page.goto(f"{server}/?ws={ws}&model={quote(image_source, safe='')}&data=mnist")
-            page.get_by_role("heading", name="axlab workbench", level=1).wait_for(timeout=STEP_MS)
-            wait_idle(page, STEP_MS)
+            open_home(page, server, ws, image_source)
 
             go(page, "Model & data", "Model & data", "Measure the base model")
             no_exception(page)
@@ -141,9 +146,7 @@ def test_every_page_renders_for_the_image_model_in_chromium(server, image_source
     with sync_playwright() as p:
         browser, page = launch(p)
         try:
-            page.goto(f"{server}/?ws={ws}&model={quote(image_source, safe='')}&data=mnist")
-            page.get_by_role("heading", name="axlab workbench", level=1).wait_for(timeout=STEP_MS)
-            wait_idle(page, STEP_MS)
+            open_home(page, server, ws, image_source)
             for i, (nav, title) in enumerate(pages, start=4):
                 go(page, nav, title, title)
                 no_exception(page)
