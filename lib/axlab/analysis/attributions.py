@@ -143,6 +143,14 @@ def _check_gradients(model: nn.Module, method: str) -> None:
                          "that have none.", "Use method='occlusion' (or 'auto', which picks it).")
 
 
+def _gradients_failed(e: RuntimeError, method: str) -> None:
+    """Integrated gradients raised: an error when asked for, a log line when 'auto' falls back to occlusion."""
+    if method != "auto":
+        raise AxlabError(f"Integrated gradients failed on this model: {str(e).splitlines()[0]}",
+                         "This variant has no gradient path (e.g. int8 kernels); use method='occlusion'.") from None
+    log.info("no gradient path (%s); using occlusion", str(e).splitlines()[0])
+
+
 def pixel_attributions(model: nn.Module, processor, image, target: int | None = None, *, method: str = "auto",
                        baseline: str = "black", n_steps: int = 50, window: int | tuple[int, int] | None = None,
                        internal_batch_size: int = 16) -> PixelAttribution:
@@ -181,11 +189,7 @@ def pixel_attributions(model: nn.Module, processor, image, target: int | None = 
                     return_convergence_delta=True)
                 scores, used, delta = attr[0].detach().double().numpy(), "integrated_gradients", float(d[0])
             except RuntimeError as e:
-                if method != "auto":
-                    raise AxlabError(f"Integrated gradients failed on this model: {str(e).splitlines()[0]}",
-                                     "This variant has no gradient path (e.g. int8 kernels); use "
-                                     "method='occlusion'.") from None
-                log.info("no gradient path (%s); using occlusion", str(e).splitlines()[0])
+                _gradients_failed(e, method)
         win = _window(model, window)
         if scores is None:
             c = pixels.shape[1]
@@ -291,11 +295,7 @@ def token_attributions(model: nn.Module, tokenizer, text: str, target: int | Non
                 scores, base_p = _integrated_gradients(model, input_ids, mask, base_ids, target, n_steps)
                 used = "integrated_gradients"
             except RuntimeError as e:
-                if method != "auto":
-                    raise AxlabError(f"Integrated gradients failed on this model: {str(e).splitlines()[0]}",
-                                     "This variant has no gradient path (e.g. int8 kernels); use "
-                                     "method='occlusion'.") from None
-                log.info("no gradient path (%s); using occlusion", str(e).splitlines()[0])
+                _gradients_failed(e, method)
         if scores is None:
             scores = _occlusion(model, input_ids, mask, base_ids, target, special)
             used = "occlusion"
