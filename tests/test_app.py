@@ -291,7 +291,7 @@ def test_export_page_writes_the_fused_graph_and_says_when_it_falls_back(tiny_fol
         assert ops.get("com.microsoft:Attention", 0) + ops.get("com.microsoft:MultiHeadAttention", 0) == n_attention
         fallback = [w.value for w in at.warning if "plain graph" in w.value]
         if n_attention:
-            assert not fallback and ops["com.microsoft:MatMulNBits"] == 8
+            assert not fallback and ops["com.microsoft:DynamicQuantizeMatMul"] == 8     # 4-bit codes, int8 kernel
         else:
             assert len(fallback) == 1 and "top-k hard attention" in fallback[0]
         table = next(d.value for d in at.dataframe if "runtime" in d.value.columns)

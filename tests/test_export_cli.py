@@ -33,12 +33,13 @@ def test_cli_export_variant_and_report(tmp_path, monkeypatch, capsys, tokenizer)
     printed = json.loads(capsys.readouterr().out)
     assert printed["onnx"]["parity_max_abs_diff"] <= 1e-4
     # the default ONNX file is the fused graph: one fused attention node per layer with heads (layer 1 has none),
-    # the 4-bit layers as MatMulNBits with the variant's own codes
+    # the 4-bit layers keep the variant's own codes (stored at 4 bits, run by the int8 kernel)
     assert printed["onnx_graph"] == "fused" and "onnx_fallback_reason" not in printed
     ops = _ops(out / "onnx" / "model.onnx")
     assert ops.get("com.microsoft:Attention", 0) + ops.get("com.microsoft:MultiHeadAttention", 0) == 1
     assert printed["onnx"]["fused_attention_nodes"] == 1
-    assert ops["com.microsoft:MatMulNBits"] == 6 and ops["MatMul"] == 2     # + the fp32 pooler and classifier
+    assert ops["com.microsoft:DynamicQuantizeMatMul"] == 6 and ops["MatMul"] == 2   # + the fp32 pooler, classifier
+    assert "com.microsoft:MatMulNBits" not in ops
     # measured next to the PyTorch variant: accuracy, interleaved latency with spread, size
     rows = {r["runtime"]: r for r in printed["comparison"]}
     assert set(rows) == {"pytorch", "onnxruntime"} and rows["onnxruntime"]["graph"] == "fused"

@@ -10,12 +10,14 @@ from axlab.deploy.fused_onnx import (
     build_fused_graph,
     export_fused_onnx,
     fused_predictor,
+    int8_twin,
     op_histogram,
     pack_nbits,
 )
 from axlab.deploy.onnx_export import check_parity, parity_batches
 
 UNEVEN = {0: [1, 2], 1: [0, 1, 2, 3], 2: [3]}          # 2, 0 and 3 heads left of 4
+NBITS = FusedConfig(lowbit_kernel="nbits")             # k-bit codes in MatMulNBits (fp32 compute: exact)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_pruned_vocabulary(arch, tok, batches):
 @pytest.mark.parametrize("bits,group", [(4, None), (8, None), (3, None), (2, None), (4, 32), (5, 16)])
 def test_matmulnbits_same_codes(arch, bits, group, batches):
     q = rtn(_pruned(arch), bits, group_size=group, scope="all")
-    proto = build_fused_graph(q)
+    proto = build_fused_graph(q, NBITS)
     ops = op_histogram(proto)
     assert ops["com.microsoft:MatMulNBits"] >= 7 and "MatMul" not in ops
     assert ops["com.microsoft:MultiHeadAttention"] == 2
@@ -108,7 +110,7 @@ def test_outliers_and_quantized_embeddings(batches, tok):
             base, _ = prune_vocab(base, tok, texts)
         for emb_bits in (8, 4, 3):
             q = rtn(base, 4, outliers=0.01, embeddings=True, embedding_bits=emb_bits)
-            proto = build_fused_graph(q)
+            proto = build_fused_graph(q, NBITS)
             ops = op_histogram(proto)
             assert ops["com.microsoft:GatherBlockQuantized"] == 1 and ops["ScatterElements"] >= 1
             diff, _ = _rel(q, fused_predictor(proto.SerializeToString()), batches)
@@ -121,8 +123,9 @@ def test_mixed_precision_qkv(batches):
     q = rtn(_pruned("bert"), 4)
     # layer 2: the value projection in 2 bits, query / key in 4 bits (mixed precision)
     attention_parts(q, 2).module.value = rtn_linear(attention_parts(_pruned("bert"), 2).v, 2)
-    diff, _ = _rel(q, fused_predictor(build_fused_graph(q).SerializeToString()), batches)
+    diff, _ = _rel(q, fused_predictor(build_fused_graph(q, NBITS).SerializeToString()), batches)
     assert diff <= 1e-4
+    _check_int8_kernel(q, fused_predictor(build_fused_graph(q).SerializeToString()), batches)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -140,6 +143,87 @@ def test_int8_dynamic_quantize_matmul(arch, batches):
     with torch.no_grad():
         torch_diff = max(float((q(**b).logits - view(**b).logits).abs().max()) for b in batches)
     assert ort_diff <= 1.5 * torch_diff + 1e-3, (ort_diff, torch_diff)
+
+
+def _check_int8_kernel(q, pred, batches):
+    """ORT's graph against the int8 twin, as int8 models are checked: both quantize activations at run
+    time; ORT must be no further from the dequantized-weight computation than torch.ao is."""
+    from axlab.deploy.onnx_export import _export_view
+    twin = int8_twin(q)
+    view, _ = _export_view(twin)
+    ort_diff = max(check_parity(view, pred, batches).values())
+    with torch.no_grad():
+        torch_diff = max(float((twin(**b).logits - view(**b).logits).abs().max()) for b in batches)
+    assert ort_diff <= 1.5 * torch_diff + 1e-3, (ort_diff, torch_diff)
+    return ort_diff
+
+
+@pytest.mark.parametrize("bits,n", [(2, 6), (3, 7), (4, 5), (4, 8), (8, 3)])
+def test_widened_codes_are_exact(bits, n):
+    """The k-bit codes in the file widen, at session load, to exactly the codes (and folded outliers)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from axlab.deploy.fused_onnx import _Graph, _Writer
+    rng = np.random.default_rng(bits * 10 + n)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    codes = rng.integers(lo, hi + 1, size=(5, n))                           # (K, N)
+    scale = rng.uniform(0.5, 1.0, size=n).astype(np.float32)
+    r, c = np.array([0, n - 1]), np.array([4, 0])                              # (output, input) positions
+    codes[c, r] = 0                                                            # codes are 0 where outliers sit
+    vals = np.array([40.2 * scale[0], -3.7 * scale[n - 1]], dtype=np.float16) if bits < 8 else None
+    w = _Writer.__new__(_Writer)
+    w.g = _Graph()
+    out = w._widened_codes(codes, bits, "t", None if vals is None else (r, c, vals), scale)
+    graph = helper.make_graph(w.g.nodes, "t", [], [helper.make_tensor_value_info(out, TensorProto.INT8, None)],
+                              w.g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    want = codes.copy()
+    if vals is not None:
+        want[c, r] = np.round(vals.astype(np.float64) / scale[r])
+    assert got.dtype == np.int8 and got.shape == (5, n) and np.array_equal(got, want)
+    if bits < 8:                                                               # stored packed, not as int8
+        assert sum(np.prod(i.dims) for i in w.g.inits if i.data_type == TensorProto.UINT8) < codes.size
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("bits,outliers", [(4, 0.0), (4, 0.01), (3, 0.01), (2, 0.0), (8, 0.01)])
+def test_int8_kernel_runs_kbit_codes(arch, bits, outliers, batches):
+    """Per-channel k-bit codes (the default): stored at their width, run by DynamicQuantizeMatMul."""
+    q = rtn(_pruned(arch), bits, outliers=outliers, scope="all")
+    proto = build_fused_graph(q)
+    ops = op_histogram(proto)
+    if bits == 8 and outliers:        # no room in int8 for 8-bit codes' outliers: MatMulNBits keeps them exact
+        assert int8_twin(q) is None and ops["com.microsoft:MatMulNBits"] >= 7
+        assert _rel(q, fused_predictor(proto.SerializeToString()), batches)[0] <= 1e-4
+        return
+    assert ops["com.microsoft:DynamicQuantizeMatMul"] >= 7 and "com.microsoft:MatMulNBits" not in ops
+    assert "MatMul" not in ops
+    _check_int8_kernel(q, fused_predictor(proto.SerializeToString()), batches)
+    if bits < 8:                      # the file holds k-bit codes: smaller than the same model's int8 graph
+        assert proto.ByteSize() < build_fused_graph(int8_dynamic(_pruned(arch))).ByteSize()
+
+
+def test_int8_twin_and_kernel_choice():
+    m = _pruned("bert")
+    assert int8_twin(m) is None and int8_twin(rtn(tiny_model("bert"), 4, group_size=32)) is None
+    assert int8_twin(rtn(m, 4), NBITS) is None
+    with pytest.raises(ExportError, match="lowbit_kernel='nbits'"):
+        build_fused_graph(rtn(m, 4, group_size=32), FusedConfig(lowbit_kernel="int8"))
+    with pytest.raises(ValueError):
+        FusedConfig(lowbit_kernel="fast")
+    q = rtn(m, 4, outliers=0.01)
+    twin = int8_twin(q)
+    from axlab.core.qmodules import Int8Linear
+    assert sum(isinstance(x, Int8Linear) for x in twin.modules()) >= 7
+    # the twin's weights are the codes times the column scales; outliers folded onto the grid
+    lin_q = q.bert.encoder.layer[0].intermediate.dense
+    lin_t = twin.bert.encoder.layer[0].intermediate.dense
+    step = lin_q.scale[:, :1]
+    assert float((lin_t.weight - lin_q.weight).abs().max() / step.max()) <= 0.5 + 1e-4
 
 
 def test_pack_nbits_layout():

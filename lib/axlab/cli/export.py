@@ -10,7 +10,8 @@ with ``--onnx`` the checked ONNX file (and ``--int8`` its int8 version), and the
 comparison report, all into one folder that appears only when complete.
 
 The ONNX file is the fused graph by default (one fused attention node per layer; a k-bit
-GPFQ/GPTQ/RTN variant as ``MatMulNBits`` with its own codes; ``--int8``: int8 weights,
+GPFQ/GPTQ/RTN variant keeps its own codes, stored at their width and run by the int8
+kernel (``MatMulNBits`` for grouped codes); ``--int8``: int8 weights,
 embeddings and dynamic int8 activations). Where the fused writer cannot express the
 variant (top-k hard attention, an unsupported architecture) the plain dynamo graph is
 written and ``onnx.fallback_reason`` says why. The output puts the ONNX files' accuracy,

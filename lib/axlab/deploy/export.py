@@ -1,8 +1,10 @@
 """Export a variant: the variant folder (+ ONNX, + int8, + comparison report) in one atomic folder.
 
 The ONNX file is the **fused** graph by default (:mod:`axlab.deploy.fused_onnx`: one
-``com.microsoft`` Attention/MultiHeadAttention per layer, k-bit variants as
-``MatMulNBits`` with their own codes, int8 as ``DynamicQuantizeMatMul``). Where the fused
+``com.microsoft`` Attention/MultiHeadAttention per layer, k-bit variants with their own
+codes: per-channel codes stored at their width and run by the int8 kernel
+``DynamicQuantizeMatMul``, grouped codes as ``MatMulNBits``; int8 as
+``DynamicQuantizeMatMul``). Where the fused
 writer cannot express the variant (top-k hard attention, an architecture it does not
 know, ...) the plain dynamo graph (:mod:`axlab.deploy.onnx_export`) is written instead and
 the reason is logged and recorded (``measurements["onnx"]["fallback_reason"]``);
@@ -99,15 +101,17 @@ def _int8_parity(q: nn.Module, predictor, batches: list[dict]) -> float:
 def _export_fused(model: nn.Module, tokenizer, path: Path, int8: bool, threads: int | None):
     from axlab.compress.quantize import int8_dynamic
     from axlab.core.qmodules import Int8Linear
-    from axlab.deploy.fused_onnx import export_fused_onnx
+    from axlab.deploy.fused_onnx import export_fused_onnx, int8_twin
     from axlab.deploy.onnx_export import OnnxResult, check_parity, parity_batches
 
     batches = parity_batches(tokenizer)
-    has_int8 = any(isinstance(m, Int8Linear) for m in model.modules())
+    # k-bit codes run on the int8 kernel: checked like int8 weights, against their int8 twin
+    reference = int8_twin(model) or model
+    has_int8 = any(isinstance(m, Int8Linear) for m in reference.modules())
     fp = export_fused_onnx(model, tokenizer, path, threads=threads, batches=batches,
                            tolerance=None if has_int8 else 1e-4)
     try:
-        parity = _int8_parity(model, fp.predictor, batches) if has_int8 else fp.parity_max_abs_diff
+        parity = _int8_parity(reference, fp.predictor, batches) if has_int8 else fp.parity_max_abs_diff
         variant = max(check_parity(model, fp.predictor, batches).values()) if has_int8 else parity
         ops = {"fp32": fp.ops}
         int8_path = int8_pred = int8_diff = None
@@ -138,7 +142,8 @@ def export_onnx_graph(model: nn.Module, tokenizer, path: str | Path, *, graph: s
     """Write the checked ONNX file of ``model`` (and ``<stem>_int8.onnx`` with ``int8``); an OnnxResult.
 
     ``graph="fused"`` (default): the fused graph, natively quantized (a k-bit variant's own
-    codes in ``MatMulNBits``; ``int8``: int8 weights and embeddings with dynamic int8
+    codes, stored at their width and run by the int8 kernel, or ``MatMulNBits`` for grouped
+    codes; ``int8``: int8 weights and embeddings with dynamic int8
     activations). Falls back to the plain dynamo graph (ONNX Runtime dynamic int8 for
     ``int8``) when :func:`axlab.deploy.fused_onnx.fused_support` gives a reason or the fused
     export fails; the reason is logged and in ``result.fallback_reason``.

@@ -54,7 +54,8 @@ from axlab.core.qmodules import Int8Linear, QuantEmbedding, QuantLinear
 from axlab.core.surgery import EmptyAttention, is_skipped
 
 __all__ = ["FusedConfig", "FusedResult", "build_fused_graph", "export_fused_onnx", "fused_predictor",
-           "op_histogram", "nbits_container", "pack_nbits", "fused_support", "FUSED_TYPES", "attention_node_count"]
+           "op_histogram", "nbits_container", "pack_nbits", "fused_support", "FUSED_TYPES", "attention_node_count",
+           "int8_twin", "runs_on_int8_kernel", "LOWBIT_KERNELS"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ OPSET = 17                      # LayerNormalization (17), ScatterElements reduc
 NBITS_KERNEL = (2, 4, 8)        # bit widths the CPU MatMulNBits kernel executes (ORT 1.32)
 GBQ_BITS = (2, 4, 8)            # bit widths GatherBlockQuantized accepts for uint8 data
 FUSED_TYPES = ("bert", "roberta", "distilbert", "electra")     # architectures the writer knows
+LOWBIT_KERNELS = ("auto", "int8", "nbits")  # how k-bit codes run: see FusedConfig.lowbit_kernel
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 
 
@@ -77,12 +79,20 @@ class FusedConfig:
     ``accuracy_level``: MatMulNBits ``accuracy_level``; 0 computes in fp32 (same numbers
     as PyTorch), 4 quantizes activations to int8 (faster on VNNI/AMX, not exact).
     ``embed_layernorm``: use ``EmbedLayerNormalization`` when the word table is fp32.
+    ``lowbit_kernel``: how k-bit ``QuantLinear`` codes run. "nbits": ``MatMulNBits``.
+    "int8": the file stores the codes packed at 2, 4 or 8 bits and a small constant
+    subgraph widens them to int8 when the session loads (ONNX Runtime folds it once), so
+    ``DynamicQuantizeMatMul`` runs them with int8 activations: the file is k-bit, the
+    weights in memory int8. Only for per-channel codes (one scale per output column);
+    outliers are folded into the int8 weights on their column's grid where they fit.
+    "auto" (default): "int8" for per-channel codes whose outliers all fit, else "nbits".
     """
 
     attention: str = "auto"
     nbits_block: int = 32
     accuracy_level: int = 0
     embed_layernorm: bool = True
+    lowbit_kernel: str = "auto"
 
     def __post_init__(self):
         if self.attention not in ("auto", "attention", "mha"):
@@ -91,6 +101,8 @@ class FusedConfig:
             raise ValueError(f"nbits_block must be a power of two >= 16, got {self.nbits_block}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0..4, got {self.accuracy_level}")
+        if self.lowbit_kernel not in LOWBIT_KERNELS:
+            raise ValueError(f"lowbit_kernel must be one of {LOWBIT_KERNELS}, got {self.lowbit_kernel!r}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -169,6 +181,48 @@ def fused_support(model: nn.Module) -> str | None:
     return None
 
 
+def runs_on_int8_kernel(lin: nn.Module, config: FusedConfig | None = None) -> bool:
+    """True when the fused graph runs this ``QuantLinear``'s codes on the int8 kernel."""
+    kernel = (config or FusedConfig()).lowbit_kernel
+    if not isinstance(lin, QuantLinear) or lin.group_size is not None or kernel == "nbits":
+        return False
+    # "auto": only when every outlier fits int8 on its column's grid (so the kernel computes the
+    # same weights as the variant); 8-bit codes leave no room for outliers and go to MatMulNBits
+    return kernel == "int8" or _split_outliers(_outliers([lin]), _np(lin.scale)[:, 0])[1] is None
+
+
+def int8_twin(model: nn.Module, config: FusedConfig | None = None) -> nn.Module | None:
+    """The fused graph's int8-kernel computation, in PyTorch: a copy of ``model`` where every
+    ``QuantLinear`` that the graph runs on ``DynamicQuantizeMatMul`` is an ``Int8Linear`` with
+    the very int8 weights the graph builds (its codes, outliers folded in on the column's
+    grid). Used to check the graph the way plain int8 models are checked (both runtimes
+    quantize activations at run time). None when no k-bit codes run on the int8 kernel.
+    Outliers too large for int8 (8-bit codes only) stay exact in the graph, not in the twin.
+    """
+    import copy
+
+    names = [n for n, m in model.named_modules() if runs_on_int8_kernel(m, config)]
+    if not names:
+        return None
+    twin = copy.deepcopy(model)
+    for name in names:
+        q: QuantLinear = twin.get_submodule(name)
+        col_scale = _np(q.scale)[:, 0].astype(np.float32)
+        codes = q.codes().numpy().astype(np.int64)                                 # (out, in)
+        folded, _ = _split_outliers(_outliers([q]), col_scale)
+        if folded is not None:
+            r, c, v = folded
+            codes[r, c] = np.round(v.astype(np.float64) / col_scale[r]).astype(np.int64)
+        lin = Int8Linear(q.in_features, q.out_features, q.bias is not None)
+        lin.weight_int8.copy_(torch.from_numpy(codes.astype(np.int8)))
+        lin.weight_scale.copy_(torch.from_numpy(col_scale))
+        if q.bias is not None:
+            lin.bias.copy_(q.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(twin.get_submodule(parent) if parent else twin, child, lin)
+    return twin.eval()
+
+
 def attention_node_count(ops: dict) -> int:
     """Fused attention nodes (com.microsoft Attention + MultiHeadAttention) in an :func:`op_histogram`."""
     return int(ops.get(f"{MS}:Attention", 0)) + int(ops.get(f"{MS}:MultiHeadAttention", 0))
@@ -225,6 +279,31 @@ def _bias(lin: nn.Module) -> np.ndarray | None:
     return None if b is None else _np(b)
 
 
+def _outliers(lins: list[QuantLinear]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(output row, input column, fp16 value) of the weights kept exact in ``lins`` stacked along outputs."""
+    rows, cols, vals, base_row = [], [], [], 0
+    for m in lins:
+        if m.n_outliers:
+            idx = m.outlier_index.long().numpy()
+            rows.append(idx // m.in_features + base_row)
+            cols.append(idx % m.in_features)
+            vals.append(m.outlier_value.numpy())
+        base_row += m.out_features
+    if not rows:
+        return None
+    return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64), np.concatenate(vals)
+
+
+def _split_outliers(out: tuple | None, col_scale: np.ndarray) -> tuple[tuple | None, tuple | None]:
+    """(outliers that fit int8 on their column's grid, the rest); each part None when empty."""
+    if out is None:
+        return None, None
+    r, c, v = out
+    fits = np.abs(np.round(v.astype(np.float64) / col_scale[r])) <= 127
+    part = lambda m: (r[m], c[m], v[m]) if m.any() else None     # noqa: E731
+    return part(fits), part(~fits)
+
+
 class _Writer:
     """Walks one model and writes its fused graph."""
 
@@ -263,6 +342,15 @@ class _Writer:
         k = lins[0].in_features
         codes = np.concatenate([m.codes().numpy() for m in lins], axis=0)          # (N, K) signed
         scale = np.concatenate([_np(m.scale) for m in lins], axis=0)               # (N, G)
+        if all(runs_on_int8_kernel(m, self.cfg) for m in lins) or self.cfg.lowbit_kernel == "int8":
+            if group is not None:
+                raise ExportError(f"{group}-wide groups have several scales per column; the int8 kernel takes one.",
+                                  "Use FusedConfig(lowbit_kernel='nbits') (MatMulNBits) for grouped codes.")
+            col_scale = scale[:, 0].astype(np.float32)
+            folded, left = _split_outliers(_outliers(lins), col_scale)
+            wq = self._widened_codes(codes.T, cbits, tag, folded, col_scale)            # (K, N) int8 at load
+            y = g.op("DynamicQuantizeMatMul", [x, wq, g.const(f"{tag}_ws", col_scale)], domain=MS, base=tag)
+            return self._add_outliers(x, y, left, tag)
         if group is None:
             block = self.cfg.nbits_block
             kb = -(-k // block)
@@ -278,25 +366,70 @@ class _Writer:
                                  g.const(f"{tag}_s", scales.astype(np.float32))],
                  domain=MS, base=tag, K=k, N=n, bits=cbits, block_size=block,
                  accuracy_level=self.cfg.accuracy_level)
-        # weights kept exact beside the codes: y[..., r] += x[..., c] * v
-        rows, cols, vals, base_row = [], [], [], 0
-        for m in lins:
-            if m.n_outliers:
-                idx = m.outlier_index.long().numpy()
-                rows.append(idx // m.in_features + base_row)
-                cols.append(idx % m.in_features)
-                vals.append(m.outlier_value.numpy())
-            base_row += m.out_features
-        if rows:
-            r = np.concatenate(rows).astype(np.int64)
-            c = np.concatenate(cols).astype(np.int64)
-            v16 = np.concatenate(vals).astype(np.float16)
-            xs = g.op("Gather", [x, g.const(f"{tag}_ocol", c)], axis=-1)                       # (..., n_out)
-            v = g.op("Cast", [g.const(f"{tag}_oval", v16)], to=1)
-            upd = g.op("Mul", [xs, v])
-            ridx = g.op("Expand", [g.const(f"{tag}_orow", r), g.op("Shape", [upd])])
-            y = g.op("ScatterElements", [y, ridx, upd], axis=-1, reduction="add", base=tag)
-        return y
+        return self._add_outliers(x, y, _outliers(lins), tag)
+
+    def _widened_codes(self, codes_t: np.ndarray, cbits: int, tag: str,
+                       outliers: tuple | None = None, col_scale: np.ndarray | None = None) -> str:
+        """Signed codes (K, N) stored packed at ``cbits`` (2, 4 or 8) bits -> an int8 (K, N) tensor.
+
+        Below 8 bits the initializer is uint8 (K, ceil(N*cbits/8)), code ``j`` of a byte in
+        bits ``j*cbits``, offset by ``2**(cbits-1)``; the unpacking ops read only
+        initializers, so ONNX Runtime's constant folding runs them once at session load.
+        ``outliers`` (rows, cols, values; each within int8 of its column's grid, see
+        :func:`_split_outliers`) are written into the int8 matrix as
+        ``round(value / col_scale[row])``: below 8 bits the int8 container has room for
+        them on the column's own grid, so they cost nothing at run time (a rounding error
+        of at most half a step instead of exact fp16); the file stores them as a sparse
+        list (int32 flat index + int8 code).
+        """
+        g = self.g
+        kdim, n = codes_t.shape
+        oidx = oval = None
+        if outliers is not None:
+            r, c, v = outliers
+            oval = np.round(v.astype(np.float64) / col_scale[r]).astype(np.int8)
+            oidx = (c * n + r).astype(np.int32)                                      # flat (K, N) index
+        if cbits == 8:
+            wide = codes_t.astype(np.int8)
+            if oidx is not None:
+                wide.reshape(-1)[oidx] = oval
+            return g.const(f"{tag}_wq", wide)
+        per, off = 8 // cbits, 2 ** (cbits - 1)
+        n_pad = -(-n // per) * per
+        padded = np.zeros((kdim, n_pad), dtype=np.int16)
+        padded[:, :n] = codes_t
+        packed = _pack_rows(padded, cbits)                                           # (K, n_pad/per) uint8
+        p32 = g.op("Cast", [g.const(f"{tag}_q{cbits}", packed)], to=6)
+        parts = []
+        for j in range(per):
+            v = g.op("Div", [p32, g.const(f"{tag}_d", np.array(2 ** (j * cbits), np.int32))]) if j else p32
+            v = g.op("Mod", [v, g.const(f"{tag}_m", np.array(2 ** cbits, np.int32))])
+            parts.append(g.op("Unsqueeze", [v, g.const(f"{tag}_ax", np.array([-1], np.int64))]))
+        wide = g.op("Reshape", [g.op("Concat", parts, axis=-1),
+                                g.const(f"{tag}_shape", np.array([kdim, n_pad], np.int64))])
+        if n_pad != n:
+            wide = g.op("Slice", [wide, g.const(f"{tag}_s0", np.array([0], np.int64)),
+                                  g.const(f"{tag}_s1", np.array([n], np.int64)),
+                                  g.const(f"{tag}_s2", np.array([1], np.int64))])
+        wide = g.op("Sub", [wide, g.const(f"{tag}_off", np.array(off, np.int32))])
+        if oidx is not None:
+            flat = g.op("Reshape", [wide, g.const(f"{tag}_flat", np.array([-1], np.int64))])
+            flat = g.op("ScatterElements", [flat, g.const(f"{tag}_oidx", oidx),
+                                            g.op("Cast", [g.const(f"{tag}_oq", oval)], to=6)], axis=0)
+            wide = g.op("Reshape", [flat, g.const(f"{tag}_shape2", np.array([kdim, n], np.int64))])
+        return g.op("Cast", [wide], to=3, base=f"{tag}_wq")                          # int8
+
+    def _add_outliers(self, x: str, y: str, out: tuple | None, tag: str) -> str:
+        """Weights kept exact beside the codes, ``out`` = (rows, cols, values): y[..., r] += x[..., c] * v
+        (fp32, at run time: a gather and a scatter per layer)."""
+        if out is None:
+            return y
+        g = self.g
+        r, c, v = out
+        xs = g.op("Gather", [x, g.const(f"{tag}_ocol", c)], axis=-1)                       # (..., n_out)
+        upd = g.op("Mul", [xs, g.op("Cast", [g.const(f"{tag}_oval", v.astype(np.float16))], to=1)])
+        ridx = g.op("Expand", [g.const(f"{tag}_orow", r), g.op("Shape", [upd])])
+        return g.op("ScatterElements", [y, ridx, upd], axis=-1, reduction="add", base=tag)
 
     def linear(self, x: str, lin: nn.Module, tag: str) -> str:
         """x @ W.T + b."""
