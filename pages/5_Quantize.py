@@ -1,4 +1,4 @@
-"""Quantize: int8 for speed, k-bit weights (round-to-nearest or GPFQ) for size."""
+"""Quantize: int8 for speed, k-bit weights (round-to-nearest, GPFQ, or the GPTQ reference) for size."""
 
 import streamlit as st
 
@@ -51,7 +51,9 @@ proc = processor_of(bundle)
 
 measure_settings()
 recipe, start_name = pick_start(splits, key="quant_start")
-method = st.radio("Method", ["int8 (dynamic)", "Round-to-nearest (RTN)", "GPFQ"], horizontal=True, key="quant_method")
+method = st.radio("Method", ["int8 (dynamic)", "Round-to-nearest (RTN)", "GPFQ", "GPTQ (reference)"], horizontal=True,
+                  key="quant_method", help="GPTQ (Frantar et al.) is the field's standard weight-only quantizer, "
+                                           "implemented from the paper: the method to compare GPFQ with.")
 if image_mode:                     # an image model reads pixels: it has no word embeddings to quantize
     embeddings = False
 else:
@@ -69,6 +71,14 @@ else:
     group_size = None if group == "output row" else int(group.split()[-1])
     if method.startswith("Round"):
         step = Step("quantize_rtn", bits=bits, group_size=group_size, embeddings=embeddings)
+    elif method.startswith("GPTQ"):
+        c1, c2 = st.columns(2)
+        n_cal = c1.slider(f"Calibration {unit} (from train)", 32, 1024, 128, step=32, key="gptq_n",
+                          help="The same seeded draw as GPFQ's, so the two compare on equal terms.")
+        act_order = c2.checkbox("Act-order (largest input energy first)", value=False, key="gptq_act_order",
+                                help="The paper's optional column order; off is the paper's default.")
+        step = Step("quantize_gptq", bits=bits, n_calibration=n_cal, group_size=group_size, embeddings=embeddings,
+                    act_order=act_order)
     else:
         c1, c2, c3 = st.columns(3)
         n_cal = c1.slider(f"Calibration {unit} (from train)", 32, 1024, 128, step=32, key="gpfq_n")
@@ -102,9 +112,9 @@ try:
     cost = estimate.costs(bundle, splits)
     seconds = estimate.measuring(bundle, splits)
     note = f"{int(st.session_state.measure_n)} test examples; fewer under Measurement settings"
-    if step["op"] == "quantize_gpfq":
+    if step["op"] in ("quantize_gpfq", "quantize_gptq"):     # one calibration pass per layer, like GPFQ's
         p = step["params"]
-        gpfq_units = p["n_calibration"] * (1 + p["refine_passes"]) * (2 if p["embeddings"] else 1)
+        gpfq_units = p["n_calibration"] * (1 + p.get("refine_passes", 0)) * (2 if p["embeddings"] else 1)
         per_unit = estimate.learned("gpfq")
         if per_unit is None:
             per_unit = 0.35 * cost["per_token"] / 2e-4           # a first guess, scaled by this machine's speed

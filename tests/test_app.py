@@ -504,3 +504,20 @@ def test_heads_every_method_ranks_low_and_the_agreement_in_words():
     assert "barely agree" in agreement_words(table)
     table = pd.DataFrame([[1.0, 0.9], [0.9, 1.0]], index=["x", "y"], columns=["x", "y"])
     assert "agree" in agreement_words(table) and "barely" not in agreement_words(table)
+
+
+def test_quantize_page_offers_the_gptq_reference(tiny_folder):
+    """GPTQ on the Quantize page: the same calibration draw as GPFQ's, its own recipe step and name."""
+    at = new_app(tiny_folder, measure_n=60, latency_runs=5)
+    page(at, "5_Quantize")
+    assert_clean(at, "quantize page")
+    at.radio(key="quant_method").set_value("GPTQ (reference)").run()
+    at.slider(key="gptq_n").set_value(32).run()
+    at.select_slider(key="quant_bits").set_value(3).run()
+    assert at.text_input(key="quant_name").value == "gptq3"
+    at.button(key="quant_go").click().run()
+    assert_clean(at, "gptq")
+    v = next(v for v in _variants(at) if v.name == "gptq3")
+    assert v.recipe[-1] == {"op": "quantize_gptq", "params": {"bits": 3, "n_calibration": 32, "group_size": None,
+                                                               "embeddings": False, "act_order": False}}
+    assert v.measurements["size_bytes"] < next(b for b in _variants(at) if b.name == "base").measurements["size_bytes"]

@@ -38,8 +38,8 @@ def step_name(step: dict, n_total_heads: int | None = None) -> str:
         return f"sparse-{_pct(p.get('sparsity', 0))}-{p.get('criterion', 'magnitude')}"
     if op == "quantize_int8":
         return "int8" + ("-emb" if p.get("embeddings") else "")
-    if op in ("quantize_rtn", "quantize_gpfq"):
-        kind = "rtn" if op == "quantize_rtn" else "gpfq"
+    if op in ("quantize_rtn", "quantize_gpfq", "quantize_gptq"):
+        kind = op.removeprefix("quantize_")
         bits = f"{p['avg_bits']:g}avg" if p.get("avg_bits") is not None else str(p.get("bits", 4))
         name = f"{kind}{bits}"
         if p.get("group_size"):
