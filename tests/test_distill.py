@@ -66,3 +66,32 @@ def test_bad_config():
     for kw in ({"steps": 0}, {"temperature": 0}, {"alpha": 2}, {"hidden_weight": -1}):
         with pytest.raises(ValueError):
             DistillConfig(**kw)
+
+
+def test_teacher_logits_are_computed_once_and_match():
+    """The frozen teacher's logits are cached per text: same numbers as calling it, every batch a hit."""
+    from axlab.compress import distill as D
+    from axlab.compress.prune import drop_layers
+    from axlab.core.data import load_dataset
+    from axlab.core.measure import iter_batches
+    from axlab.core.testing import tiny_model, tiny_tokenizer
+
+    teacher, tok = tiny_model("bert", layers=4), tiny_tokenizer()
+    split = load_dataset("rotten_tomatoes").train.head(200)
+    cache = D._teacher_cache(teacher, tok, split, D.DistillConfig())
+    assert len(cache) == len(set(split.texts))
+    for _, batch in iter_batches(tok, list(split.texts)[:70], 32, 64):
+        with torch.no_grad():
+            ref = teacher(**batch).logits
+        assert torch.allclose(D._cached_logits(cache, batch), ref, atol=1e-5)
+    assert D._cached_logits({}, batch) is None                          # a miss: the teacher runs instead
+    student = drop_layers(teacher, [1, 3])
+    with_cache = D.distill(student, teacher, tok, split, steps=6, progress=False)
+    real = D._teacher_cache
+    try:
+        D._teacher_cache = lambda *a, **k: None
+        without = D.distill(student, teacher, tok, split, steps=6, progress=False)
+    finally:
+        D._teacher_cache = real
+    for a, b in zip(with_cache.parameters(), without.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)

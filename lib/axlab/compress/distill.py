@@ -99,6 +99,38 @@ def _bounded_subset(split: Split, n: int, seed: int) -> Split:
     return split.take(idx)
 
 
+def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
+    return ids[mask.bool()].numpy().astype(np.int64).tobytes()
+
+
+def _teacher_cache(teacher: nn.Module, tokenizer, split: Split, cfg: "DistillConfig") -> dict | None:
+    """The teacher's logits for every distinct text of ``split``, keyed by its token ids.
+
+    Training walks the split for several epochs; the teacher is frozen, so its logits are
+    computed once (one pass, in eval mode) instead of at every step. Text only (image
+    batches call the teacher as they come); the logits do not depend on the padding.
+    """
+    from axlab.core.measure import is_images, iter_batches
+    if is_images(split.inputs):
+        return None
+    texts = list(dict.fromkeys(split.texts))
+    cache: dict = {}
+    with torch.no_grad():
+        for _, batch in iter_batches(tokenizer, texts, 64, cfg.max_length):
+            logits = teacher(**batch).logits
+            for ids, mask, lg in zip(batch["input_ids"], batch["attention_mask"], logits):
+                cache[_row_key(ids, mask)] = lg.clone()
+    return cache
+
+
+def _cached_logits(cache: dict, batch: dict) -> torch.Tensor | None:
+    """The batch's teacher logits from ``cache``; None if any row is missing (then the teacher runs)."""
+    if "input_ids" not in batch:
+        return None
+    rows = [cache.get(_row_key(i, m)) for i, m in zip(batch["input_ids"], batch["attention_mask"])]
+    return None if any(r is None for r in rows) else torch.stack(rows)
+
+
 def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, cfg: DistillConfig,
               progress: Progress = None) -> dict:
     from axlab.core.train import train_classifier
@@ -122,11 +154,16 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
     for p in student.parameters():
         p.requires_grad_(True)
 
+    subset = _bounded_subset(split, cfg.steps * cfg.batch_size, cfg.seed)
+    cached = _teacher_cache(teacher, tokenizer, split, cfg) if cfg.hidden_weight == 0 else None
+
     def loss_fn(model, batch, labels):
         s_states.clear()
         t_states.clear()
-        with torch.no_grad():
-            t_logits = teacher(**batch).logits
+        t_logits = _cached_logits(cached, batch) if cached is not None else None
+        if t_logits is None:
+            with torch.no_grad():
+                t_logits = teacher(**batch).logits
         s_logits = model(**batch).logits
         loss = kd_loss(s_logits, t_logits, labels, cfg.temperature, cfg.alpha)
         if cfg.hidden_weight > 0:
@@ -137,7 +174,7 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
         return loss
 
     try:
-        stats = train_classifier(student, tokenizer, _bounded_subset(split, cfg.steps * cfg.batch_size, cfg.seed),
+        stats = train_classifier(student, tokenizer, subset,
                                  epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, max_length=cfg.max_length,
                                  seed=cfg.seed, progress=progress, loss_fn=loss_fn)
     finally:
