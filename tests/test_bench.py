@@ -16,9 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "bench" / "run.py"
 
-PEERS = {"fp32 PyTorch", "PyTorch dynamic int8", "ONNX Runtime fp32", "ONNX Runtime dynamic int8", "RTN 4-bit"}
-AXLAB = {"AxFormer", "AxFormer + int8 (PyTorch)", "AxFormer + int8 (ONNX Runtime)", "GPFQ 3-bit", "GPFQ 4-bit",
-         "axlab best combination"}
+PEERS = {"fp32 PyTorch", "PyTorch dynamic int8", "ONNX Runtime fp32", "ONNX Runtime dynamic int8",
+         "ONNX Runtime dynamic int8 (per-channel)", "ONNX Runtime optimizer + int8 (per-channel)", "RTN 4-bit",
+         "GPTQ 4-bit (ONNX Runtime)"}
+AXLAB = {"axlab fused fp32 (ONNX Runtime)", "axlab fused int8 (ONNX Runtime)", "AxFormer", "AxFormer + int8 (PyTorch)",
+         "AxFormer + int8 (ONNX Runtime)", "GPFQ 3-bit", "GPFQ 4-bit", "axlab best combination"}
 
 
 def _load_run_module():
@@ -38,7 +40,7 @@ def quick_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, str(RUN), "--quick", "--model", "tiny", "--threads", "1",
-                           "--n-test", "24", "--distill-steps", "2", "--rounds", "2", "--no-gpu", "--out", str(out)],
+                           "--n-test", "24", "--student-steps", "2", "--rounds", "2", "--no-gpu", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, json.loads((out / "latest.json").read_text()), proc
@@ -95,16 +97,39 @@ def test_quick_run_sizes_follow_the_transforms(quick_result):
     assert by["ONNX Runtime dynamic int8"]["size_bytes"] < by["ONNX Runtime fp32"]["size_bytes"]
     assert by["RTN 4-bit"]["size_bytes"] < by["fp32 PyTorch"]["size_bytes"]
     best = by["axlab best combination"]
-    assert best["size_bytes"] < by["AxFormer + int8 (ONNX Runtime)"]["size_bytes"]
+    assert best["size_bytes"] < by["axlab fused int8 (ONNX Runtime)"]["size_bytes"]
     assert best["vocab"]["kept"] < best["vocab"]["vocab_size"]
     cands = res["notes"]["best_combination"]["candidates"]
     assert best["chosen"] in [c["candidate"] for c in cands]
     assert res["targets"]["best_axlab_row"] in by
 
 
-def _row(name, group, acc, lat, size):
+def test_quick_run_deploys_what_it_compresses(quick_result):
+    """The fused rows carry one attention node per layer; GPFQ's file is k-bit, below the int8 graph's."""
+    _, res, _ = quick_result
+    by = {r["name"]: r for r in res["rows"]}
+    n_layers = 2                                                          # the tiny BERT
+    assert by["axlab fused fp32 (ONNX Runtime)"]["attention_nodes"] == n_layers
+    assert by["axlab fused fp32 (ONNX Runtime)"]["parity_max_abs_diff"] <= 1e-4
+    assert by["GPFQ 4-bit"]["size_bytes"] < by["axlab fused int8 (ONNX Runtime)"]["size_bytes"]
+    assert by["GPFQ 3-bit"]["runtime"] == by["GPFQ 4-bit"]["runtime"] == "onnxruntime"
+    assert "com.microsoft:DynamicQuantizeMatMul" in by["GPFQ 4-bit"]["ops"]
+    t = res["targets"]
+    assert t["fastest_int8_peer_b1"] in by and by[t["fastest_int8_peer_b1"]]["group"] == "peer"
+    assert t["fused_fp32_vs_unfused"]["attention_nodes"] == n_layers
+    assert "GPFQ 4-bit" in t["gpfq4_goal"]
+    cands = res["notes"]["best_combination"]["candidates"]
+    assert {c["quantization"] for c in cands if "error" not in c} == {"int8-emb8", "int8-emb4", "gpfq4"}
+    assert any(c["candidate"].startswith("L0.50") for c in cands)          # a student with half the layers
+    for r in res["rows"]:
+        lo, hi = r["latency_b1_spread_ms"]
+        assert lo <= r["latency_b1_ms"] <= hi
+
+
+def _row(name, group, acc, lat, size, spread=0.05):
     return {"name": name, "group": group, "accuracy": acc, "latency_b1_ms": lat, "latency_b32_ms": lat * 10,
-            "size_bytes": size}
+            "size_bytes": size, "latency_b1_spread_ms": [lat * (1 - spread), lat * (1 + spread)],
+            "latency_b32_spread_ms": [10 * lat * (1 - spread), 10 * lat * (1 + spread)]}
 
 
 def test_dominates_needs_all_three():
@@ -115,28 +140,67 @@ def test_dominates_needs_all_three():
     assert not bench.dominates(a, _row("p", "peer", 0.80, 2.0, 9))      # larger
 
 
-def test_targets_and_pareto():
+def test_within_noise_is_overlap_of_round_spreads():
+    a, b = _row("a", "axlab", 0.8, 1.0, 1), _row("b", "peer", 0.8, 1.08, 1)     # [0.95, 1.05] vs [1.03, 1.13]
+    assert bench.within_noise(a, b, 1)
+    assert bench.speed_ratio(a, b, 1) == {"ratio": pytest.approx(1.08), "within_noise": True}
+    b = _row("b", "peer", 0.8, 1.2, 1)                                           # [1.14, 1.26]: apart
+    assert not bench.within_noise(a, b, 1) and not bench.speed_ratio(a, b, 32)["within_noise"]
+    assert bench._ratio_text({"ratio": 1.08, "within_noise": True}) == "1.08x (within noise)"
+    del a["latency_b1_spread_ms"]
+    assert not bench.within_noise(a, b, 1)                                       # no spread: not claimed
+
+
+def test_targets_beat_the_fastest_int8_peer():
+    rows = [_row("fp32 PyTorch", "peer", 0.835, 6.0, 90), _row("ONNX Runtime dynamic int8", "peer", 0.837, 2.4, 24),
+            _row("ONNX Runtime dynamic int8 (per-channel)", "peer", 0.836, 2.0, 24),
+            _row("PyTorch dynamic int8", "peer", 0.83, 1.0, 60),                 # fast, but not an ORT int8 peer
+            _row("small", "axlab", 0.84, 1.2, 8), _row("fast-but-worse", "axlab", 0.80, 0.5, 5)]
+    t = bench.targets(rows)
+    assert t["fastest_int8_peer_b1"] == t["fastest_int8_peer_b32"] == "ONNX Runtime dynamic int8 (per-channel)"
+    assert t["best_axlab_row"] == "small"                     # dominates the most peers (no best combination here)
+    assert t["per_row"]["small"]["speedup_b1_vs_fastest_int8_peer"] == pytest.approx(2.0 / 1.2)
+    assert t["per_row"]["small"]["compression_vs_fastest_int8_peer"] == pytest.approx(3.0)
+    assert t["per_row"]["small"]["peers_not_dominated"] == ["PyTorch dynamic int8"]
+    rows = [r for r in rows if r["name"] != "PyTorch dynamic int8"]
+    rows.append(_row("axlab best combination", "axlab", 0.84, 1.3, 9))
+    t = bench.targets(rows)
+    assert t["best_axlab_row"] == "axlab best combination" and t["dominates_every_peer_b1"]
+    assert t["speedup_b1_vs_fastest_int8_peer"] == pytest.approx(2.0 / 1.3) and t["goal_1.5x_latency_b1"]
+    assert t["goal_1.5x_latency_b32"] and t["goal_2.5x_size"] and t["all_goals_met"]
+    rows[-1]["accuracy"] = 0.834                                           # below fp32: goals not met
+    t = bench.targets(rows)
+    assert not t["accuracy_at_least_fp32"] and not t["all_goals_met"]
+    assert t["peers_not_dominated"] == ["fp32 PyTorch", "ONNX Runtime dynamic int8",
+                                        "ONNX Runtime dynamic int8 (per-channel)"]
+
+
+def test_targets_gpfq4_and_fused_checks():
+    rows = [_row("fp32 PyTorch", "peer", 0.835, 6.0, 90), _row("ONNX Runtime fp32", "peer", 0.835, 5.0, 91),
+            _row("ONNX Runtime dynamic int8", "peer", 0.836, 2.0, 24),
+            _row("GPFQ 4-bit", "axlab", 0.832, 2.05, 9),
+            _row("axlab fused fp32 (ONNX Runtime)", "axlab", 0.835, 4.0, 90)]
+    rows[-1]["attention_nodes"] = 6
+    t = bench.targets(rows)
+    g = t["gpfq4_goal"]["GPFQ 4-bit"]
+    assert g["size_vs_int8_peer"] == pytest.approx(9 / 24) and not g["at_most_a_third"]
+    assert g["within_0.5_points"] and g["no_slower_b1"] and g["b1_within_noise"]        # 2.05 vs 2.0: overlap
+    rows[3]["size_bytes"] = 8
+    rows[3]["accuracy"] = 0.829
+    g = bench.targets(rows)["gpfq4_goal"]["GPFQ 4-bit"]
+    assert g["at_most_a_third"] and not g["within_0.5_points"]
+    f = t["fused_fp32_vs_unfused"]
+    assert f["attention_nodes"] == 6 and f["b1"]["ratio"] == pytest.approx(1.25) and not f["b1"]["within_noise"]
+
+
+def test_pareto_and_ratios():
     rows = [_row("fp32 PyTorch", "peer", 0.835, 6.0, 90), _row("ONNX Runtime dynamic int8", "peer", 0.837, 2.0, 24),
-            _row("small", "axlab", 0.84, 1.2, 12), _row("fast-but-worse", "axlab", 0.80, 0.5, 5)]
-    t = bench.targets(rows)
-    assert t["best_axlab_row"] == "small" and t["dominates_every_peer_b1"]
-    assert t["speedup_b1_vs_strongest_peer"] == pytest.approx(2.0 / 1.2)
-    assert t["compression_vs_strongest_peer"] == pytest.approx(2.0) and t["goal_1.5x_size"]
-    rows[2]["accuracy"] = 0.836                                          # now below ORT int8's 0.837
-    t = bench.targets(rows)
-    assert not t["dominates_every_peer_b1"] and t["peers_not_dominated"] == ["ONNX Runtime dynamic int8"]
+            _row("small", "axlab", 0.836, 1.2, 12), _row("fast-but-worse", "axlab", 0.80, 0.5, 5)]
     assert bench.pareto_flags(rows, "latency_b1_ms") == [False, True, True, True]      # fp32 is beaten
     rows[2]["latency_b1_ms"] = 2.5                                       # now ORT int8 beats it on both
     assert bench.pareto_flags(rows, "latency_b1_ms") == [False, True, False, True]
     bench.add_ratios(rows)
     assert rows[1]["speedup_b1"] == pytest.approx(3.0) and rows[1]["compression"] == pytest.approx(90 / 24)
-    assert set(t["per_row"]) == {"small", "fast-but-worse"}
-    assert t["per_row"]["fast-but-worse"]["dominated_peers"] == []
-    # a run with the best combination reports that row, even if another dominates more peers
-    rows.append(_row("axlab best combination", "axlab", 0.80, 1.0, 8))
-    t = bench.targets(rows)
-    assert t["best_axlab_row"] == "axlab best combination" and not t["accuracy_at_least_fp32"]
-    assert t["speedup_b1_vs_strongest_peer"] == pytest.approx(2.0) and t["goal_1.5x_latency_b1"]
 
 
 def test_config_validates():
@@ -144,6 +208,11 @@ def test_config_validates():
         bench.BenchConfig(threads=0)
     with pytest.raises(ValueError):
         bench.BenchConfig(head_fraction=1.5)
+    with pytest.raises(ValueError):
+        bench.StudentPlan(layers=0)
+    with pytest.raises(ValueError):
+        bench.BenchConfig(student_steps=-1)
+    assert bench.BenchConfig(students=({"layers": 0.5, "ffn": 0.25},)).students[0].key == "L0.50-ffn25"
     with pytest.raises(ValueError):
         bench.Row("x", "other", "pytorch", predictor=lambda b: b, size_bytes=1)
     assert bench.BenchConfig.quick_defaults().quick
