@@ -105,7 +105,8 @@ class StudentPlan:
         return "-".join(parts)
 
 
-DEFAULT_STUDENTS = (StudentPlan(layers=0.5), StudentPlan(layers=0.5, ffn=0.25), StudentPlan(layers=0.67, ffn=0.5))
+DEFAULT_STUDENTS = (StudentPlan(layers=0.5), StudentPlan(layers=0.67, ffn=0.5), StudentPlan(layers=0.67, ffn=0.25),
+                    StudentPlan(layers=0.83, ffn=0.5))
 
 
 @dataclass
@@ -317,12 +318,19 @@ def _task_vocab(model, tok, splits, report: dict | None = None):
     return small
 
 
+_LOWBIT: dict = {}      # (method, id(model), bits, embedding_bits) -> (model, quantized): built once per run
+
+
 def _lowbit(method: str, model, tok, calib: list[str], bits: int, embedding_bits: int = 4):
-    """GPFQ or GPTQ ``bits``-bit encoder weights + ``embedding_bits``-bit word embeddings."""
+    """GPFQ or GPTQ ``bits``-bit encoder weights + ``embedding_bits``-bit word embeddings (memoised)."""
     from axlab.compress.gpfq import gpfq
     from axlab.compress.gptq import gptq
-    fn = {"gpfq": gpfq, "gptq": gptq}[method]
-    return fn(model, tok, calib, bits, embeddings=True, embedding_bits=embedding_bits, progress=False)
+    key = (method, id(model), bits, embedding_bits, len(calib))
+    if key not in _LOWBIT:
+        fn = {"gpfq": gpfq, "gptq": gptq}[method]
+        _LOWBIT[key] = (model, fn(model, tok, calib, bits, embeddings=True, embedding_bits=embedding_bits,
+                                  progress=False))
+    return _LOWBIT[key][1]
 
 
 def _int8(model, embedding_bits: int = 8):
@@ -332,7 +340,8 @@ def _int8(model, embedding_bits: int = 8):
     return q
 
 
-def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: list[str], say=lambda m: None) -> tuple:
+def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: list[str], say=lambda m: None,
+                     full_vocab=None) -> tuple:
     """Build the candidate combinations, measure each on validation, pick one.
 
     Candidates: every student of :func:`build_students` (depth and width cut, distilled),
@@ -343,6 +352,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
     fp32 base's, the least encoder compute per token, then the smallest file; if none
     qualifies, the most accurate. Returns (rows, report): the chosen row, plus the best
     GPFQ 4-bit candidate as its own row when the chosen one is not GPFQ 4-bit.
+    ``full_vocab``: the base with the task's vocabulary, if already built (its GPFQ is reused).
     """
     from axlab.core.errors import AxlabError
 
@@ -354,6 +364,8 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
     for plan, desc, student in structures:
         vocab: dict = {}
         small = _task_vocab(student, tok, splits, vocab)
+        if student is base and full_vocab is not None:
+            small = full_vocab
         macs = _encoder_macs(small)
         quants = [("int8-emb8", "int8 weights, 8-bit embeddings", lambda m=small: _int8(m, 8)),
                   ("int8-emb4", "int8 weights, 4-bit embeddings", lambda m=small: _int8(m, 4)),
@@ -518,7 +530,7 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
                        f"gpfq{bits}", cfg, f"GPFQ {bits}-bit ({len(calib)} calibration texts), task vocabulary, 4-bit "
                        "embeddings; fused ONNX graph, the codes stored at their width and run by the int8 kernel", t0))
     say("choosing the best combination on validation ...")
-    best, notes["best_combination"] = best_combination(base, tok, splits, cfg, folder, calib, say)
+    best, notes["best_combination"] = best_combination(base, tok, splits, cfg, folder, calib, say, vocab_base)
     for row in best:
         add(row)
     return rows, notes
@@ -887,6 +899,7 @@ def run(cfg: BenchConfig, out: Path, say=lambda m: None) -> dict:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
+        _LOWBIT.clear()
         base, tok, splits, model_name = load_world(cfg)
         test = splits.test.head(cfg.n_test)
         with tempfile.TemporaryDirectory(prefix="axlab-bench-") as folder:
