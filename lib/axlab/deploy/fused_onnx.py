@@ -84,8 +84,9 @@ class FusedConfig:
     subgraph widens them to int8 when the session loads (ONNX Runtime folds it once), so
     ``DynamicQuantizeMatMul`` runs them with int8 activations: the file is k-bit, the
     weights in memory int8. Only for per-channel codes (one scale per output column);
-    outliers are folded into the int8 weights on their column's grid where they fit.
-    "auto" (default): "int8" for per-channel codes whose outliers all fit, else "nbits".
+    outliers are folded into the int8 weights on their column's grid where they fit, the
+    rest added exactly at run time. "auto" (default): "int8" for per-channel codes,
+    "nbits" for grouped ones.
     """
 
     attention: str = "auto"
@@ -184,11 +185,28 @@ def fused_support(model: nn.Module) -> str | None:
 def runs_on_int8_kernel(lin: nn.Module, config: FusedConfig | None = None) -> bool:
     """True when the fused graph runs this ``QuantLinear``'s codes on the int8 kernel."""
     kernel = (config or FusedConfig()).lowbit_kernel
-    if not isinstance(lin, QuantLinear) or lin.group_size is not None or kernel == "nbits":
-        return False
-    # "auto": only when every outlier fits int8 on its column's grid (so the kernel computes the
-    # same weights as the variant); 8-bit codes leave no room for outliers and go to MatMulNBits
-    return kernel == "int8" or _split_outliers(_outliers([lin]), _np(lin.scale)[:, 0])[1] is None
+    return isinstance(lin, QuantLinear) and lin.group_size is None and kernel != "nbits"
+
+
+class _Int8WithExact(Int8Linear):
+    """An ``Int8Linear`` plus a few weights kept exact beside it: y[..., r] += x[..., c] * v."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, exact: tuple):
+        super().__init__(in_features, out_features, bias)
+        r, c, v = exact
+        self.register_buffer("exact_row", torch.as_tensor(r, dtype=torch.long))
+        self.register_buffer("exact_col", torch.as_tensor(c, dtype=torch.long))
+        self.register_buffer("exact_value", torch.as_tensor(np.asarray(v, dtype=np.float32)))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = super().weight.clone()
+        w.index_put_((self.exact_row, self.exact_col), self.exact_value, accumulate=True)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y.index_add(-1, self.exact_row, x[..., self.exact_col] * self.exact_value)
 
 
 def int8_twin(model: nn.Module, config: FusedConfig | None = None) -> nn.Module | None:
@@ -197,7 +215,8 @@ def int8_twin(model: nn.Module, config: FusedConfig | None = None) -> nn.Module 
     the very int8 weights the graph builds (its codes, outliers folded in on the column's
     grid). Used to check the graph the way plain int8 models are checked (both runtimes
     quantize activations at run time). None when no k-bit codes run on the int8 kernel.
-    Outliers too large for int8 (8-bit codes only) stay exact in the graph, not in the twin.
+    Outliers too large for int8 on their column's grid stay exact (fp32, added at run time)
+    in the graph and in the twin.
     """
     import copy
 
@@ -209,11 +228,12 @@ def int8_twin(model: nn.Module, config: FusedConfig | None = None) -> nn.Module 
         q: QuantLinear = twin.get_submodule(name)
         col_scale = _np(q.scale)[:, 0].astype(np.float32)
         codes = q.codes().numpy().astype(np.int64)                                 # (out, in)
-        folded, _ = _split_outliers(_outliers([q]), col_scale)
+        folded, left = _split_outliers(_outliers([q]), col_scale)
         if folded is not None:
             r, c, v = folded
             codes[r, c] = np.round(v.astype(np.float64) / col_scale[r]).astype(np.int64)
-        lin = Int8Linear(q.in_features, q.out_features, q.bias is not None)
+        lin = Int8Linear(q.in_features, q.out_features, q.bias is not None) if left is None else \
+            _Int8WithExact(q.in_features, q.out_features, q.bias is not None, left)
         lin.weight_int8.copy_(torch.from_numpy(codes.astype(np.int8)))
         lin.weight_scale.copy_(torch.from_numpy(col_scale))
         if q.bias is not None:
@@ -342,7 +362,8 @@ class _Writer:
         k = lins[0].in_features
         codes = np.concatenate([m.codes().numpy() for m in lins], axis=0)          # (N, K) signed
         scale = np.concatenate([_np(m.scale) for m in lins], axis=0)               # (N, G)
-        if all(runs_on_int8_kernel(m, self.cfg) for m in lins) or self.cfg.lowbit_kernel == "int8":
+        if all(runs_on_int8_kernel(m, self.cfg) for m in lins) or (group is not None
+                                                                    and self.cfg.lowbit_kernel == "int8"):
             if group is not None:
                 raise ExportError(f"{group}-wide groups have several scales per column; the int8 kernel takes one.",
                                   "Use FusedConfig(lowbit_kernel='nbits') (MatMulNBits) for grouped codes.")
