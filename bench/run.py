@@ -949,6 +949,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (default 7; quick 2)")
     ap.add_argument("--student-steps", type=int, default=None,
                     help="distillation steps per best-combination student (default 1500; quick 10)")
+    ap.add_argument("--student", action="append", default=None, metavar="layers=0.67,ffn=0.5,heads=0",
+                    help="a best-combination student plan (repeat for several; default: DEFAULT_STUDENTS)")
     ap.add_argument("--no-gpu", action="store_true", help="skip the GPU latency columns even if CUDA is present")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -957,6 +959,12 @@ def main(argv=None) -> int:
     for name in ("n_test", "rounds", "student_steps"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    if args.student:
+        try:
+            kw["students"] = tuple(StudentPlan(**{k: float(v) for k, v in (kv.split("=") for kv in plan.split(","))})
+                                   for plan in args.student)
+        except (TypeError, ValueError) as e:
+            ap.error(f"--student: {e} (write e.g. --student layers=0.67,ffn=0.5)")
     cfg = BenchConfig.quick_defaults(**kw) if args.quick else BenchConfig(**kw)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / ("quick" if args.quick else "")
     t0 = time.perf_counter()
