@@ -254,8 +254,9 @@ def test_electra_embedding_projection(batches):
     m = use_axlab_attention(_sharpen(AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()))
     m = prune_heads(m, {0: [0]})
     for q in (m, rtn(m, 4, scope="all")):
-        diff, _ = _rel(q, fused_predictor(build_fused_graph(q).SerializeToString()), batches)
+        diff, _ = _rel(q, fused_predictor(build_fused_graph(q, NBITS).SerializeToString()), batches)
         assert diff <= 1e-4
+    _check_int8_kernel(q, fused_predictor(build_fused_graph(q).SerializeToString()), batches)   # the default path
 
 
 def test_fused_support_names_what_it_cannot_write():
