@@ -239,10 +239,11 @@ def _layer_drop_order(base, tok, val, n_drop: int, say=lambda m: None) -> list[i
     """Layers to drop, greedily: each step removes the layer whose removal raises the
     validation loss least (the model as it is after the earlier drops)."""
     from axlab.compress import prune
+    from axlab.core import registry
     from axlab.core.measure import evaluate
 
     dropped: list[int] = []
-    n_layers = len(prune.registry.layers(base))
+    n_layers = len(registry.layers(base))
     for _ in range(n_drop):
         losses = {i: evaluate(prune.drop_layers(base, dropped + [i]), tok, val)["loss"]
                   for i in range(n_layers) if i not in dropped}
@@ -264,9 +265,10 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None) -> l
     from axlab.analysis.importance import head_importance
     from axlab.compress import prune
     from axlab.compress.distill import distill
+    from axlab.core import registry
 
     val = splits.validation.head(cfg.n_val)
-    n_layers = len(prune.registry.layers(base))
+    n_layers = len(registry.layers(base))
     n_drop = {p: n_layers - max(1, int(math.floor(p.layers * n_layers + 0.5))) for p in cfg.students}
     order = _layer_drop_order(base, tok, val, max(n_drop.values(), default=0), say)
     out = []
@@ -341,7 +343,7 @@ def _int8(model, embedding_bits: int = 8):
 
 
 def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: list[str], say=lambda m: None,
-                     full_vocab=None) -> tuple:
+                     full_vocab: tuple | None = None) -> tuple:
     """Build the candidate combinations, measure each on validation, pick one.
 
     Candidates: every student of :func:`build_students` (depth and width cut, distilled),
@@ -352,7 +354,8 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
     fp32 base's, the least encoder compute per token, then the smallest file; if none
     qualifies, the most accurate. Returns (rows, report): the chosen row, plus the best
     GPFQ 4-bit candidate as its own row when the chosen one is not GPFQ 4-bit.
-    ``full_vocab``: the base with the task's vocabulary, if already built (its GPFQ is reused).
+    ``full_vocab``: (the base with the task's vocabulary, its report), if already built (its GPFQ
+    is reused).
     """
     from axlab.core.errors import AxlabError
 
@@ -362,10 +365,11 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
     structures = [(StudentPlan(), "full depth", base)] + build_students(base, tok, splits, cfg, say)
     report, cands = [], []
     for plan, desc, student in structures:
-        vocab: dict = {}
-        small = _task_vocab(student, tok, splits, vocab)
         if student is base and full_vocab is not None:
-            small = full_vocab
+            small, vocab = full_vocab
+        else:
+            vocab = {}
+            small = _task_vocab(student, tok, splits, vocab)
         macs = _encoder_macs(small)
         quants = [("int8-emb8", "int8 weights, 8-bit embeddings", lambda m=small: _int8(m, 8)),
                   ("int8-emb4", "int8 weights, 4-bit embeddings", lambda m=small: _int8(m, 4)),
@@ -492,7 +496,8 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     add(_torch_row("RTN 4-bit", "peer", Q.rtn(base, 4),
                    "weight-only round-to-nearest 4-bit, per output channel (computes in fp32)", t0))
     calib = Q.calibration_texts(splits, cfg.calibration, seed=cfg.seed)
-    vocab_base = _task_vocab(base, tok, splits)
+    vocab_report: dict = {}
+    vocab_base = _task_vocab(base, tok, splits, vocab_report)
     t0 = time.perf_counter()
     add(_fused_row("GPTQ 4-bit (ONNX Runtime)", "peer", _lowbit("gptq", vocab_base, tok, calib, 4), tok, folder,
                    "gptq4", cfg, f"GPTQ (Frantar et al.) 4-bit, {len(calib)} calibration texts, task vocabulary, "
@@ -530,7 +535,8 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
                        f"gpfq{bits}", cfg, f"GPFQ {bits}-bit ({len(calib)} calibration texts), task vocabulary, 4-bit "
                        "embeddings; fused ONNX graph, the codes stored at their width and run by the int8 kernel", t0))
     say("choosing the best combination on validation ...")
-    best, notes["best_combination"] = best_combination(base, tok, splits, cfg, folder, calib, say, vocab_base)
+    best, notes["best_combination"] = best_combination(base, tok, splits, cfg, folder, calib, say,
+                                                       (vocab_base, vocab_report))
     for row in best:
         add(row)
     return rows, notes

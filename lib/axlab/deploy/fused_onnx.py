@@ -362,11 +362,10 @@ class _Writer:
         k = lins[0].in_features
         codes = np.concatenate([m.codes().numpy() for m in lins], axis=0)          # (N, K) signed
         scale = np.concatenate([_np(m.scale) for m in lins], axis=0)               # (N, G)
-        if all(runs_on_int8_kernel(m, self.cfg) for m in lins) or (group is not None
-                                                                    and self.cfg.lowbit_kernel == "int8"):
-            if group is not None:
-                raise ExportError(f"{group}-wide groups have several scales per column; the int8 kernel takes one.",
-                                  "Use FusedConfig(lowbit_kernel='nbits') (MatMulNBits) for grouped codes.")
+        if group is not None and self.cfg.lowbit_kernel == "int8":
+            raise ExportError(f"{group}-wide groups have several scales per column; the int8 kernel takes one.",
+                              "Use FusedConfig(lowbit_kernel='nbits') (MatMulNBits) for grouped codes.")
+        if all(runs_on_int8_kernel(m, self.cfg) for m in lins):
             col_scale = scale[:, 0].astype(np.float32)
             folded, left = _split_outliers(_outliers(lins), col_scale)
             wq = self._widened_codes(codes.T, cbits, tag, folded, col_scale)            # (K, N) int8 at load
