@@ -83,25 +83,55 @@ def test_public_transforms_do_not_mutate(tiny, batch, tokenizer, split):
     torch.testing.assert_close(logits(tiny, batch), ref, atol=0, rtol=0)
 
 
+def _unseen(tokenizer, texts, new_text):
+    """(batch of ``new_text``, mask of its ids outside the vocabulary of ``texts``)."""
+    b = dict(tokenizer(new_text, return_tensors="pt"))
+    keep = set(prune.vocab_ids(tokenizer, texts))
+    mask = torch.tensor([[i not in keep for i in row] for row in b["input_ids"].tolist()])
+    assert mask.any()
+    return b, mask
+
+
 def test_prune_vocab_keeps_logits_and_maps_unknowns(arch, tokenizer, split):
     model = tiny_model(arch)
     texts = split.texts
-    pruned, report = prune.prune_vocab(model, tokenizer, texts[:12], eval_texts=texts)
+    pruned, report = prune.prune_vocab(model, tokenizer, texts[:12], eval_texts=texts, oov="unk")
     assert report["kept"] < report["vocab_size"] and report["size_bytes_after"] < report["size_bytes_before"]
+    assert report["oov"] == "unk"
     seen = tokenizer(texts[:12], padding=True, return_tensors="pt")
     torch.testing.assert_close(logits(pruned, dict(seen)), logits(model, dict(seen)), atol=1e-6, rtol=0)
     # unseen text: equal to the original model fed [UNK] for every id not kept
     new_text = ["zebra quantum saxophone was good"]
-    b = dict(tokenizer(new_text, return_tensors="pt"))
-    keep = set(prune.vocab_ids(tokenizer, texts[:12]))
+    b, mask = _unseen(tokenizer, texts[:12], new_text)
     ids = b["input_ids"].clone()
-    mask = torch.tensor([[i not in keep for i in row] for row in ids.tolist()])
-    assert mask.any()
     ids[mask] = tokenizer.unk_token_id
     torch.testing.assert_close(logits(pruned, b), logits(model, {**b, "input_ids": ids}), atol=1e-6, rtol=0)
     # OOV rate: counts only non-special tokens; zero on the texts that defined the vocabulary
     assert prune.prune_vocab(model, tokenizer, texts)[1]["oov_rate"] == 0.0
     assert 0 < prune.prune_vocab(model, tokenizer, texts[:3], eval_texts=new_text)[1]["oov_rate"] <= 1
+
+
+def test_prune_vocab_nearest_maps_unknowns_to_their_most_similar_kept_token(arch, tokenizer, split):
+    model = tiny_model(arch)
+    texts = split.texts[:12]
+    pruned, report = prune.prune_vocab(model, tokenizer, texts)          # default: nearest
+    assert report["oov"] == "nearest" and report["kept"] == prune.prune_vocab(model, tokenizer, texts, oov="unk")[1]["kept"]
+    table = registry.word_embeddings(model).weight.detach()
+    keep = prune.vocab_ids(tokenizer, texts)
+    special = set(tokenizer.all_special_ids)
+    targets = torch.tensor([i for i in keep if i not in special])
+    b, mask = _unseen(tokenizer, texts, ["zebra quantum saxophone was good"])
+    ids = b["input_ids"].clone()
+    for pos in mask.nonzero().tolist():                                  # brute force: the most similar kept row
+        sims = torch.nn.functional.cosine_similarity(table[ids[tuple(pos)]][None], table[targets], dim=-1)
+        ids[tuple(pos)] = targets[int(sims.argmax())]
+    assert not (ids == tokenizer.unk_token_id).any()
+    torch.testing.assert_close(logits(pruned, b), logits(model, {**b, "input_ids": ids}), atol=1e-6, rtol=0)
+    # the recipe replays the same mapping
+    replayed = apply_recipe(model, pruned.axlab_recipe, tokenizer=tokenizer)
+    assert torch.equal(registry.word_embeddings(replayed).old_to_new, registry.word_embeddings(pruned).old_to_new)
+    with pytest.raises(AxlabError, match="oov"):
+        prune.prune_vocab(model, tokenizer, texts, oov="closest")
 
 
 def test_layout_roundtrip_with_skipped_layer_and_vocab(arch, tokenizer, split, batch):

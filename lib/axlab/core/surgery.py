@@ -26,7 +26,7 @@ from torch import nn
 from axlab.core import registry
 
 __all__ = ["EmptyAttention", "SkippedLayer", "RemappedEmbedding", "remove_heads_", "remove_ffn_neurons_",
-           "skip_layer_", "remap_vocab_", "is_skipped", "layout", "apply_layout", "slice_linear"]
+           "skip_layer_", "remap_vocab_", "nearest_rows", "OOV_MODES", "is_skipped", "layout", "apply_layout", "slice_linear"]
 
 
 class EmptyAttention(nn.Module):
@@ -192,12 +192,31 @@ def skip_layer_(model: nn.Module, layer: int) -> None:
     registry.layers(model)[layer] = SkippedLayer(layer, registry.spec_for(model), hidden)
 
 
-def remap_vocab_(model: nn.Module, keep_ids: list[int], unk_id: int) -> None:
+def nearest_rows(table: torch.Tensor, ids: torch.Tensor, candidates: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """For each of ``ids``, the one of ``candidates`` whose row of ``table`` is most cosine-similar."""
+    cand = torch.nn.functional.normalize(table.index_select(0, candidates).float(), dim=-1)
+    out = torch.empty(len(ids), dtype=torch.long)
+    for lo in range(0, len(ids), chunk):
+        rows = torch.nn.functional.normalize(table.index_select(0, ids[lo:lo + chunk]).float(), dim=-1)
+        out[lo:lo + chunk] = candidates[(rows @ cand.T).argmax(-1)]
+    return out
+
+
+OOV_MODES = ("nearest", "unk")
+
+
+def remap_vocab_(model: nn.Module, keep_ids: list[int], unk_id: int, oov: str = "unk",
+                 exclude: list[int] | tuple = ()) -> None:
     """Keep only the rows ``keep_ids`` (original ids) of the word embeddings, in place.
 
-    ``unk_id`` must be among ``keep_ids``; every other original id maps to it. A model
-    whose embeddings are already remapped is remapped again on the original id space.
+    ``unk_id`` must be among ``keep_ids``. ``oov`` says where every other original id goes:
+    "unk" (to ``unk_id``) or "nearest" (to the kept token whose embedding row is most
+    cosine-similar to its own, ``exclude`` (special tokens) never chosen; no extra rows,
+    so the same size, and a dropped word keeps a meaning close to its own). A model whose
+    embeddings are already remapped is remapped again on the original id space.
     """
+    if oov not in OOV_MODES:
+        raise ValueError(f"oov must be one of {OOV_MODES}, got {oov!r}")
     emb = registry.word_embeddings(model)
     if isinstance(emb, RemappedEmbedding):
         old_map, old_weight = emb.old_to_new.long(), emb.weight.detach()
@@ -212,6 +231,14 @@ def remap_vocab_(model: nn.Module, keep_ids: list[int], unk_id: int) -> None:
         new.weight.copy_(full.index_select(0, keep_t))
         mapping = torch.full((old_vocab,), keep.index(int(unk_id)), dtype=torch.int32)
         mapping[keep_t] = torch.arange(len(keep), dtype=torch.int32)
+        if oov == "nearest":
+            kept = torch.zeros(old_vocab, dtype=torch.bool)
+            kept[keep_t] = True
+            dropped = torch.nonzero(~kept).flatten()
+            skip = set(int(i) for i in exclude) | {int(unk_id)}
+            targets = torch.as_tensor([i for i in keep if i not in skip], dtype=torch.long)
+            if len(dropped) and len(targets):
+                mapping[dropped] = mapping[nearest_rows(full, dropped, targets)]
         new.old_to_new.copy_(mapping)
     new.weight.requires_grad_(emb.weight.requires_grad)
     registry.base_model(model).embeddings.word_embeddings = new

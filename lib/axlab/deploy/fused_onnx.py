@@ -499,7 +499,12 @@ class _Writer:
         remap = getattr(word, "old_to_new", None)
         ids32 = g.op("Cast", [ids], to=6)                                           # int32
         if remap is not None:
-            ids32 = g.op("Gather", [g.const("vocab_map", remap.numpy().astype(np.int32)), ids32], base="ids_mapped")
+            if int(remap.max()) < 2 ** 15:                                        # half the bytes: int16 map
+                ids32 = g.op("Cast", [g.op("Gather", [g.const("vocab_map", remap.numpy().astype(np.int16)), ids32])],
+                             to=6, base="ids_mapped")
+            else:
+                ids32 = g.op("Gather", [g.const("vocab_map", remap.numpy().astype(np.int32)), ids32],
+                             base="ids_mapped")
         pos_ids = None
         if self.spec.model_type == "roberta":                                       # positions skip padding
             pad = int(emb_mod.padding_idx)
