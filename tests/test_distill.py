@@ -63,7 +63,7 @@ def test_distill_op_replays_with_base_in_context(tokenizer, batch):
 
 
 def test_bad_config():
-    for kw in ({"steps": 0}, {"temperature": 0}, {"alpha": 2}, {"hidden_weight": -1}):
+    for kw in ({"steps": 0}, {"temperature": 0}, {"alpha": 2}, {"hidden_weight": -1}, {"augment": -1}):
         with pytest.raises(ValueError):
             DistillConfig(**kw)
 
@@ -95,3 +95,46 @@ def test_teacher_logits_are_computed_once_and_match():
         D._teacher_cache = real
     for a, b in zip(with_cache.parameters(), without.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_kd_loss_unlabelled_rows_learn_from_the_teacher_only():
+    from axlab.compress.distill import IGNORE_LABEL
+    s, t = torch.tensor([[1.0, -1.0], [0.5, 0.2], [0.0, 2.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([0, IGNORE_LABEL, 1])
+    T, a = 2.0, 0.3
+    kl = torch.nn.functional.kl_div((s / T).log_softmax(-1), (t / T).log_softmax(-1), reduction="none",
+                                    log_target=True).sum(-1)
+    ce = torch.nn.functional.cross_entropy(s, y.clamp_min(0), reduction="none")
+    want = torch.stack([a * T * T * kl[0] + (1 - a) * ce[0], T * T * kl[1], a * T * T * kl[2] + (1 - a) * ce[2]]).mean()
+    torch.testing.assert_close(kd_loss(s, t, y, T, a), want)
+    # all rows labelled: the usual batch-mean formula
+    y2 = torch.tensor([0, 1, 1])
+    usual = a * T * T * torch.nn.functional.kl_div((s / T).log_softmax(-1), (t / T).log_softmax(-1),
+                                                   reduction="batchmean", log_target=True) + \
+        (1 - a) * torch.nn.functional.cross_entropy(s, y2)
+    torch.testing.assert_close(kd_loss(s, t, y2, T, a), usual)
+
+
+def test_augmented_transfer_set():
+    from axlab.compress import distill as D
+    from axlab.core.data import Split
+    texts = ["a fine and moving film about loss", "dull", "the plot never finds its footing at all here"]
+    aug = D.augment_texts(texts, 3, seed=1)
+    assert len(aug) == 9 and aug == D.augment_texts(texts, 3, seed=1) and aug != D.augment_texts(texts, 3, seed=2)
+    for i, a in enumerate(aug):                      # every copy: words of its source, in order
+        src = texts[i % 3].split()
+        it = iter(src)
+        assert a.split() and all(w in it for w in a.split())
+    assert "dull" in aug                             # too short to perturb: kept as it is
+    split = Split(texts, [1, 0, 0], ["rotten", "fresh"])
+    ts = D._transfer_set(split, D.DistillConfig(augment=2))
+    assert len(ts) == 9 and ts.labels[:3] == [1, 0, 0] and set(ts.labels[3:]) == {D.IGNORE_LABEL}
+    assert D._transfer_set(split, D.DistillConfig()) is split
+
+
+def test_distill_with_augmentation_runs_and_records_it(tokenizer, batch):
+    teacher = tiny_model("bert", seed=0)
+    student = prune.drop_layers(teacher, [1])
+    out = distill(student, teacher, tokenizer, tiny_split(32), steps=4, batch_size=16, augment=2)
+    assert out.axlab_distill_stats["steps"] == 4 and out.axlab_recipe[-1]["params"]["augment"] == 2
+    assert torch.isfinite(logits(out, batch)).all()

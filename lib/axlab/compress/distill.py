@@ -6,6 +6,9 @@ Loss per batch (B examples, T tokens):
   + (1 - alpha) * cross_entropy(student, labels)
   + hidden_weight * mean_layers MSE(student layer output, teacher layer output)  # on real tokens
 
+``augment=k`` adds k perturbed copies of every training text (word dropout, spans) to the
+transfer set; they have no label, so their loss is T^2 * KL alone.
+
 Training is bounded (``steps`` batches drawn from the split, AdamW with a linear schedule via
 :func:`axlab.default_model.train_classifier`), so it stays affordable on 2 CPU cores. Weights
 that an unstructured pruning set to zero stay zero (their gradients are masked).
@@ -23,14 +26,17 @@ from torch import nn
 
 from axlab.core import registry
 from axlab.core.data import Split, align_labels
+from axlab.core.measure import is_images
 from axlab.core.errors import AxlabError
 from axlab.core.progress import Progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
 from axlab.core.train import linear_warmup_decay, optimizer_step
 
-__all__ = ["DistillConfig", "distill", "kd_loss", "SelfDistillConfig", "self_distill", "self_distill_loss"]
+__all__ = ["DistillConfig", "distill", "kd_loss", "augment_texts", "SelfDistillConfig", "self_distill", "self_distill_loss"]
 
 log = logging.getLogger(__name__)
+
+IGNORE_LABEL = -100                    # label of an augmented text: learnt from the teacher only
 
 
 @dataclass
@@ -45,6 +51,7 @@ class DistillConfig:
     batch_size: int = 32
     max_length: int = 64
     seed: int = 0
+    augment: int = 0                   # perturbed copies per training text, learnt from the teacher only
 
     def __post_init__(self):
         if self.steps < 1:
@@ -57,6 +64,8 @@ class DistillConfig:
             raise ValueError("hidden_weight must be >= 0")
         if self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("lr must be > 0, batch_size >= 1, max_length >= 8")
+        if self.augment < 0:
+            raise ValueError("augment must be >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,12 +73,19 @@ class DistillConfig:
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
             alpha: float) -> torch.Tensor:
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels); logits (B, C)."""
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels); logits (B, C).
+
+    Rows labelled ``IGNORE_LABEL`` (augmented texts) have no label term: their loss is
+    T^2 * KL alone. The mean is over rows.
+    """
     t = temperature
     kl = nn.functional.kl_div(nn.functional.log_softmax(student_logits / t, -1),
-                              nn.functional.log_softmax(teacher_logits / t, -1), reduction="batchmean", log_target=True)
-    ce = nn.functional.cross_entropy(student_logits, labels)
-    return alpha * t * t * kl + (1 - alpha) * ce
+                              nn.functional.log_softmax(teacher_logits / t, -1), reduction="none",
+                              log_target=True).sum(-1)                                  # (B,)
+    labelled = labels != IGNORE_LABEL
+    ce = nn.functional.cross_entropy(student_logits, labels.clamp_min(0), reduction="none")
+    w_kd = torch.where(labelled, torch.full_like(kl, alpha), torch.ones_like(kl))
+    return (w_kd * t * t * kl + (1 - alpha) * ce * labelled).mean()
 
 
 def _layer_outputs(model: nn.Module, store: list) -> list:
@@ -90,6 +106,42 @@ def _keep_zeros(model: nn.Module) -> list:
             keep = (~zero).to(lin.weight.dtype)
             handles.append(lin.weight.register_hook(lambda g, keep=keep: g * keep))
     return handles
+
+
+def augment_texts(texts: list[str], copies: int, seed: int = 0) -> list[str]:
+    """``copies`` perturbed versions of every text, for the distillation transfer set.
+
+    Task-specific distillation learns more from the teacher on more in-domain inputs than
+    the labelled set holds (Tang et al. 2019, "Distilling task-specific knowledge from BERT
+    into simple neural networks"; TinyBERT). Each copy is, with equal chance, the text with
+    every word dropped with probability 0.15, or a contiguous span of 50-90% of its words.
+    The teacher's soft labels, not the original label, are the target for these texts.
+    Seeded: the same texts and seed give the same copies.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(copies):
+        for text in texts:
+            words = text.split()
+            if len(words) < 4:
+                out.append(text)
+                continue
+            if rng.random() < 0.5:
+                kept = [w for w in words if rng.random() >= 0.15] or words[:1]
+            else:
+                n = max(2, int(round(len(words) * rng.uniform(0.5, 0.9))))
+                start = int(rng.integers(0, len(words) - n + 1))
+                kept = words[start:start + n]
+            out.append(" ".join(kept))
+    return out
+
+
+def _transfer_set(split: Split, cfg: "DistillConfig") -> Split:
+    """``split`` (labels aligned to the model) plus ``cfg.augment`` unlabelled perturbed copies of each text."""
+    if not cfg.augment or is_images(split.inputs):
+        return split
+    extra = augment_texts(list(split.texts), cfg.augment, cfg.seed)
+    return Split(list(split.texts) + extra, [int(y) for y in split.labels] + [IGNORE_LABEL] * len(extra), None)
 
 
 def _bounded_subset(split: Split, n: int, seed: int) -> Split:
@@ -154,8 +206,9 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
     for p in student.parameters():
         p.requires_grad_(True)
 
+    split = _transfer_set(split, cfg)
     subset = _bounded_subset(split, cfg.steps * cfg.batch_size, cfg.seed)
-    cached = _teacher_cache(teacher, tokenizer, split, cfg) if cfg.hidden_weight == 0 else None
+    cached = _teacher_cache(teacher, tokenizer, subset, cfg) if cfg.hidden_weight == 0 else None
 
     def loss_fn(model, batch, labels):
         s_states.clear()
@@ -187,14 +240,16 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
 
 def distill(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, *, steps: int = 200,
             temperature: float = 2.0, alpha: float = 0.5, hidden_weight: float = 0.0, lr: float = 5e-5,
-            batch_size: int = 32, max_length: int = 64, seed: int = 0, teacher_source: str = "base",
-            progress: Progress = None) -> nn.Module:
+            batch_size: int = 32, max_length: int = 64, seed: int = 0, augment: int = 0,
+            teacher_source: str = "base", progress: Progress = None) -> nn.Module:
     """A copy of ``student`` fine-tuned for ``steps`` batches of ``split`` to match ``teacher``.
 
+    ``augment``: perturbed copies of every training text (see :func:`augment_texts`) added
+    to the transfer set; the student matches the teacher on them (no label term).
     ``teacher_source`` is what the recipe step records to find the teacher on replay:
     ``"base"`` (the model the recipe starts from) or a model source for ``load_model``.
     """
-    cfg = DistillConfig(steps, temperature, alpha, hidden_weight, lr, batch_size, max_length, seed)
+    cfg = DistillConfig(steps, temperature, alpha, hidden_weight, lr, batch_size, max_length, seed, augment)
     out = copy.deepcopy(student)
     out.axlab_distill_stats = _distill_(out, teacher, tokenizer, split, cfg, progress)
     out.axlab_recipe = list(getattr(student, "axlab_recipe", [])) + [
@@ -259,6 +314,8 @@ class SelfDistillConfig:
             raise ValueError("alpha and exit_ce must be >= 0")
         if self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("lr must be > 0, batch_size >= 1, max_length >= 8")
+        if self.augment < 0:
+            raise ValueError("augment must be >= 0")
         if not 0 <= self.warmup < 1:
             raise ValueError("warmup must be in [0, 1)")
 
