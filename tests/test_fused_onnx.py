@@ -117,6 +117,29 @@ def test_outliers_and_quantized_embeddings(batches, tok):
             assert diff <= 1e-4, (arch, emb_bits, diff)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quantized_position_table(arch, batches, tok):
+    """A k-bit position table is gathered from its codes (GatherBlockQuantized), token type 0 added
+    in fp32: parity with the PyTorch variant, and the file sheds the fp32 table."""
+    from axlab.compress.quantize import position_embedding_name, quantize_embeddings_
+    from axlab.core.qmodules import QuantEmbedding
+    base = _pruned(arch)
+    if arch == "bert":
+        base, _ = prune_vocab(base, tok, ["the film is a quiet , warm and funny story"])
+    sizes = {}
+    for pos_bits in (None, 8, 4):
+        q = rtn(base, 4, embeddings=True, embedding_bits=4)
+        quantize_embeddings_(q, 4, position_bits=pos_bits)
+        assert isinstance(q.get_submodule(position_embedding_name(q)), QuantEmbedding) == bool(pos_bits)
+        proto = build_fused_graph(q, NBITS)
+        ops = op_histogram(proto)
+        assert ops["com.microsoft:GatherBlockQuantized"] == (2 if pos_bits else 1)
+        diff, _ = _rel(q, fused_predictor(proto.SerializeToString()), batches)
+        assert diff <= 1e-4, (arch, pos_bits, diff)
+        sizes[pos_bits] = len(proto.SerializeToString())
+    assert sizes[4] < sizes[8] < sizes[None]
+
+
 def test_mixed_precision_qkv(batches):
     from axlab.compress.quantize import rtn_linear
     from axlab.core.registry import attention_parts

@@ -121,6 +121,8 @@ def test_state_dict_round_trip_through_safetensors(arch, tokenizer, split, batch
         q = Q.int8_dynamic(base, embeddings=True)
     elif method == "rtn":
         q = Q.rtn(base, 3, group_size=16, embeddings=True, embedding_bits=4)
+        Q.quantize_embeddings_(q, 4, position_bits=8)          # the position table too
+        assert isinstance(q.get_submodule(Q.position_embedding_name(q)), Q.QuantEmbedding)
     elif method == "gpfq":
         q = gpfq(base, tokenizer, split.texts[:12], 3, group_size=16, progress=False)
     else:

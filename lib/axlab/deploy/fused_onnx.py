@@ -491,10 +491,11 @@ class _Writer:
         """(B, S) int64 ids -> (B, S, H) after the embedding LayerNorm (and ELECTRA's projection)."""
         g, emb_mod = self.g, registry.base_model(self.model).embeddings
         word = registry.word_embeddings(self.model)
-        pos_tab = _np(emb_mod.position_embeddings.weight)                          # (P, E)
+        pos_mod = emb_mod.position_embeddings
         tte = getattr(emb_mod, "token_type_embeddings", None)
-        if tte is not None:
-            pos_tab = pos_tab + _np(tte.weight[0])                                 # token type 0 folded in
+        tte0 = None if tte is None else _np(tte.weight[0])                          # token type 0, folded in
+        pos_q = isinstance(pos_mod, QuantEmbedding)
+        pos_tab = None if pos_q else _np(pos_mod.weight) + (0 if tte0 is None else tte0)      # (P, E)
         ln = emb_mod.LayerNorm
         remap = getattr(word, "old_to_new", None)
         ids32 = g.op("Cast", [ids], to=6)                                           # int32
@@ -512,7 +513,7 @@ class _Writer:
             csum = g.op("CumSum", [m, g.const("axis1", np.array(1, np.int32))])
             pos_ids = g.op("Add", [g.op("Mul", [csum, m]), g.const("pad_i32", np.array(pad, np.int32))],
                            base="position_ids")
-        if self.cfg.embed_layernorm and not isinstance(word, QuantEmbedding):
+        if self.cfg.embed_layernorm and not isinstance(word, QuantEmbedding) and not pos_q:
             gamma, beta, eps = self._ln_params(ln, "emb_ln")
             ins = [ids32, "", g.const("word_emb", _np(word.weight)), g.const("pos_emb", pos_tab), "", gamma, beta, "",
                    pos_ids or ""]
@@ -521,10 +522,18 @@ class _Writer:
             x = g.op("EmbedLayerNormalization", ins, n_out=2, domain=MS, epsilon=eps, base="emb")[0]
         else:
             if isinstance(word, QuantEmbedding):
-                w = self._quant_gather(word, ids32)
+                w = self._quant_gather(word, ids32, "word")
             else:
                 w = g.op("Gather", [g.const("word_emb", _np(word.weight)), ids32], base="word")
-            if pos_ids is None:                                                     # rows 0..S-1: (S, E)
+            if pos_q:                                                               # quantized table: gather rows
+                if pos_ids is None:                                                 # 0..S-1
+                    seq = g.op("Gather", [g.op("Shape", [ids]), g.const("one_s", np.array(1, np.int64))])
+                    pos_ids = g.op("Range", [g.const("zero_i", np.array(0, np.int32)), g.op("Cast", [seq], to=6),
+                                             g.const("one_i", np.array(1, np.int32))], base="position_ids")
+                p = self._quant_gather(pos_mod, pos_ids, "pos")
+                if tte0 is not None:
+                    p = g.op("Add", [p, g.const("tte0", tte0)])
+            elif pos_ids is None:                                                   # rows 0..S-1: (S, E)
                 seq = g.op("Gather", [g.op("Shape", [ids]), g.const("one", np.array([1], np.int64))])
                 p = g.op("Slice", [g.const("pos_emb", pos_tab), g.const("zero", np.array([0], np.int64)), seq,
                                    g.const("axis0", np.array([0], np.int64))])
@@ -537,7 +546,7 @@ class _Writer:
             x = self.linear(x, proj, "emb_proj")
         return x
 
-    def _quant_gather(self, emb: QuantEmbedding, ids32: str) -> str:
+    def _quant_gather(self, emb: QuantEmbedding, ids32: str, tag: str) -> str:
         g = self.g
         codes = emb.codes().numpy()                                                 # (V, D) signed
         scale = _np(emb.scale)                                                      # (V, 1)
@@ -545,12 +554,12 @@ class _Writer:
         cbits = next((c for c in GBQ_BITS if c >= emb.bits), None)
         if block is not None and cbits is not None:
             return g.op("GatherBlockQuantized",
-                        [g.const(f"word_q{cbits}", _pack_rows(codes, cbits)), ids32,
-                         g.const("word_s", np.repeat(scale, emb.embedding_dim // block, axis=1))],
-                        domain=MS, bits=cbits, block_size=block, gather_axis=0, quantize_axis=1, base="word")
+                        [g.const(f"{tag}_q{cbits}", _pack_rows(codes, cbits)), ids32,
+                         g.const(f"{tag}_s", np.repeat(scale, emb.embedding_dim // block, axis=1))],
+                        domain=MS, bits=cbits, block_size=block, gather_axis=0, quantize_axis=1, base=tag)
         # fallback: int8 rows gathered, then scaled
-        rows = g.op("Cast", [g.op("Gather", [g.const("word_q8", codes.astype(np.int8)), ids32])], to=1)
-        return g.op("Mul", [rows, g.op("Gather", [g.const("word_s", scale), ids32])], base="word")
+        rows = g.op("Cast", [g.op("Gather", [g.const(f"{tag}_q8", codes.astype(np.int8)), ids32])], to=1)
+        return g.op("Mul", [rows, g.op("Gather", [g.const(f"{tag}_s", scale), ids32])], base=tag)
 
     def attention(self, x: str, layer: int, mask32: str) -> tuple[str | None, np.ndarray | None]:
         """Context after the output projection, *without* its bias; (None, bias) for a layer with no heads."""
