@@ -24,7 +24,10 @@ Rows
          and distilled from the base, plus the full-depth base, each with the task's vocabulary
          and int8 or GPFQ 4-bit weights, chosen on the *validation* split (never on test): the
          least encoder compute per token, then the smallest file, among the candidates whose
-         validation accuracy is at least fp32's (else the most accurate).
+         validation accuracy beats fp32's by at least ``selection_margin_se`` paired standard
+         errors (default 1; else the most accurate). Distilled students are cached.
+  Every quantized row also stores the position table in 8 bits and the pooler / classifier
+  in int8.
 
 The peer to beat is the fastest ONNX Runtime int8 peer at each batch size. Every latency
 carries its spread (the lowest and highest per-round median); a ratio whose rounds
@@ -128,6 +131,11 @@ class BenchConfig:
     students: tuple = DEFAULT_STUDENTS
     student_steps: int = 1500         # distillation steps per student (batch 32)
     student_lr: float = 1e-4
+    student_augment: int = 2          # perturbed copies of each training text in the transfer set (distill.augment)
+    cache_students: bool = True       # distilled students kept under cache_dir("bench-students") (not in quick runs)
+    # a candidate qualifies when its validation accuracy minus fp32's, per example (paired), is at least
+    # this many standard errors above 0: fixed before the run, against the winner's curse over candidates
+    selection_margin_se: float = 1.0
     gpu: bool = True                  # add GPU latency columns when CUDA is available
 
     def __post_init__(self):
@@ -139,8 +147,10 @@ class BenchConfig:
         if not 0 < self.head_fraction < 1:
             raise ValueError("head_fraction must be in (0, 1)")
         self.students = tuple(StudentPlan(**p) if isinstance(p, dict) else p for p in self.students)
-        if self.student_steps < 0 or self.student_lr <= 0:
-            raise ValueError("student_steps must be >= 0 and student_lr > 0")
+        if self.student_steps < 0 or self.student_lr <= 0 or self.student_augment < 0:
+            raise ValueError("student_steps and student_augment must be >= 0, student_lr > 0")
+        if self.selection_margin_se < 0:
+            raise ValueError("selection_margin_se must be >= 0")
         for name in ("n_test", "n_val"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -235,6 +245,24 @@ def _val_accuracy(predictor, tok, split) -> float:
     return evaluate(predictor, tok, split)["accuracy"]
 
 
+def _val_correct(predictor, tok, split) -> np.ndarray:
+    """Per example of ``split``: 1.0 where ``predictor`` is right (labels matched to the model by name)."""
+    from axlab.core.measure import predict_logits
+    return (predict_logits(predictor, tok, split.inputs, 64, None).argmax(-1).numpy()
+            == np.asarray(split.labels)).astype(float)
+
+
+def paired_margin(cand: np.ndarray, base: np.ndarray) -> dict:
+    """Accuracy difference ``cand - base`` on the same examples, its standard error and the
+    difference in standard errors (z; +inf when the two never disagree and cand is not worse)."""
+    d = np.asarray(cand, float) - np.asarray(base, float)
+    n = len(d)
+    mean = float(d.mean()) if n else 0.0
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    z = mean / se if se > 0 else (math.inf if mean >= 0 else -math.inf)
+    return {"delta": mean, "se": se, "z": z}
+
+
 def _layer_drop_order(base, tok, val, n_drop: int, say=lambda m: None) -> list[int]:
     """Layers to drop, greedily: each step removes the layer whose removal raises the
     validation loss least (the model as it is after the earlier drops)."""
@@ -259,12 +287,48 @@ def _encoder_macs(model) -> int:
     return int(sum(lin.in_features * lin.out_features for _, lin in encoder_linears(model)))
 
 
+def _student_cache_path(base, splits, cfg: BenchConfig, plan: StudentPlan, dropped: list[int]) -> Path | None:
+    """Where the distilled student of ``plan`` is kept: keyed by the base's weights, the data,
+    the plan, the layers dropped and every distillation option (None: not cached)."""
+    if not cfg.cache_students or cfg.quick or not cfg.student_steps:
+        return None
+    import hashlib
+
+    from axlab.compress.axformer import model_fingerprint
+    from axlab.core.paths import cache_dir
+    key = json.dumps([model_fingerprint(base), getattr(splits, "file_hash", None), getattr(splits, "seed", None),
+                      asdict(plan), dropped, cfg.student_steps, cfg.student_lr, cfg.student_augment, cfg.seed,
+                      STUDENT_RECIPE_VERSION], sort_keys=True)
+    return cache_dir("bench-students") / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
+
+
+STUDENT_RECIPE_VERSION = 2          # bump when the distillation code changes what a student learns
+
+
+def _distilled(model, base, tok, splits, cfg: BenchConfig, path: Path | None):
+    """``model`` distilled from ``base`` (or its cached weights); (student, from_cache)."""
+    from safetensors.torch import load_file, save_file
+
+    from axlab.compress.distill import distill
+    if path is not None and path.exists():
+        out = copy.deepcopy(model)
+        out.load_state_dict(load_file(str(path)), strict=True)
+        return out.eval(), True
+    out = distill(model, base, tok, splits.train, steps=cfg.student_steps, lr=cfg.student_lr, seed=cfg.seed,
+                  augment=cfg.student_augment, progress=False)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in out.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+    return out, False
+
+
 def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None) -> list[tuple[StudentPlan, str, object]]:
     """(plan, description, distilled student) for every plan in ``cfg.students``; choices on validation only."""
 
     from axlab.analysis.importance import head_importance
     from axlab.compress import prune
-    from axlab.compress.distill import distill
     from axlab.core import registry
 
     val = splits.validation.head(cfg.n_val)
@@ -287,9 +351,11 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None) -> l
             model = prune.prune_ffn(model, prune.ffn_by_budget(model, plan.ffn, "magnitude"))
             steps.append(f"FFN -{int(plan.ffn * 100)}% (magnitude)")
         if cfg.student_steps:
-            model = distill(model, base, tok, splits.train, steps=cfg.student_steps, lr=cfg.student_lr,
-                            seed=cfg.seed, progress=False)
-            steps.append(f"distillation from the base ({cfg.student_steps} steps, lr {cfg.student_lr:g})")
+            model, cached = _distilled(model, base, tok, splits, cfg, _student_cache_path(base, splits, cfg, plan,
+                                                                                         dropped))
+            aug = f", {cfg.student_augment} perturbed copies of each text" if cfg.student_augment else ""
+            steps.append(f"distillation from the base ({cfg.student_steps} steps, lr {cfg.student_lr:g}{aug})"
+                         + (" [cached]" if cached else ""))
         say(f"  student {plan.key}: {'; '.join(steps)} ({time.perf_counter() - t0:.0f} s)")
         out.append((plan, " -> ".join(steps), model))
     return out
@@ -323,22 +389,29 @@ def _task_vocab(model, tok, splits, report: dict | None = None):
 _LOWBIT: dict = {}      # (method, id(model), bits, embedding_bits) -> (model, quantized): built once per run
 
 
+POSITION_BITS = 8          # the position table's codes in every quantized row (0.8 MB of fp32 in the default)
+
+
 def _lowbit(method: str, model, tok, calib: list[str], bits: int, embedding_bits: int = 4):
-    """GPFQ or GPTQ ``bits``-bit encoder weights + ``embedding_bits``-bit word embeddings (memoised)."""
+    """GPFQ or GPTQ ``bits``-bit encoder weights + ``embedding_bits``-bit word embeddings, 8-bit
+    position table, int8 pooler / classifier (memoised)."""
+    from axlab.compress import quantize as Q
     from axlab.compress.gpfq import gpfq
     from axlab.compress.gptq import gptq
     key = (method, id(model), bits, embedding_bits, len(calib))
     if key not in _LOWBIT:
         fn = {"gpfq": gpfq, "gptq": gptq}[method]
-        _LOWBIT[key] = (model, fn(model, tok, calib, bits, embeddings=True, embedding_bits=embedding_bits,
-                                  progress=False))
+        q = fn(model, tok, calib, bits, embeddings=True, embedding_bits=embedding_bits, progress=False)
+        q = Q.int8_dynamic(q, scope="all")           # what GPFQ / GPTQ leave in fp32: the pooler and classifier
+        Q.quantize_embeddings_(q, embedding_bits, position_bits=POSITION_BITS)
+        _LOWBIT[key] = (model, q)
     return _LOWBIT[key][1]
 
 
 def _int8(model, embedding_bits: int = 8):
     from axlab.compress import quantize as Q
-    q = Q.int8_dynamic(model)
-    Q.quantize_embeddings_(q, embedding_bits)
+    q = Q.int8_dynamic(model, scope="all")
+    Q.quantize_embeddings_(q, embedding_bits, position_bits=POSITION_BITS)
     return q
 
 
@@ -359,9 +432,12 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
     """
     from axlab.core.errors import AxlabError
 
-    val = splits.validation.head(cfg.n_val)
-    base_val = _val_accuracy(base, tok, val)
-    say(f"  fp32 validation accuracy (the bar): {base_val:.4f}")
+    from axlab.core.data import align_labels
+    val = align_labels(splits.validation.head(cfg.n_val), base)
+    base_correct = _val_correct(base, tok, val)
+    base_val = float(base_correct.mean())
+    say(f"  fp32 validation accuracy (the bar): {base_val:.4f}; a candidate must beat it by "
+        f"{cfg.selection_margin_se:g} paired standard errors")
     structures = [(StudentPlan(), "full depth", base)] + build_students(base, tok, splits, cfg, say)
     report, cands = [], []
     for plan, desc, student in structures:
@@ -383,26 +459,32 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
                 report.append({"candidate": key, "error": str(e)})
                 say(f"  candidate {key}: export failed: {e}")
                 continue
-            acc = _val_accuracy(res.predictor, tok, val)
+            correct = _val_correct(res.predictor, tok, val)
+            acc, pm = float(correct.mean()), paired_margin(correct, base_correct)
             rec = {"candidate": key, "quantization": qkey,
                    "steps": f"{desc} -> task vocabulary -> {qdesc} -> fused ONNX graph", "val_accuracy": acc,
+                   "val_delta_vs_fp32": pm["delta"], "val_delta_se": pm["se"],
+                   "val_delta_z": pm["z"] if math.isfinite(pm["z"]) else None,
+                   "qualifies": pm["z"] >= cfg.selection_margin_se,
                    "encoder_macs_per_token": macs, "size_bytes": int(res.size_bytes), "vocab": vocab,
                    "parity_max_abs_diff": res.parity_max_abs_diff, "build_seconds": round(time.perf_counter() - t0, 1)}
             report.append(rec)
             cands.append((rec, res))
-            say(f"  candidate {key}: val acc {acc:.4f}, {res.size_bytes / 1e6:.1f} MB, {macs / 1e6:.2f}M MACs/token")
+            say(f"  candidate {key}: val acc {acc:.4f} ({pm['delta'] * 100:+.1f} pts, z {pm['z']:+.2f}), "
+                f"{res.size_bytes / 1e6:.1f} MB, {macs / 1e6:.2f}M MACs/token")
     if not cands:
         raise RuntimeError(f"no best-combination candidate could be exported: {report}")
 
     def score(rec):
-        qualifies = rec["val_accuracy"] >= base_val
-        return (1, -rec["encoder_macs_per_token"], -rec["size_bytes"]) if qualifies else (0, rec["val_accuracy"], 0)
+        return (1, -rec["encoder_macs_per_token"], -rec["size_bytes"]) if rec["qualifies"] else \
+            (0, rec["val_accuracy"], 0)
 
     def as_row(name, rec, res):
         return Row(name=name, group="axlab", runtime="onnxruntime", predictor=res.predictor,
                    size_bytes=int(rec["size_bytes"]), description=rec["steps"], build_seconds=rec["build_seconds"],
                    extra={"chosen": rec["candidate"], "chosen_on": f"validation ({len(val)} examples)",
                           "base_val_accuracy": base_val, "val_accuracy": rec["val_accuracy"],
+                          "val_delta_z": rec["val_delta_z"], "qualified": rec["qualifies"],
                           "encoder_macs_per_token": rec["encoder_macs_per_token"], "vocab": rec["vocab"],
                           "parity_max_abs_diff": rec["parity_max_abs_diff"]})
 
@@ -414,8 +496,9 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
             grec, gres = max(g, key=lambda c: score(c[0]))
             rows.append(as_row(f"{BEST_ROW} (GPFQ 4-bit)", grec, gres))
     return rows, {"base_val_accuracy": base_val,
-                  "rule": "least encoder compute per token, then smallest file, among candidates with validation "
-                          "accuracy >= fp32's (else the most accurate)",
+                  "rule": f"least encoder compute per token, then smallest file, among candidates whose validation "
+                    f"accuracy beats fp32's by at least {cfg.selection_margin_se:g} paired standard error(s) (else "
+                    f"the most accurate)",
                   "candidates": report}
 
 
@@ -501,7 +584,8 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     t0 = time.perf_counter()
     add(_fused_row("GPTQ 4-bit (ONNX Runtime)", "peer", _lowbit("gptq", vocab_base, tok, calib, 4), tok, folder,
                    "gptq4", cfg, f"GPTQ (Frantar et al.) 4-bit, {len(calib)} calibration texts, task vocabulary, "
-                   "4-bit embeddings; exported like the GPFQ rows (fused graph, codes on the int8 kernel)", t0))
+                   "4-bit embeddings, 8-bit positions, int8 pooler; exported like the GPFQ rows (fused graph, "
+                   "codes on the int8 kernel)", t0))
 
     # --- axlab: the fused graph
     t0 = time.perf_counter()
@@ -533,7 +617,8 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
         t0 = time.perf_counter()
         add(_fused_row(f"GPFQ {bits}-bit", "axlab", _lowbit("gpfq", vocab_base, tok, calib, bits), tok, folder,
                        f"gpfq{bits}", cfg, f"GPFQ {bits}-bit ({len(calib)} calibration texts), task vocabulary, 4-bit "
-                       "embeddings; fused ONNX graph, the codes stored at their width and run by the int8 kernel", t0))
+                       "embeddings, 8-bit positions, int8 pooler; fused ONNX graph, the codes stored at their width "
+                       "and run by the int8 kernel", t0))
     say("choosing the best combination on validation ...")
     best, notes["best_combination"] = best_combination(base, tok, splits, cfg, folder, calib, say,
                                                        (vocab_base, vocab_report))

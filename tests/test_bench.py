@@ -120,6 +120,13 @@ def test_quick_run_deploys_what_it_compresses(quick_result):
     assert "GPFQ 4-bit" in t["gpfq4_goal"]
     cands = res["notes"]["best_combination"]["candidates"]
     assert {c["quantization"] for c in cands if "error" not in c} == {"int8-emb8", "int8-emb4", "gpfq4"}
+    for c in cands:                                                       # the pre-declared paired rule
+        if "error" not in c:
+            z = c["val_delta_z"]
+            assert c["qualifies"] == (z is None and c["val_delta_vs_fp32"] >= 0 or z is not None and z >= 1.0)
+    assert "paired standard error" in res["notes"]["best_combination"]["rule"]
+    # every quantized fused row stores its position table in 8 bits (two GatherBlockQuantized: words, positions)
+    assert by["GPFQ 4-bit"]["ops"]["com.microsoft:GatherBlockQuantized"] == 2
     assert any(c["candidate"].startswith("L0.50") for c in cands)          # a student with half the layers
     for r in res["rows"]:
         lo, hi = r["latency_b1_spread_ms"]
@@ -212,7 +219,56 @@ def test_config_validates():
         bench.StudentPlan(layers=0)
     with pytest.raises(ValueError):
         bench.BenchConfig(student_steps=-1)
+    with pytest.raises(ValueError):
+        bench.BenchConfig(selection_margin_se=-1)
+    with pytest.raises(ValueError):
+        bench.BenchConfig(student_augment=-1)
     assert bench.BenchConfig(students=({"layers": 0.5, "ffn": 0.25},)).students[0].key == "L0.50-ffn25"
     with pytest.raises(ValueError):
         bench.Row("x", "other", "pytorch", predictor=lambda b: b, size_bytes=1)
     assert bench.BenchConfig.quick_defaults().quick
+
+
+def test_paired_margin():
+    base = [1, 1, 0, 0, 1, 0, 1, 1]
+    cand = [1, 1, 1, 0, 1, 1, 1, 0]                    # +2 and -1 on the same examples
+    pm = bench.paired_margin(cand, base)
+    d = [c - b for c, b in zip(cand, base)]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    assert pm["delta"] == pytest.approx(0.125) and pm["se"] == pytest.approx(se) and pm["z"] == pytest.approx(mean / se)
+    assert bench.paired_margin(base, base) == {"delta": 0.0, "se": 0.0, "z": math.inf}
+    assert bench.paired_margin([0, 1], [1, 1])["z"] < 0
+
+
+def test_students_are_cached_by_everything_that_shapes_them(tmp_path, monkeypatch):
+    """A distilled student is stored once and reloaded bit for bit; the key changes with the plan,
+    the dropped layers and the distillation options; quick runs never cache."""
+    import torch
+    from axlab.compress.prune import drop_layers
+    from axlab.core.data import load_dataset
+    from axlab.core.testing import tiny_model, tiny_tokenizer
+
+    monkeypatch.setenv("AXLAB_HOME", str(tmp_path))
+    base, tok = tiny_model("bert", layers=3), tiny_tokenizer()
+    splits = load_dataset("rotten_tomatoes")
+    cfg = bench.BenchConfig(student_steps=3, student_augment=1)
+    plan = bench.StudentPlan(layers=0.67)
+    path = bench._student_cache_path(base, splits, cfg, plan, [1])
+    assert path is not None and not path.exists()
+    others = [bench._student_cache_path(base, splits, cfg, bench.StudentPlan(layers=0.67, ffn=0.5), [1]),
+              bench._student_cache_path(base, splits, cfg, plan, [2]),
+              bench._student_cache_path(base, splits, bench.BenchConfig(student_steps=4, student_augment=1), plan, [1]),
+              bench._student_cache_path(base, splits, bench.BenchConfig(student_steps=3), plan, [1])]
+    assert len({path, *others}) == 5
+    assert bench._student_cache_path(base, splits, bench.BenchConfig.quick_defaults(), plan, [1]) is None
+    small = type(splits)(name=splits.name, label_names=splits.label_names, train=splits.train.head(64),
+                         validation=splits.validation.head(8), test=splits.test.head(8), seed=splits.seed,
+                         file_hash=splits.file_hash, source_file=splits.source_file, info=splits.info)
+    student = drop_layers(base, [1])
+    first, cached = bench._distilled(student, base, tok, small, cfg, path)
+    assert not cached and path.exists()
+    again, cached = bench._distilled(student, base, tok, small, cfg, path)
+    assert cached
+    for (k, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k

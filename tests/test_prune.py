@@ -115,7 +115,8 @@ def test_prune_vocab_nearest_maps_unknowns_to_their_most_similar_kept_token(arch
     model = tiny_model(arch)
     texts = split.texts[:12]
     pruned, report = prune.prune_vocab(model, tokenizer, texts)          # default: nearest
-    assert report["oov"] == "nearest" and report["kept"] == prune.prune_vocab(model, tokenizer, texts, oov="unk")[1]["kept"]
+    assert report["oov"] == "nearest"
+    assert report["kept"] == prune.prune_vocab(model, tokenizer, texts, oov="unk")[1]["kept"]
     table = registry.word_embeddings(model).weight.detach()
     keep = prune.vocab_ids(tokenizer, texts)
     special = set(tokenizer.all_special_ids)

@@ -32,7 +32,8 @@ from axlab.core.progress import Progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
 from axlab.core.train import linear_warmup_decay, optimizer_step
 
-__all__ = ["DistillConfig", "distill", "kd_loss", "augment_texts", "SelfDistillConfig", "self_distill", "self_distill_loss"]
+__all__ = ["DistillConfig", "distill", "kd_loss", "augment_texts", "IGNORE_LABEL", "SelfDistillConfig", "self_distill",
+           "self_distill_loss"]
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from torch import nn
 from axlab.core import registry
 
 __all__ = ["EmptyAttention", "SkippedLayer", "RemappedEmbedding", "remove_heads_", "remove_ffn_neurons_",
-           "skip_layer_", "remap_vocab_", "nearest_rows", "OOV_MODES", "is_skipped", "layout", "apply_layout", "slice_linear"]
+           "skip_layer_", "remap_vocab_", "nearest_rows", "OOV_MODES", "is_skipped", "layout", "apply_layout",
+           "slice_linear"]
 
 
 class EmptyAttention(nn.Module):
