@@ -25,7 +25,7 @@ intro("Export",
       "finishes.\n- **ONNX** is checked against PyTorch on real sentences (max |difference| of logits). The "
       "**fused** graph (the default) runs each layer's attention as one ONNX Runtime operator and keeps a "
       "k-bit variant's own codes (stored at their width, run by the int8 kernel; `MatMulNBits` for grouped "
-      "codes); where it cannot express the variant (top-k hard attention, an "
+      "codes, or for every k-bit layer when you ask for the exact numbers); where it cannot express the variant (top-k hard attention, an "
       "unsupported architecture) the **plain** graph is written and the page says why. int8 is often the fastest "
       "way to serve a small model on CPU.\n- The ONNX files are measured next to the PyTorch variant: accuracy, "
       "latency in the same interleaved rounds (median and range), size.\n- Existing folders are never "
@@ -52,8 +52,17 @@ overwrite = c4.checkbox("Overwrite", value=False, key="exp_overwrite")
 GRAPHS = {"fused": "fused (fast: fused attention, native low-bit weights)", "plain": "plain (dynamo export)"}
 graph = st.radio("ONNX graph", list(GRAPHS), format_func=GRAPHS.get, horizontal=True, key="exp_graph",
                  disabled=not onnx)
+KERNELS = {"auto": "int8 kernel (fastest on most CPUs; int8 activations)",
+           "nbits": "MatMulNBits (the PyTorch variant's exact numbers; fp32 activations)"}
+lowbit = st.radio("k-bit weights run on", list(KERNELS), format_func=KERNELS.get, horizontal=True,
+                  key="exp_lowbit", disabled=not onnx or graph != "fused",
+                  help="For GPFQ / GPTQ / RTN variants in the fused graph. Either way the file stores the codes at "
+                       "their width. The int8 kernel widens them to int8 when the session loads and quantizes "
+                       "activations on the fly; MatMulNBits computes in fp32 with the codes as they are. Grouped "
+                       "codes always use MatMulNBits.")
 
 cost_kind = f"export-onnx{int(onnx)}-int8{int(onnx and int8)}-report{int(report)}" + ("-plain" if graph == "plain" else "")
+lowbit = lowbit if onnx and graph == "fused" else "auto"
 per_export = estimate.learned(cost_kind)
 if per_export is not None:
     estimate.caption("this export", per_export, "from the last export with these options on this machine")
@@ -70,7 +79,7 @@ if st.button("Export", type="primary", key="exp_go"):
                                  base=source, labels=bundle.labels, name=v.name, dataset=dataset,
                                  overwrite=overwrite, onnx=onnx, int8=onnx and int8, splits=splits,
                                  limit=limit, report_variants=variants, report=report,
-                                 progress=progress, onnx_graph=graph)
+                                 progress=progress, onnx_graph=graph, lowbit_kernel=lowbit)
     jobs.start(ws, "export", f"Exporting '{name}'", work)
     st.session_state.export_cost_kind = cost_kind
 try:
@@ -98,7 +107,11 @@ if res:
         else:
             st.markdown(f"ONNX graph: **{o.get('graph', 'plain')}**"
                         + (f" ({o['fused_attention_nodes']} fused attention nodes)" if "fused_attention_nodes" in o
-                           else ""))
+                           else "")
+                        + "".join(f"; {n} weight matrices on **{k}**" for k, n in (
+                            ("MatMulNBits", (o.get("ops") or {}).get("com.microsoft:MatMulNBits")),
+                            ("the int8 kernel", (o.get("ops") or {}).get("com.microsoft:DynamicQuantizeMatMul")))
+                            if n))
         st.markdown(f"ONNX parity with PyTorch: max |logit difference| = "
                     f"{o.get('parity_max_abs_diff', float('nan')):.2e}")
 

@@ -279,19 +279,25 @@ def test_export_page_writes_the_fused_graph_and_says_when_it_falls_back(tiny_fol
         variant_store().add(Variant(name=name, base=ss["source"], dataset=ss["dataset"], workspace=ss["workspace"],
                                     recipe=recipe))
     page(at, "7_Export")
-    for name, n_attention in (("q4", 2), ("topk", 0)):
-        folder = tmp_path / name
+    for name, n_attention, kernel in (("q4", 2, "auto"), ("q4", 2, "nbits"), ("topk", 0, "auto")):
+        folder = tmp_path / f"{name}-{kernel}"
         at.selectbox(key="exp_variant").set_value(name).run()
         at.text_input(key=f"exp_folder_{name}").input(str(folder)).run()
         at.checkbox(key="exp_report").uncheck().run()
         assert at.radio(key="exp_graph").value == "fused"                  # the default
+        at.radio(key="exp_lowbit").set_value(kernel).run()
         at.button(key="exp_go").click().run()
         assert_clean(at, name)
         ops = op_histogram(onnx.load(str(folder / "onnx" / "model.onnx")))
         assert ops.get("com.microsoft:Attention", 0) + ops.get("com.microsoft:MultiHeadAttention", 0) == n_attention
         fallback = [w.value for w in at.warning if "plain graph" in w.value]
-        if n_attention:
+        shown = " ".join(m.value for m in at.markdown)
+        if n_attention and kernel == "auto":
             assert not fallback and ops["com.microsoft:DynamicQuantizeMatMul"] == 8     # 4-bit codes, int8 kernel
+            assert "8 weight matrices on **the int8 kernel**" in shown
+        elif n_attention:                                                 # the exact path, on request
+            assert not fallback and ops["com.microsoft:MatMulNBits"] == 8
+            assert "com.microsoft:DynamicQuantizeMatMul" not in ops and "8 weight matrices on **MatMulNBits**" in shown
         else:
             assert len(fallback) == 1 and "top-k hard attention" in fallback[0]
         table = next(d.value for d in at.dataframe if "runtime" in d.value.columns)

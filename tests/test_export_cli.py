@@ -70,6 +70,16 @@ def test_cli_export_variant_and_report(tmp_path, monkeypatch, capsys, tokenizer)
     assert (out / "axlab_variant.json").read_text() == stamp
 
     rep = tmp_path / "rep"
+    # --lowbit-kernel nbits: the same codes on MatMulNBits, the PyTorch variant's numbers
+    out_nb = tmp_path / "out-nbits"
+    assert main(["export", "--variant", v.id, "--out", str(out_nb), "--onnx", "--no-measure", "--no-report",
+                 "--lowbit-kernel", "nbits", "--workspace", "t", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    ops = _ops(out_nb / "onnx" / "model.onnx")
+    assert ops["com.microsoft:MatMulNBits"] == 6 and "com.microsoft:DynamicQuantizeMatMul" not in ops
+    assert printed["onnx"]["parity_max_abs_diff"] <= 1e-4
+
+    rep = tmp_path / "rep"
     assert main(["report", "--out", str(rep), "--workspace", "t", "--json"]) == 0
     assert {p.name for p in rep.iterdir()} == {"report.html", "report.json", "report.md"}
     assert main(["report", "--out", str(rep), "--workspace", "t"]) == 2

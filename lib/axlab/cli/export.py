@@ -73,7 +73,8 @@ def cmd_export(args) -> None:
                      labels=bundle.labels, name=name, dataset=splits.name, overwrite=args.overwrite,
                      onnx=args.onnx, int8=args.int8, splits=None if args.no_measure else splits,
                      measure_split=args.split, limit=args.limit, report_variants=others, report=not args.no_report,
-                     base_measurements=base_measurements, onnx_graph=args.onnx_graph)
+                     base_measurements=base_measurements, onnx_graph=args.onnx_graph,
+                     lowbit_kernel=args.lowbit_kernel)
     if variant is not None:
         new = {k: res.measurements[k] for k in ("onnx", "onnx_int8") if k in res.measurements}
         if new:
@@ -129,6 +130,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--onnx-graph", choices=["fused", "plain"], default="fused",
                    help="fused (default): ONNX Runtime's fused attention and native low-bit weights, falling back to "
                         "plain with the reason where the variant needs it; plain: the dynamo export")
+    s.add_argument("--lowbit-kernel", choices=["auto", "int8", "nbits"], default="auto",
+                   help="fused graph, k-bit variants: auto (default: per-channel codes on the int8 kernel with int8 "
+                        "activations, fastest on VNNI CPUs), int8, or nbits (MatMulNBits, fp32 activations: the "
+                        "PyTorch variant's exact numbers)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.add_argument("--no-report", action="store_true", help="skip the comparison report")
     s.add_argument("--no-measure", action="store_true", help="do not measure accuracy/latency (faster)")

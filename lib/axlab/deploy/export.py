@@ -98,17 +98,19 @@ def _int8_parity(q: nn.Module, predictor, batches: list[dict]) -> float:
     return ort_diff
 
 
-def _export_fused(model: nn.Module, tokenizer, path: Path, int8: bool, threads: int | None):
+def _export_fused(model: nn.Module, tokenizer, path: Path, int8: bool, threads: int | None,
+                  lowbit_kernel: str = "auto"):
     from axlab.compress.quantize import int8_dynamic
     from axlab.core.qmodules import Int8Linear
-    from axlab.deploy.fused_onnx import export_fused_onnx, int8_twin
+    from axlab.deploy.fused_onnx import FusedConfig, export_fused_onnx, int8_twin
     from axlab.deploy.onnx_export import OnnxResult, check_parity, parity_batches
 
     batches = parity_batches(tokenizer)
+    cfg = FusedConfig(lowbit_kernel=lowbit_kernel)
     # k-bit codes run on the int8 kernel: checked like int8 weights, against their int8 twin
-    reference = int8_twin(model) or model
+    reference = int8_twin(model, cfg) or model
     has_int8 = any(isinstance(m, Int8Linear) for m in reference.modules())
-    fp = export_fused_onnx(model, tokenizer, path, threads=threads, batches=batches,
+    fp = export_fused_onnx(model, tokenizer, path, config=cfg, threads=threads, batches=batches,
                            tolerance=None if has_int8 else 1e-4)
     try:
         parity = _int8_parity(reference, fp.predictor, batches) if has_int8 else fp.parity_max_abs_diff
@@ -138,7 +140,7 @@ def _export_fused(model: nn.Module, tokenizer, path: Path, int8: bool, threads: 
 
 
 def export_onnx_graph(model: nn.Module, tokenizer, path: str | Path, *, graph: str = "fused", int8: bool = False,
-                      int8_per_channel: bool = True, threads: int | None = None):
+                      int8_per_channel: bool = True, threads: int | None = None, lowbit_kernel: str = "auto"):
     """Write the checked ONNX file of ``model`` (and ``<stem>_int8.onnx`` with ``int8``); an OnnxResult.
 
     ``graph="fused"`` (default): the fused graph, natively quantized (a k-bit variant's own
@@ -147,11 +149,17 @@ def export_onnx_graph(model: nn.Module, tokenizer, path: str | Path, *, graph: s
     activations). Falls back to the plain dynamo graph (ONNX Runtime dynamic int8 for
     ``int8``) when :func:`axlab.deploy.fused_onnx.fused_support` gives a reason or the fused
     export fails; the reason is logged and in ``result.fallback_reason``.
+    ``lowbit_kernel`` (fused graph, k-bit variants): "auto" (default: per-channel codes on the
+    int8 kernel, int8 activations, fastest on CPUs with VNNI; grouped codes on MatMulNBits),
+    "int8", or "nbits" (every k-bit layer on ``MatMulNBits`` with fp32 activations: the same
+    numbers as the PyTorch variant, slower on such CPUs).
     ``graph="plain"``: the dynamo graph. ``model`` is not modified.
     """
     from dataclasses import replace
 
-    from axlab.deploy.fused_onnx import fused_support
+    from axlab.deploy.fused_onnx import LOWBIT_KERNELS, fused_support
+    if lowbit_kernel not in LOWBIT_KERNELS:
+        raise ExportError(f"Unknown low-bit kernel '{lowbit_kernel}'.", f"Use one of: {', '.join(LOWBIT_KERNELS)}.")
     from axlab.deploy.onnx_export import export_onnx
     if graph not in ONNX_GRAPHS:
         raise ExportError(f"Unknown ONNX graph '{graph}'.", f"Use one of: {', '.join(ONNX_GRAPHS)}.")
@@ -162,7 +170,7 @@ def export_onnx_graph(model: nn.Module, tokenizer, path: str | Path, *, graph: s
         if reason is None:
             try:
                 with eval_mode(model):
-                    return _export_fused(model, tokenizer, path, int8, threads)
+                    return _export_fused(model, tokenizer, path, int8, threads, lowbit_kernel)
             except Exception as e:  # noqa: BLE001  (any failure of the fused writer: the plain graph still works)
                 reason = f"the fused export failed ({type(e).__name__}: {e})"
         log.warning("ONNX export: writing the plain (dynamo) graph instead of the fused one: %s", reason)
@@ -226,11 +234,13 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
                onnx: bool = True, int8: bool = False, splits=None, measure_split: str = "test",
                limit: int | None = None, report_variants: list | None = None, report: bool = True,
                progress: Progress = None, int8_per_channel: bool = True,
-               base_measurements: dict | None = None, onnx_graph: str = "fused") -> ExportResult:
+               base_measurements: dict | None = None, onnx_graph: str = "fused",
+               lowbit_kernel: str = "auto") -> ExportResult:
     """Variant folder + ONNX (+ int8) + comparison report, in one atomic folder.
 
     ``onnx_graph``: "fused" (default; falls back to "plain" with a recorded reason where the
-    fused writer cannot express the variant, see :func:`export_onnx_graph`) or "plain".
+    fused writer cannot express the variant, see :func:`export_onnx_graph`) or "plain";
+    ``lowbit_kernel``: how a k-bit variant's codes run in the fused graph (see there).
     The plain graph's int8 file uses per-channel weight scales by default
     (``int8_per_channel``): on the benchmark's pruned model they kept 0.8325 test accuracy
     where per-tensor scales gave 0.821.
@@ -259,11 +269,12 @@ def export_all(model: nn.Module, tokenizer, folder: str | Path, *, recipe: list 
     with atomic_folder(folder, overwrite) as tmp, eval_mode(model):
         if onnx:
             result_onnx = export_onnx_graph(model, tokenizer, tmp / "onnx" / "model.onnx", graph=onnx_graph,
-                                            int8=int8, int8_per_channel=int8_per_channel)
+                                            int8=int8, int8_per_channel=int8_per_channel, lowbit_kernel=lowbit_kernel)
             prog.update(1, f"ONNX export ({result_onnx.graph} graph) and parity check")
             if measurements.get("size_bytes") is None:
                 measurements["size_bytes"] = size_report(model)["size_bytes"]
             measurements["onnx"] = {"size_bytes": result_onnx.size_bytes, "graph": result_onnx.graph,
+                                    "lowbit_kernel": lowbit_kernel if result_onnx.graph == "fused" else None,
                                     "parity_max_abs_diff": result_onnx.parity_max_abs_diff,
                                     "variant_max_abs_diff": result_onnx.variant_max_abs_diff}
             if result_onnx.fallback_reason:
