@@ -361,6 +361,11 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None) -> l
     return out
 
 
+def fused_support(model):
+    from axlab.deploy.fused_onnx import fused_support as support
+    return support(model)
+
+
 def _fused_export(model, tok, folder: Path, stem: str, threads: int, config=None, tolerance=None):
     from axlab.deploy.fused_onnx import export_fused_onnx
     return export_fused_onnx(model, tok, folder / f"{stem}.onnx", config=config, tolerance=tolerance,
@@ -416,7 +421,7 @@ def _int8(model, embedding_bits: int = 8):
 
 
 def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: list[str], say=lambda m: None,
-                     full_vocab: tuple | None = None) -> tuple:
+                     full_vocab: tuple | None = None, extra: list | None = None) -> tuple:
     """Build the candidate combinations, measure each on validation, pick one.
 
     Candidates: every student of :func:`build_students` (depth and width cut, distilled),
@@ -428,7 +433,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
     qualifies, the most accurate. Returns (rows, report): the chosen row, plus the best
     GPFQ 4-bit candidate as its own row when the chosen one is not GPFQ 4-bit.
     ``full_vocab``: (the base with the task's vocabulary, its report), if already built (its GPFQ
-    is reused).
+    is reused). ``extra``: more (name, model) structures, e.g. the AxFormer search result.
     """
     from axlab.core.errors import AxlabError
 
@@ -438,7 +443,8 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
     base_val = float(base_correct.mean())
     say(f"  fp32 validation accuracy (the bar): {base_val:.4f}; a candidate must beat it by "
         f"{cfg.selection_margin_se:g} paired standard errors")
-    structures = [(StudentPlan(), "full depth", base)] + build_students(base, tok, splits, cfg, say)
+    structures = [(StudentPlan(), "full depth", base)] + [(name, name, m) for name, m in (extra or [])] + \
+        build_students(base, tok, splits, cfg, say)
     report, cands = [], []
     for plan, desc, student in structures:
         if student is base and full_vocab is not None:
@@ -451,7 +457,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
                   ("int8-emb4", "int8 weights, 4-bit embeddings", lambda m=small: _int8(m, 4)),
                   ("gpfq4", "GPFQ 4-bit weights, 4-bit embeddings", lambda m=small: _lowbit("gpfq", m, tok, calib, 4))]
         for qkey, qdesc, make in quants:
-            key = f"{plan.key}+vocab+{qkey}"
+            key = f"{getattr(plan, 'key', plan)}+vocab+{qkey}"
             t0 = time.perf_counter()
             try:
                 res = _fused_export(make(), tok, folder, f"best-{key}", cfg.threads)
@@ -608,10 +614,15 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     add(_torch_row("AxFormer + int8 (PyTorch)", "axlab", Q.int8_dynamic(ax.model),
                    "AxFormer, then int8 Linear layers with dynamic activations", t0))
     t0 = time.perf_counter()
-    ares = _onnx_rows(ax.model, tok, folder, "axformer", cfg.threads, per_channel=True)
-    add(Row("AxFormer + int8 (ONNX Runtime)", "axlab", "onnxruntime", ares.int8_predictor, int(ares.int8_size_bytes),
-            "AxFormer (top-k attention: the plain graph), exported (parity-checked), ONNX Runtime dynamic int8 with "
-            "per-channel weight scales", time.perf_counter() - t0))
+    ax_fused = fused_support(ax.model) is None         # top-k hard attention has no fused form: the plain graph
+    if ax_fused:
+        add(_fused_row("AxFormer + int8 (ONNX Runtime)", "axlab", _int8(ax.model, 8), tok, folder, "axformer_int8",
+                       cfg, "AxFormer, int8 per-channel weights + 8-bit embeddings, fused graph", t0))
+    else:
+        ares = _onnx_rows(ax.model, tok, folder, "axformer", cfg.threads, per_channel=True)
+        add(Row("AxFormer + int8 (ONNX Runtime)", "axlab", "onnxruntime", ares.int8_predictor,
+                int(ares.int8_size_bytes), "AxFormer (top-k attention: the plain graph), exported (parity-checked), "
+                "ONNX Runtime dynamic int8 with per-channel weight scales", time.perf_counter() - t0))
     # --- axlab: GPFQ through the runtime
     for bits in (3, 4):
         t0 = time.perf_counter()
@@ -619,9 +630,16 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
                        f"gpfq{bits}", cfg, f"GPFQ {bits}-bit ({len(calib)} calibration texts), task vocabulary, 4-bit "
                        "embeddings, 8-bit positions, int8 pooler; fused ONNX graph, the codes stored at their width "
                        "and run by the int8 kernel", t0))
+    if ax_fused:
+        t0 = time.perf_counter()
+        ax_vocab = _task_vocab(ax.model, tok, splits)
+        add(_fused_row("AxFormer + GPFQ 4-bit", "axlab", _lowbit("gpfq", ax_vocab, tok, calib, 4), tok, folder,
+                       "axformer_gpfq4", cfg, f"AxFormer, task vocabulary, GPFQ 4-bit ({len(calib)} calibration "
+                       "texts), 4-bit embeddings, 8-bit positions, int8 pooler; fused graph, int8 kernel", t0))
     say("choosing the best combination on validation ...")
     best, notes["best_combination"] = best_combination(base, tok, splits, cfg, folder, calib, say,
-                                                       (vocab_base, vocab_report))
+                                                       (vocab_base, vocab_report),
+                                                       extra=[("AxFormer", ax.model)] if ax_fused else [])
     for row in best:
         add(row)
     return rows, notes

@@ -128,6 +128,12 @@ def test_quick_run_deploys_what_it_compresses(quick_result):
     # every quantized fused row stores its position table in 8 bits (two GatherBlockQuantized: words, positions)
     assert by["GPFQ 4-bit"]["ops"]["com.microsoft:GatherBlockQuantized"] == 2
     assert any(c["candidate"].startswith("L0.50") for c in cands)          # a student with half the layers
+    if "AxFormer + GPFQ 4-bit" in by:             # the AxFormer result without top-k: fused, and a candidate structure
+        ag = by["AxFormer + GPFQ 4-bit"]
+        assert ag["runtime"] == "onnxruntime" and "com.microsoft:DynamicQuantizeMatMul" in ag["ops"]
+        assert ag["size_bytes"] < by["AxFormer + int8 (ONNX Runtime)"]["size_bytes"]
+        assert "AxFormer + GPFQ 4-bit" in t["gpfq4_goal"]
+        assert any(c["candidate"].startswith("AxFormer+vocab+") for c in cands)
     for r in res["rows"]:
         lo, hi = r["latency_b1_spread_ms"]
         assert lo <= r["latency_b1_ms"] <= hi
