@@ -124,6 +124,10 @@ def test_quick_run_deploys_what_it_compresses(quick_result):
         if "error" not in c:
             z = c["val_delta_z"]
             assert c["qualifies"] == (z is None and c["val_delta_vs_fp32"] >= 0 or z is not None and z >= 1.0)
+            assert ("val_latency_ms" in c) == c["qualifies"]               # only qualifying ones are timed
+    chosen = next(c for c in cands if c["candidate"] == by["axlab best combination"]["chosen"])
+    if chosen["qualifies"]:                                               # the fastest qualifying one
+        assert chosen["val_latency_ms"] == min(c["val_latency_ms"] for c in cands if c.get("qualifies"))
     assert "paired standard error" in res["notes"]["best_combination"]["rule"]
     # every quantized fused row stores its position table in 8 bits (two GatherBlockQuantized: words, positions)
     assert by["GPFQ 4-bit"]["ops"]["com.microsoft:GatherBlockQuantized"] == 2
