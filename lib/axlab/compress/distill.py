@@ -315,8 +315,6 @@ class SelfDistillConfig:
             raise ValueError("alpha and exit_ce must be >= 0")
         if self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("lr must be > 0, batch_size >= 1, max_length >= 8")
-        if self.augment < 0:
-            raise ValueError("augment must be >= 0")
         if not 0 <= self.warmup < 1:
             raise ValueError("warmup must be in [0, 1)")
 
