@@ -252,18 +252,33 @@ def _val_correct(predictor, tok, split) -> np.ndarray:
             == np.asarray(split.labels)).astype(float)
 
 
+def interleaved_latency(predictors: dict, tok, texts: list[str], cfg: BenchConfig, n_rounds: int,
+                        runs: dict, say=lambda m: None) -> dict:
+    """{name: {batch size: [(median ms, p90 ms) per round]}} for batch sizes 1 and 32.
+
+    Each round visits every predictor once per batch size (round-robin, the starting one
+    rotating), so drift on the machine hits them alike. ``runs``: timed calls per batch size.
+    """
+    from axlab.core.measure import latency
+    per = {name: {1: [], 32: []} for name in predictors}
+    names = list(predictors)
+    for r in range(n_rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for bs in (1, 32):
+            for name in order:
+                lat = latency(predictors[name], tok, texts, bs, n_runs=runs[bs], warmup=2 if bs == 1 else 1,
+                              seed=cfg.seed * 1000 + r, threads=cfg.threads)
+                per[name][bs].append((lat["median_ms"], lat["p90_ms"]))
+        say(f"latency round {r + 1}/{n_rounds} done")
+    return per
+
+
 def _val_latency(predictors: dict, tok, texts: list[str], cfg: BenchConfig) -> dict:
     """{name: sqrt(b1 ms * b32 ms)} on validation texts, interleaved rounds (median of round medians)."""
-    from axlab.core.measure import latency
-    per = {n: {1: [], 32: []} for n in predictors}
-    names = list(predictors)
-    for r in range(max(1, min(cfg.rounds, 3))):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            for bs, runs in ((1, max(1, cfg.runs_b1 // 2)), (32, max(1, cfg.runs_b32 // 2))):
-                lat = latency(predictors[name], tok, texts, bs, n_runs=runs, warmup=1, seed=cfg.seed + r,
-                              threads=cfg.threads)
-                per[name][bs].append(lat["median_ms"])
-    return {n: math.sqrt(statistics.median(v[1]) * statistics.median(v[32])) for n, v in per.items()}
+    per = interleaved_latency(predictors, tok, texts, cfg, max(1, min(cfg.rounds, 3)),
+                              {1: max(1, cfg.runs_b1 // 2), 32: max(1, cfg.runs_b32 // 2)})
+    return {n: math.sqrt(statistics.median(m for m, _ in v[1]) * statistics.median(m for m, _ in v[32]))
+            for n, v in per.items()}
 
 
 def paired_margin(cand: np.ndarray, base: np.ndarray) -> dict:
@@ -373,11 +388,6 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None) -> l
         say(f"  student {plan.key}: {'; '.join(steps)} ({time.perf_counter() - t0:.0f} s)")
         out.append((plan, " -> ".join(steps), model))
     return out
-
-
-def fused_support(model):
-    from axlab.deploy.fused_onnx import fused_support as support
-    return support(model)
 
 
 def _fused_export(model, tok, folder: Path, stem: str, threads: int, config=None, tolerance=None):
@@ -578,6 +588,7 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     from axlab.compress import prune
     from axlab.compress import quantize as Q
     from axlab.compress.axformer import SearchConfig, cached_search
+    from axlab.deploy import fused_onnx
 
     rows: list[Row] = []
     notes: dict = {}
@@ -635,7 +646,7 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     add(_torch_row("AxFormer + int8 (PyTorch)", "axlab", Q.int8_dynamic(ax.model),
                    "AxFormer, then int8 Linear layers with dynamic activations", t0))
     t0 = time.perf_counter()
-    ax_fused = fused_support(ax.model) is None         # top-k hard attention has no fused form: the plain graph
+    ax_fused = fused_onnx.fused_support(ax.model) is None     # top-k hard attention: no fused form, the plain graph
     if ax_fused:
         add(_fused_row("AxFormer + int8 (ONNX Runtime)", "axlab", _int8(ax.model, 8), tok, folder, "axformer_int8",
                        cfg, "AxFormer, int8 per-channel weights + 8-bit embeddings, fused graph", t0))
@@ -692,7 +703,7 @@ def _gpu_predictor(model, probe: dict) -> Callable | None:
 
 def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: None) -> None:
     """Accuracy on ``test``, then interleaved latency rounds; fills ``row.results``."""
-    from axlab.core.measure import evaluate, latency
+    from axlab.core.measure import evaluate
 
     for row in rows:
         ev = evaluate(row.predictor, tok, test)
@@ -700,16 +711,8 @@ def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: Non
         say(f"accuracy {row.name:<34} {ev['accuracy']:.4f}")
 
     def rounds(predictors: dict, prefix: str) -> None:
-        per = {name: {1: [], 32: []} for name in predictors}
-        names = list(predictors)
-        for r in range(cfg.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]     # rotate the starting row
-            for bs, runs in ((1, cfg.runs_b1), (32, cfg.runs_b32)):
-                for name in order:
-                    lat = latency(predictors[name], tok, test.texts, bs, n_runs=runs, warmup=2 if bs == 1 else 1,
-                                  seed=cfg.seed * 1000 + r, threads=cfg.threads)
-                    per[name][bs].append((lat["median_ms"], lat["p90_ms"]))
-            say(f"latency round {r + 1}/{cfg.rounds} ({prefix or 'cpu'}) done")
+        per = interleaved_latency(predictors, tok, test.texts, cfg, cfg.rounds, {1: cfg.runs_b1, 32: cfg.runs_b32},
+                                  lambda m: say(f"{m} ({prefix.strip('_') or 'cpu'})"))
         for row in rows:
             if row.name not in per:
                 continue

@@ -158,9 +158,9 @@ def export_onnx_graph(model: nn.Module, tokenizer, path: str | Path, *, graph: s
     from dataclasses import replace
 
     from axlab.deploy.fused_onnx import LOWBIT_KERNELS, fused_support
-    if lowbit_kernel not in LOWBIT_KERNELS:
-        raise ExportError(f"Unknown low-bit kernel '{lowbit_kernel}'.", f"Use one of: {', '.join(LOWBIT_KERNELS)}.")
     from axlab.deploy.onnx_export import export_onnx
+    if lowbit_kernel not in LOWBIT_KERNELS:     # checked here: a bad value must not fall back to the plain graph
+        raise ExportError(f"Unknown low-bit kernel '{lowbit_kernel}'.", f"Use one of: {', '.join(LOWBIT_KERNELS)}.")
     if graph not in ONNX_GRAPHS:
         raise ExportError(f"Unknown ONNX graph '{graph}'.", f"Use one of: {', '.join(ONNX_GRAPHS)}.")
     path = Path(path)
