@@ -6,8 +6,11 @@
 Rows (all ONNX Runtime, CPU, 2 threads):
   peers  ort fp32 (dynamo export); ort dynamic int8; ort dynamic int8 per-channel;
          ort transformer optimizer (model_type bert) + dynamic int8 per-channel
-  axlab  fused fp32 (one Attention node per layer, EmbedLayerNormalization, SkipLayerNormalization);
-         fused int8 (the variant's own int8 weights as DynamicQuantizeMatMul + 8-bit embeddings);
+  axlab  fused fp32 (one Attention node per layer, LayerNorm as elementwise steps);
+         the same with ONNX Runtime's LayerNorm kernels (EmbedLayerNormalization,
+         SkipLayerNormalization: FusedConfig(layernorm="fused"));
+         fused int8 (the variant's own int8 weights as DynamicQuantizeMatMul + 8-bit embeddings),
+         and the same with ONNX Runtime's LayerNorm kernels;
          fused GPFQ 4-bit (its own codes as MatMulNBits, accuracy_level 4) + 8-bit embeddings;
          the same + the task's vocabulary only (prune_vocab on the training texts)
 
@@ -85,9 +88,14 @@ def build(bundle, splits, out: Path, n_calibration: int) -> dict:
 
     fused = export_fused_onnx(model, tok, out / "fused_fp32.onnx")
     rows["axlab fused fp32"] = (fused.path, "axlab")
+    kernel_ln = FusedConfig(layernorm="fused")
+    rows["axlab fused fp32, ORT LayerNorm kernels"] = (
+        export_fused_onnx(model, tok, out / "fused_fp32_ln.onnx", config=kernel_ln).path, "axlab")
     q8 = int8_dynamic(model, embeddings=True)
     export_fused_onnx(q8, tok, out / "fused_int8.onnx", tolerance=None)
     rows["axlab fused int8 + int8 embeddings"] = (out / "fused_int8.onnx", "axlab")
+    export_fused_onnx(q8, tok, out / "fused_int8_ln.onnx", config=kernel_ln, tolerance=None)
+    rows["axlab fused int8 + int8 embeddings, ORT LayerNorm kernels"] = (out / "fused_int8_ln.onnx", "axlab")
     texts = calibration_texts(splits, n_calibration, seed=0)
     t1 = time.perf_counter()
     g4 = gpfq(model, tok, texts, 4, embeddings=True, embedding_bits=8)

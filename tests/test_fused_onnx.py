@@ -57,16 +57,22 @@ def _ops(model, cfg=None):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("attention", ["attention", "mha"])
-def test_fp32_pruned_parity(arch, attention, batches, tok, tmp_path):
+@pytest.mark.parametrize("attention,layernorm", [("attention", "elementwise"), ("mha", "elementwise"),
+                                                 ("attention", "fused"), ("mha", "fused")])
+def test_fp32_pruned_parity(arch, attention, layernorm, batches, tok, tmp_path):
     m = _pruned(arch)
-    res = export_fused_onnx(m, tok, tmp_path / "m.onnx", config=FusedConfig(attention=attention), batches=batches)
+    res = export_fused_onnx(m, tok, tmp_path / "m.onnx", config=FusedConfig(attention=attention, layernorm=layernorm),
+                            batches=batches)
     assert res.parity_max_abs_diff <= 1e-4
     op = "com.microsoft:Attention" if attention == "attention" else "com.microsoft:MultiHeadAttention"
     assert res.ops[op] == 2                                       # layers with 2 and 3 heads; the 0-head layer has none
-    assert res.ops["com.microsoft:EmbedLayerNormalization"] == 1
-    assert res.ops["com.microsoft:SkipLayerNormalization"] == 4   # 0-head attention and 0-width FFN: Add + LayerNorm
-    assert res.ops["LayerNormalization"] == 2
+    if layernorm == "fused":
+        assert res.ops["com.microsoft:EmbedLayerNormalization"] == 1
+        assert res.ops["com.microsoft:SkipLayerNormalization"] == 4   # 0-head attention and 0-width FFN: Add + LayerNorm
+        assert res.ops["LayerNormalization"] == 2
+    else:                                                         # 7 LayerNorms, each two ReduceMeans, no LN kernel
+        assert res.ops["ReduceMean"] == 14
+        assert not [k for k in res.ops if "LayerNormalization" in k]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -77,15 +83,16 @@ def test_logits_are_not_trivial(arch, batches):
 
 def test_no_embed_layernorm_and_dropped_layer(batches):
     m = drop_layers(_pruned("roberta", layers=4), [3])
-    diff, _ = _rel(m, fused_predictor(build_fused_graph(m, FusedConfig(embed_layernorm=False)).SerializeToString()), batches)
-    assert diff <= 1e-4
+    for cfg in (FusedConfig(), FusedConfig(layernorm="fused", embed_layernorm=False)):
+        diff, _ = _rel(m, fused_predictor(build_fused_graph(m, cfg).SerializeToString()), batches)
+        assert diff <= 1e-4
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_pruned_vocabulary(arch, tok, batches):
     texts = ["the film is a quiet , warm and funny story", "the plot drags and the ending is flat ."]
     m, _ = prune_vocab(_pruned(arch), tok, texts)
-    for cfg in (FusedConfig(), FusedConfig(embed_layernorm=False)):
+    for cfg in (FusedConfig(), FusedConfig(layernorm="fused"), FusedConfig(layernorm="fused", embed_layernorm=False)):
         p = fused_predictor(build_fused_graph(m, cfg).SerializeToString())
         assert max(check_parity(m, p, batches).values()) <= 1e-4
 
@@ -238,6 +245,8 @@ def test_int8_twin_and_kernel_choice():
         build_fused_graph(rtn(m, 4, group_size=32), FusedConfig(lowbit_kernel="int8"))
     with pytest.raises(ValueError):
         FusedConfig(lowbit_kernel="fast")
+    with pytest.raises(ValueError, match="layernorm"):
+        FusedConfig(layernorm="skip")
     q = rtn(m, 4, outliers=0.01)
     twin = int8_twin(q)
     from axlab.core.qmodules import Int8Linear

@@ -11,8 +11,12 @@ layers through the registry), not traced, so every layer can have its own shape:
   token-type-0 row is folded into the position table; RoBERTa's padding-aware
   positions are computed in the graph and passed as ``position_ids``), else a gather
   (``com.microsoft.GatherBlockQuantized`` for a quantized table) + ``SkipLayerNormalization``;
-* residual + LayerNorm as ``com.microsoft.SkipLayerNormalization`` (with the
-  projection bias folded in), the FFN activation as ``BiasGelu`` (exact erf GELU) or
+* residual + LayerNorm written as its elementwise steps (Add, ReduceMean, Sub, Mul,
+  Sqrt, Div; ``FusedConfig.layernorm="elementwise"``, the default): ONNX Runtime's CPU
+  ``SkipLayerNormalization`` and ``LayerNormalization`` kernels are scalar loops, about
+  3x slower here than the same steps on its vectorised elementwise kernels at batch 32
+  and 1.5x at batch 1; ``layernorm="fused"`` writes ``com.microsoft.SkipLayerNormalization``
+  (projection bias folded in) instead. The FFN activation as ``BiasGelu`` (exact erf GELU) or
   ``FastGelu`` (tanh GELU), matching the model's own activation;
 * weights as stored: ``nn.Linear`` -> ``MatMul``; ``QuantLinear`` (k-bit codes +
   scales) -> ``com.microsoft.MatMulNBits`` with the same codes (2 bits natively; 3 bits
@@ -55,7 +59,7 @@ from axlab.core.surgery import EmptyAttention, is_skipped
 
 __all__ = ["FusedConfig", "FusedResult", "build_fused_graph", "export_fused_onnx", "fused_predictor",
            "op_histogram", "nbits_container", "pack_nbits", "fused_support", "FUSED_TYPES", "attention_node_count",
-           "int8_twin", "runs_on_int8_kernel", "LOWBIT_KERNELS"]
+           "int8_twin", "runs_on_int8_kernel", "LOWBIT_KERNELS", "LAYERNORMS"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ NBITS_KERNEL = (2, 4, 8)        # bit widths the CPU MatMulNBits kernel executes
 GBQ_BITS = (2, 4, 8)            # bit widths GatherBlockQuantized accepts for uint8 data
 FUSED_TYPES = ("bert", "roberta", "distilbert", "electra")     # architectures the writer knows
 LOWBIT_KERNELS = ("auto", "int8", "nbits")  # how k-bit codes run: see FusedConfig.lowbit_kernel
+LAYERNORMS = ("elementwise", "fused")        # how LayerNorm is written: see FusedConfig.layernorm
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 
 
@@ -87,6 +92,11 @@ class FusedConfig:
     outliers are folded into the int8 weights on their column's grid where they fit, the
     rest added exactly at run time. "auto" (default): "int8" for per-channel codes,
     "nbits" for grouped ones.
+    ``layernorm``: "elementwise" (default) writes every LayerNorm (and the residual add in
+    front of it) as its elementwise steps, which ONNX Runtime's CPU runs on vectorised
+    kernels; "fused" writes ``SkipLayerNormalization`` / ``LayerNormalization`` (and lets
+    ``embed_layernorm`` apply), whose CPU kernels are scalar loops (slower here, see
+    ``bench/bench_deploy.py``). Same numbers either way (parity 1e-4).
     """
 
     attention: str = "auto"
@@ -94,6 +104,7 @@ class FusedConfig:
     accuracy_level: int = 0
     embed_layernorm: bool = True
     lowbit_kernel: str = "auto"
+    layernorm: str = "elementwise"
 
     def __post_init__(self):
         if self.attention not in ("auto", "attention", "mha"):
@@ -104,6 +115,8 @@ class FusedConfig:
             raise ValueError(f"accuracy_level must be 0..4, got {self.accuracy_level}")
         if self.lowbit_kernel not in LOWBIT_KERNELS:
             raise ValueError(f"lowbit_kernel must be one of {LOWBIT_KERNELS}, got {self.lowbit_kernel!r}")
+        if self.layernorm not in LAYERNORMS:
+            raise ValueError(f"layernorm must be one of {LAYERNORMS}, got {self.layernorm!r}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -463,17 +476,30 @@ class _Writer:
         return self.g.const(f"{tag}_gamma", _np(ln.weight)), self.g.const(f"{tag}_beta", _np(ln.bias)), float(ln.eps)
 
     def skip_ln(self, x: str, skip: str, bias: np.ndarray | None, ln: nn.LayerNorm, tag: str) -> str:
-        """LayerNorm(x + skip + bias) as one SkipLayerNormalization."""
+        """LayerNorm(x + skip + bias): one SkipLayerNormalization, or its elementwise steps."""
+        g = self.g
+        if self.cfg.layernorm == "elementwise":
+            s = g.op("Add", [x, skip])
+            return self.bias_ln(s, bias, ln, tag)
         gamma, beta, eps = self._ln_params(ln, tag)
-        ins = [x, skip, gamma, beta] + ([self.g.const(f"{tag}_bias", bias)] if bias is not None else [])
-        return self.g.op("SkipLayerNormalization", ins, domain=MS, epsilon=eps, base=tag)
+        ins = [x, skip, gamma, beta] + ([g.const(f"{tag}_bias", bias)] if bias is not None else [])
+        return g.op("SkipLayerNormalization", ins, domain=MS, epsilon=eps, base=tag)
 
     def bias_ln(self, x: str, bias: np.ndarray | None, ln: nn.LayerNorm, tag: str) -> str:
-        """LayerNorm(x + bias): a removed block leaves only its output bias."""
+        """LayerNorm(x + bias) (a removed block leaves only its output bias)."""
+        g = self.g
         gamma, beta, eps = self._ln_params(ln, tag)
         if bias is not None:
-            x = self.g.op("Add", [x, self.g.const(f"{tag}_bias", bias)])
-        return self.g.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps, base=tag)
+            x = g.op("Add", [x, g.const(f"{tag}_bias", bias)])
+        if self.cfg.layernorm == "fused":
+            return g.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps, base=tag)
+        # (x - mean) / sqrt(var + eps) * gamma + beta, var the biased variance as in torch; the
+        # square is Mul(d, d) (ONNX Runtime's LayerNormFusion looks for Pow and would put the
+        # scalar kernel back)
+        d = g.op("Sub", [x, g.op("ReduceMean", [x], axes=[-1], keepdims=1)])
+        var = g.op("ReduceMean", [g.op("Mul", [d, d])], axes=[-1], keepdims=1)
+        std = g.op("Sqrt", [g.op("Add", [var, g.const(f"{tag}_eps", np.array(eps, np.float32))])])
+        return g.op("Add", [g.op("Mul", [g.op("Div", [d, std]), gamma]), beta], base=tag)
 
     def activation(self, x: str, bias: np.ndarray | None, tag: str) -> str:
         act = getattr(self.cfg_hf, "hidden_act", None) or getattr(self.cfg_hf, "activation", "gelu")
@@ -513,7 +539,8 @@ class _Writer:
             csum = g.op("CumSum", [m, g.const("axis1", np.array(1, np.int32))])
             pos_ids = g.op("Add", [g.op("Mul", [csum, m]), g.const("pad_i32", np.array(pad, np.int32))],
                            base="position_ids")
-        if self.cfg.embed_layernorm and not isinstance(word, QuantEmbedding) and not pos_q:
+        if (self.cfg.embed_layernorm and self.cfg.layernorm == "fused" and not isinstance(word, QuantEmbedding)
+                and not pos_q):
             gamma, beta, eps = self._ln_params(ln, "emb_ln")
             ins = [ids32, "", g.const("word_emb", _np(word.weight)), g.const("pos_emb", pos_tab), "", gamma, beta, "",
                    pos_ids or ""]
