@@ -7,6 +7,7 @@ from axlab.core.loading import load_variant
 from axlab.core.measure import predict_logits
 from axlab.core.testing import save_tiny
 from axlab.deploy.report import external_references
+from axlab.deploy.fused_onnx import attention_node_count
 from axlab.store.variants import Variant, VariantStore
 
 
@@ -36,9 +37,9 @@ def test_cli_export_variant_and_report(tmp_path, monkeypatch, capsys, tokenizer)
     # the 4-bit layers keep the variant's own codes (stored at 4 bits, run by the int8 kernel)
     assert printed["onnx_graph"] == "fused" and "onnx_fallback_reason" not in printed
     ops = _ops(out / "onnx" / "model.onnx")
-    assert ops.get("com.microsoft:Attention", 0) + ops.get("com.microsoft:MultiHeadAttention", 0) == 1
+    assert attention_node_count(ops) == 1 and ops["com.microsoft:QAttention"] == 1      # int8-kernel q/k/v
     assert printed["onnx"]["fused_attention_nodes"] == 1
-    assert ops["com.microsoft:DynamicQuantizeMatMul"] == 6 and ops["MatMul"] == 2   # + the fp32 pooler, classifier
+    assert ops["com.microsoft:DynamicQuantizeMatMul"] == 5 and ops["MatMul"] == 2   # + the fp32 pooler, classifier
     assert "com.microsoft:MatMulNBits" not in ops
     # measured next to the PyTorch variant: accuracy, interleaved latency with spread, size
     rows = {r["runtime"]: r for r in printed["comparison"]}
@@ -109,7 +110,7 @@ def test_cli_export_falls_back_to_the_plain_graph_for_top_k_and_int8_is_fused(tm
     assert printed["onnx_graph"] == "fused" and printed["onnx_int8"]["graph"] == "fused"
     assert _ops(out8 / "onnx" / "model.onnx")["com.microsoft:Attention"] == 2
     ops8 = _ops(out8 / "onnx" / "model_int8.onnx")
-    assert ops8["com.microsoft:MultiHeadAttention"] == 2 and ops8["com.microsoft:DynamicQuantizeMatMul"] == 10
+    assert ops8["com.microsoft:QAttention"] == 2 and ops8["com.microsoft:DynamicQuantizeMatMul"] == 8
     assert {r["runtime"] for r in printed["comparison"]} == {"pytorch", "onnxruntime", "onnxruntime-int8"}
     # --onnx-graph plain asks for the dynamo graph
     outp = tmp_path / "plain"

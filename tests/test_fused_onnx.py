@@ -301,3 +301,20 @@ def test_fused_support_names_what_it_cannot_write():
     assert "vit" in fused_support(tiny_vision_model("vit"))
     assert fused_support(rtn(m, 3, group_size=8)) is not None           # no power-of-two block >= 16
     assert attention_node_count(op_histogram(build_fused_graph(m))) == 2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_int8_attention_is_one_qattention(arch, batches):
+    """int8 q/k/v: the input is quantized once and QAttention projects and attends; the numbers are those of
+    the DynamicQuantizeMatMul + Split + MultiHeadAttention form (same quantization), and layers whose
+    outliers must be added at run time keep that form."""
+    q8 = int8_dynamic(_pruned(arch))
+    auto, mha = build_fused_graph(q8), build_fused_graph(q8, FusedConfig(attention="mha"))
+    ops = op_histogram(auto)
+    assert ops["com.microsoft:QAttention"] == 2 and "com.microsoft:MultiHeadAttention" not in ops
+    assert op_histogram(mha)["com.microsoft:MultiHeadAttention"] == 2
+    pa, pm = fused_predictor(auto.SerializeToString()), fused_predictor(mha.SerializeToString())
+    for b in batches:
+        assert float((pa(b) - pm(b)).abs().max()) <= 1e-5
+    q = rtn(_pruned(arch), 8, outliers=0.01, scope="all")        # 8-bit codes: outliers added at run time
+    assert "com.microsoft:QAttention" not in op_histogram(build_fused_graph(q))

@@ -256,9 +256,12 @@ def int8_twin(model: nn.Module, config: FusedConfig | None = None) -> nn.Module 
     return twin.eval()
 
 
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "QAttention")      # com.microsoft fused attention ops
+
+
 def attention_node_count(ops: dict) -> int:
-    """Fused attention nodes (com.microsoft Attention + MultiHeadAttention) in an :func:`op_histogram`."""
-    return int(ops.get(f"{MS}:Attention", 0)) + int(ops.get(f"{MS}:MultiHeadAttention", 0))
+    """Fused attention nodes (com.microsoft Attention, MultiHeadAttention, QAttention) in an :func:`op_histogram`."""
+    return sum(int(ops.get(f"{MS}:{op}", 0)) for op in ATTENTION_OPS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -347,8 +350,12 @@ class _Writer:
 
     # --- linear layers -------------------------------------------------------------------
 
-    def matmul(self, x: str, lins: list[nn.Module], tag: str) -> str:
-        """x @ W.T for one Linear or several of the same kind stacked along outputs (bias NOT added)."""
+    def matmul(self, x: str, lins: list[nn.Module], tag: str, bias: np.ndarray | None = None) -> str:
+        """x @ W.T (+ ``bias``) for one Linear or several of the same kind stacked along outputs.
+
+        The linears' own biases are NOT added; ``bias`` is, inside ``DynamicQuantizeMatMul``
+        (its optional bias input) where the weights run on the int8 kernel, else by an ``Add``.
+        """
         kinds = {_linear_kind(m) for m in lins}
         if len(kinds) != 1:
             raise ValueError("matmul: mixed linear kinds")
@@ -356,21 +363,58 @@ class _Writer:
         g = self.g
         if kind == "fp32":
             w = np.concatenate([_np(m.weight).T for m in lins], axis=1)         # (K, N)
-            return g.op("MatMul", [x, g.const(f"{tag}_w", w)], base=tag)
-        if kind == "int8":
-            wq = np.concatenate([m.weight_int8.numpy().T for m in lins], axis=1)   # (K, N) int8
-            sc = np.concatenate([_np(m.weight_scale) for m in lins])               # (N,)
-            return g.op("DynamicQuantizeMatMul", [x, g.const(f"{tag}_wq", wq), g.const(f"{tag}_ws", sc)],
-                        domain=MS, base=tag)
-        return self._nbits(x, lins, tag)
+            return self._plus(g.op("MatMul", [x, g.const(f"{tag}_w", w)], base=tag), bias, tag)
+        plan = self._int8_plan(lins)
+        if plan is not None:
+            wq, col_scale, left = self._int8_weight(plan, tag)
+            return self._add_outliers(x, self._dqmm(x, wq, col_scale, bias, tag), left, tag)
+        return self._nbits(x, lins, tag, bias)
 
-    def _nbits(self, x: str, lins: list[QuantLinear], tag: str) -> str:
+    def _int8_plan(self, lins: list[nn.Module]) -> dict | None:
+        """How ``lins`` (stacked along outputs) run on the int8 kernel, or None when they do not.
+
+        ``Int8Linear``: their int8 weights. ``QuantLinear`` with one scale per column (see
+        :func:`runs_on_int8_kernel`) and one container width: their codes, widened to int8 at
+        load; outliers that fit int8 on their column's grid folded in, ``left`` the rest.
+        Only numpy here: nothing is written to the graph.
+        """
+        kinds = {_linear_kind(m) for m in lins}
+        if kinds == {"int8"}:
+            return {"wq": np.concatenate([m.weight_int8.numpy().T for m in lins], axis=1),     # (K, N) int8
+                    "col_scale": np.concatenate([_np(m.weight_scale) for m in lins]), "left": None}
+        if kinds != {"nbits"} or len({nbits_container(m.bits) for m in lins}) > 1:
+            return None
+        if not all(runs_on_int8_kernel(m, self.cfg) for m in lins):
+            return None
+        codes = np.concatenate([m.codes().numpy() for m in lins], axis=0)          # (N, K) signed
+        col_scale = np.concatenate([_np(m.scale) for m in lins], axis=0)[:, 0].astype(np.float32)
+        folded, left = _split_outliers(_outliers(lins), col_scale)
+        return {"codes_t": codes.T, "cbits": nbits_container(lins[0].bits), "folded": folded, "left": left,
+                "col_scale": col_scale}
+
+    def _int8_weight(self, plan: dict, tag: str) -> tuple[str, np.ndarray, tuple | None]:
+        """(the int8 (K, N) weight tensor in the graph, column scales, outliers left) of an :meth:`_int8_plan`."""
+        if "wq" in plan:
+            return self.g.const(f"{tag}_wq", plan["wq"]), plan["col_scale"], None
+        wq = self._widened_codes(plan["codes_t"], plan["cbits"], tag, plan["folded"], plan["col_scale"])
+        return wq, plan["col_scale"], plan["left"]
+
+    def _plus(self, y: str, bias: np.ndarray | None, tag: str) -> str:
+        return y if bias is None else self.g.op("Add", [y, self.g.const(f"{tag}_b", bias)])
+
+    def _dqmm(self, x: str, wq: str, col_scale: np.ndarray, bias: np.ndarray | None, tag: str) -> str:
+        """``DynamicQuantizeMatMul`` (int8 weights ``wq`` (K, N), one scale per column), bias folded in."""
+        g = self.g
+        ins = [x, wq, g.const(f"{tag}_ws", col_scale)] + (["", g.const(f"{tag}_b", bias)] if bias is not None else [])
+        return g.op("DynamicQuantizeMatMul", ins, domain=MS, base=tag)
+
+    def _nbits(self, x: str, lins: list[QuantLinear], tag: str, bias: np.ndarray | None = None) -> str:
         g = self.g
         bits = {nbits_container(m.bits) for m in lins}
         groups = {m.group_size for m in lins}
         if len(bits) > 1 or len(groups) > 1:                     # mixed precision: one op each, then concat
             outs = [self._nbits(x, [m], f"{tag}{i}") for i, m in enumerate(lins)]
-            return g.op("Concat", outs, axis=-1, base=tag)
+            return self._plus(g.op("Concat", outs, axis=-1, base=tag), bias, tag)
         cbits, group = bits.pop(), groups.pop()
         k = lins[0].in_features
         codes = np.concatenate([m.codes().numpy() for m in lins], axis=0)          # (N, K) signed
@@ -378,12 +422,6 @@ class _Writer:
         if group is not None and self.cfg.lowbit_kernel == "int8":
             raise ExportError(f"{group}-wide groups have several scales per column; the int8 kernel takes one.",
                               "Use FusedConfig(lowbit_kernel='nbits') (MatMulNBits) for grouped codes.")
-        if all(runs_on_int8_kernel(m, self.cfg) for m in lins):
-            col_scale = scale[:, 0].astype(np.float32)
-            folded, left = _split_outliers(_outliers(lins), col_scale)
-            wq = self._widened_codes(codes.T, cbits, tag, folded, col_scale)            # (K, N) int8 at load
-            y = g.op("DynamicQuantizeMatMul", [x, wq, g.const(f"{tag}_ws", col_scale)], domain=MS, base=tag)
-            return self._add_outliers(x, y, left, tag)
         if group is None:
             block = self.cfg.nbits_block
             kb = -(-k // block)
@@ -399,7 +437,7 @@ class _Writer:
                                  g.const(f"{tag}_s", scales.astype(np.float32))],
                  domain=MS, base=tag, K=k, N=n, bits=cbits, block_size=block,
                  accuracy_level=self.cfg.accuracy_level)
-        return self._add_outliers(x, y, _outliers(lins), tag)
+        return self._plus(self._add_outliers(x, y, _outliers(lins), tag), bias, tag)
 
     def _widened_codes(self, codes_t: np.ndarray, cbits: int, tag: str,
                        outliers: tuple | None = None, col_scale: np.ndarray | None = None) -> str:
@@ -466,9 +504,14 @@ class _Writer:
 
     def linear(self, x: str, lin: nn.Module, tag: str) -> str:
         """x @ W.T + b."""
-        y = self.matmul(x, [lin], tag)
-        b = _bias(lin)
-        return y if b is None else self.g.op("Add", [y, self.g.const(f"{tag}_b", b)])
+        return self.matmul(x, [lin], tag, bias=_bias(lin))
+
+    def residual_branch(self, x: str, lin: nn.Module, tag: str) -> tuple[str, np.ndarray | None]:
+        """(x @ W.T, the bias still to add) for a block's last projection: with ``SkipLayerNormalization``
+        the bias goes there; with elementwise LayerNorm it is added here (for free inside the int8 kernel)."""
+        if self.cfg.layernorm == "fused":
+            return self.matmul(x, [lin], tag), _bias(lin)
+        return self.matmul(x, [lin], tag, bias=_bias(lin)), None
 
     # --- blocks ----------------------------------------------------------------------------
 
@@ -606,10 +649,16 @@ class _Writer:
         biases = [_bias(m) if _bias(m) is not None else np.zeros(m.out_features, np.float32) for m in qkv]
         bias = g.const(f"{tag}_qkv_b", np.concatenate(biases))
         fp32 = all(_linear_kind(m) == "fp32" for m in qkv)
-        mode = self.cfg.attention if self.cfg.attention != "auto" else ("attention" if fp32 else "mha")
+        mode = self.cfg.attention if self.cfg.attention != "auto" else "attention"
         if mode == "attention" and fp32:
             w = np.concatenate([_np(m.weight).T for m in qkv], axis=1)            # (H, 3*hq)
             ctx = g.op("Attention", [x, g.const(f"{tag}_qkv_w", w), bias, mask32], domain=MS,
+                       num_heads=n_heads, scale=scale, base=tag)
+        elif mode != "mha" and (plan := self._int8_plan(qkv)) is not None and plan["left"] is None:
+            # int8 q/k/v: the input quantized once, projection and attention in one QAttention
+            wq, col_scale, _ = self._int8_weight(plan, f"{tag}_qkv")
+            xq, xs, xz = g.op("DynamicQuantizeLinear", [x], n_out=3, base=f"{tag}_xq")
+            ctx = g.op("QAttention", [xq, wq, bias, xs, g.const(f"{tag}_qkv_ws", col_scale), mask32, xz], domain=MS,
                        num_heads=n_heads, scale=scale, base=tag)
         else:
             kinds = {_linear_kind(m) for m in qkv}
@@ -620,7 +669,7 @@ class _Writer:
                 q, k, v = (self.matmul(x, [m], f"{tag}_{n}") for m, n in zip(qkv, "qkv"))
             ctx = g.op("MultiHeadAttention", [q, k, v, bias, mask32], domain=MS, num_heads=n_heads, scale=scale,
                        base=tag)                                                     # (B, S, hq)
-        return self.matmul(ctx, [p.o], f"{tag}_out"), _bias(p.o)
+        return self.residual_branch(ctx, p.o, f"{tag}_out")
 
     def ffn(self, x: str, layer: int) -> tuple[str | None, np.ndarray | None]:
         f = registry.ffn_parts(self.model, layer)
@@ -628,7 +677,7 @@ class _Writer:
             return None, _bias(f.down)
         tag = f"L{layer}_ffn"
         h = self.activation(self.matmul(x, [f.up], f"{tag}_up"), _bias(f.up), tag)
-        return self.matmul(h, [f.down], f"{tag}_down"), _bias(f.down)
+        return self.residual_branch(h, f.down, f"{tag}_down")
 
     def layer_norms(self, layer: int) -> tuple[nn.LayerNorm, nn.LayerNorm]:
         lay = registry.layers(self.model)[layer]
