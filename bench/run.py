@@ -30,8 +30,9 @@ Rows
   in int8.
 
 The peer to beat is the fastest ONNX Runtime int8 peer at each batch size. Every latency
-carries its spread (the lowest and highest per-round median); a ratio whose rounds
-overlap is labelled "within noise" in the Markdown.
+carries its spread (the lowest and highest per-round median), and every ratio its spread
+over the rounds (each round times all rows back to back); a ratio whose per-round values
+include 1x is labelled "within noise" in the Markdown.
 
 Where a CUDA GPU is present, PyTorch rows also get ``latency_b1_gpu_ms`` and
 ``latency_b32_gpu_ms`` (ONNX Runtime rows run on the CPU provider: None there); without
@@ -776,20 +777,44 @@ def int8_peers(rows: list[dict]) -> list[dict]:
 
 
 def within_noise(a: dict, b: dict, bs: int) -> bool:
-    """True when the two rows' per-round medians at batch ``bs`` overlap (their spreads cross)."""
+    """True when the two rows' per-round medians at batch ``bs`` overlap (their spreads cross):
+    the unpaired rule, kept as ``overlap_within_noise`` beside the paired one of :func:`speed_ratio`."""
     sa, sb = a.get(f"latency_b{bs}_spread_ms"), b.get(f"latency_b{bs}_spread_ms")
     if not sa or not sb:
         return False
     return sa[0] <= sb[1] and sb[0] <= sa[1]
 
 
+def round_ratios(a: dict, b: dict, bs: int) -> list[float] | None:
+    """``b``'s latency over ``a``'s in each interleaved round (both timed back to back in it), or None."""
+    ra, rb = a.get(f"latency_b{bs}_rounds_ms"), b.get(f"latency_b{bs}_rounds_ms")
+    if not ra or not rb or len(ra) != len(rb) or len(ra) < 2:
+        return None
+    return [y / x for x, y in zip(ra, rb)]
+
+
 def speed_ratio(a: dict, b: dict, bs: int) -> dict:
-    """How many times faster ``a`` is than ``b`` at batch ``bs`` (medians), and whether that is within noise."""
-    return {"ratio": b[f"latency_b{bs}_ms"] / a[f"latency_b{bs}_ms"], "within_noise": within_noise(a, b, bs)}
+    """How many times faster ``a`` is than ``b`` at batch ``bs`` (medians), the spread of that ratio
+    over the interleaved rounds, and whether it is within noise.
+
+    The rounds are paired (each times every row back to back, so drift on the machine hits them
+    alike): a ratio is within noise when its per-round values do not all lie on one side of 1x,
+    i.e. the two rows swap order in some round. With 7 rounds, "all on one side" by chance alone
+    has probability 2 / 2**7 = 1.6%. Rows without per-round figures fall back to the unpaired rule
+    (their round spreads overlap), which is also reported as ``overlap_within_noise``."""
+    out = {"ratio": b[f"latency_b{bs}_ms"] / a[f"latency_b{bs}_ms"], "overlap_within_noise": within_noise(a, b, bs)}
+    rr = round_ratios(a, b, bs)
+    if rr is None:
+        out["within_noise"] = out["overlap_within_noise"]
+    else:
+        out["round_spread"] = [round(min(rr), 3), round(max(rr), 3)]
+        out["within_noise"] = min(rr) <= 1.0 <= max(rr)
+    return out
 
 
 def _ratio_text(r: dict) -> str:
-    return f"{r['ratio']:.2f}x" + (" (within noise)" if r["within_noise"] else "")
+    spread = f" [{r['round_spread'][0]:.2f}-{r['round_spread'][1]:.2f}]" if r.get("round_spread") else ""
+    return f"{r['ratio']:.2f}x{spread}" + (" (within noise)" if r["within_noise"] else "")
 
 
 def targets(rows: list[dict], ref_name: str = "fp32 PyTorch") -> dict:
@@ -822,6 +847,7 @@ def targets(rows: list[dict], ref_name: str = "fp32 PyTorch") -> dict:
                 r = speed_ratio(a, fastest[bs], bs)
                 d[f"speedup_b{bs}_vs_fastest_int8_peer"] = r["ratio"]
                 d[f"speedup_b{bs}_within_noise"] = r["within_noise"]
+                d[f"speedup_b{bs}_round_spread"] = r.get("round_spread")
             d["compression_vs_fastest_int8_peer"] = fastest[1]["size_bytes"] / a["size_bytes"]
         return d
 
@@ -841,7 +867,8 @@ def targets(rows: list[dict], ref_name: str = "fp32 PyTorch") -> dict:
     if fastest:
         out.update({"fastest_int8_peer_b1": fastest[1]["name"], "fastest_int8_peer_b32": fastest[32]["name"],
                     **{k: d[k] for k in ("speedup_b1_vs_fastest_int8_peer", "speedup_b1_within_noise",
-                                         "speedup_b32_vs_fastest_int8_peer", "speedup_b32_within_noise",
+                                         "speedup_b1_round_spread", "speedup_b32_vs_fastest_int8_peer",
+                                         "speedup_b32_within_noise", "speedup_b32_round_spread",
                                          "compression_vs_fastest_int8_peer")},
                     "goal_1.5x_latency_b1": d["speedup_b1_vs_fastest_int8_peer"] >= 1.5,
                     "goal_1.5x_latency_b32": d["speedup_b32_vs_fastest_int8_peer"] >= 1.5,
@@ -904,14 +931,15 @@ def markdown_table(result: dict) -> str:
     lines += ["", f"Test split: {result['n_test']} examples; {result['threads']} threads; {hw.get('cpu')}; "
               f"torch {hw.get('torch')}, transformers {hw.get('transformers')}, onnxruntime {hw.get('onnxruntime')}; "
               f"seed {result['seed']}; {'quick' if result['config']['quick'] else 'full'} mode; "
-              f"{result['config']['rounds']} interleaved latency rounds. A ratio is marked \"within noise\" when the "
-              "two rows' per-round medians overlap.", "",
+              f"{result['config']['rounds']} interleaved latency rounds. A ratio's [spread] is its range over the "
+              "rounds (each round times both rows back to back); it is marked \"within noise\" when that range "
+              "includes 1x (the two rows swap order in some round).", "",
               f"Best axlab row: **{t['best_axlab_row']}**. Dominates every peer at batch 1 (accuracy >=, latency <=, "
               f"size <=): **{'yes' if t['dominates_every_peer_b1'] else 'no'}**"
               + ("" if t["dominates_every_peer_b1"] else f" (not: {', '.join(t['peers_not_dominated'])})") + "."]
     if "fastest_int8_peer_b1" in t:
-        b1 = {"ratio": t["speedup_b1_vs_fastest_int8_peer"], "within_noise": t["speedup_b1_within_noise"]}
-        b32 = {"ratio": t["speedup_b32_vs_fastest_int8_peer"], "within_noise": t["speedup_b32_within_noise"]}
+        b1, b32 = ({"ratio": t[f"speedup_b{bs}_vs_fastest_int8_peer"], "within_noise": t[f"speedup_b{bs}_within_noise"],
+                    "round_spread": t.get(f"speedup_b{bs}_round_spread")} for bs in (1, 32))
         lines.append(f"Against the fastest ONNX Runtime int8 peer ({t['fastest_int8_peer_b1']} at batch 1, "
                      f"{t['fastest_int8_peer_b32']} at batch 32): {_ratio_text(b1)} faster at batch 1, "
                      f"{_ratio_text(b32)} at batch 32 (goal 1.5x each), "
@@ -935,7 +963,8 @@ def markdown_table(result: dict) -> str:
                   "compression vs it |", "|---|---|---|---|---|---|"]
         for name, d in per.items():
             sp = [_ratio_text({"ratio": d[f"speedup_b{bs}_vs_fastest_int8_peer"],
-                               "within_noise": d[f"speedup_b{bs}_within_noise"]}) for bs in (1, 32)]
+                               "within_noise": d[f"speedup_b{bs}_within_noise"],
+                               "round_spread": d.get(f"speedup_b{bs}_round_spread")}) for bs in (1, 32)]
             lines.append(f"| {name} | {d['accuracy_delta_vs_fp32_points']:+.2f} | {len(d['dominated_peers'])} of "
                          f"{len(d['dominated_peers']) + len(d['peers_not_dominated'])} | {sp[0]} | {sp[1]} | "
                          f"{d['compression_vs_fastest_int8_peer']:.2f}x |")

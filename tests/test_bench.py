@@ -160,12 +160,30 @@ def test_dominates_needs_all_three():
 def test_within_noise_is_overlap_of_round_spreads():
     a, b = _row("a", "axlab", 0.8, 1.0, 1), _row("b", "peer", 0.8, 1.08, 1)     # [0.95, 1.05] vs [1.03, 1.13]
     assert bench.within_noise(a, b, 1)
-    assert bench.speed_ratio(a, b, 1) == {"ratio": pytest.approx(1.08), "within_noise": True}
+    assert bench.speed_ratio(a, b, 1) == {"ratio": pytest.approx(1.08), "within_noise": True,
+                                          "overlap_within_noise": True}
     b = _row("b", "peer", 0.8, 1.2, 1)                                           # [1.14, 1.26]: apart
     assert not bench.within_noise(a, b, 1) and not bench.speed_ratio(a, b, 32)["within_noise"]
     assert bench._ratio_text({"ratio": 1.08, "within_noise": True}) == "1.08x (within noise)"
     del a["latency_b1_spread_ms"]
     assert not bench.within_noise(a, b, 1)                                       # no spread: not claimed
+
+
+def test_speed_ratio_pairs_the_rounds():
+    """Rounds time both rows back to back: a ratio is within noise only when the rows swap order in a round,
+    even where the two rows' round spreads overlap (drift across rounds hits both alike)."""
+    a, b = _row("a", "axlab", 0.8, 2.0, 1), _row("b", "peer", 0.8, 2.3, 1)
+    a["latency_b1_rounds_ms"] = [1.8, 2.0, 2.4, 2.1]                        # a slow round hits both
+    b["latency_b1_rounds_ms"] = [2.1, 2.3, 2.7, 2.4]
+    a["latency_b1_spread_ms"], b["latency_b1_spread_ms"] = [1.8, 2.4], [2.1, 2.7]
+    r = bench.speed_ratio(a, b, 1)
+    assert r["overlap_within_noise"] and not r["within_noise"]             # faster in every round
+    assert r["round_spread"] == [pytest.approx(1.125, abs=1e-3), pytest.approx(1.1667, abs=1e-3)]
+    assert bench._ratio_text(r) == "1.15x [1.12-1.17]"
+    b["latency_b1_rounds_ms"] = [2.1, 1.9, 2.7, 2.4]                        # slower in round 2
+    assert bench.speed_ratio(a, b, 1)["within_noise"]
+    b["latency_b1_rounds_ms"] = [2.1, 2.3]                                  # rounds that do not pair: unpaired rule
+    assert bench.speed_ratio(a, b, 1)["within_noise"] and "round_spread" not in bench.speed_ratio(a, b, 1)
 
 
 def test_targets_beat_the_fastest_int8_peer():
