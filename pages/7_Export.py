@@ -110,7 +110,8 @@ if res:
                            else "")
                         + "".join(f"; {n} weight matrices on **{k}**" for k, n in (
                             ("MatMulNBits", (o.get("ops") or {}).get("com.microsoft:MatMulNBits")),
-                            ("the int8 kernel", (o.get("ops") or {}).get("com.microsoft:DynamicQuantizeMatMul")))
+                            ("the int8 kernel", sum((o.get("ops") or {}).get(f"com.microsoft:{op}", 0)   # q/k/v stacked
+                                                    for op in ("DynamicQuantizeMatMul", "QAttention"))))
                             if n))
         st.markdown(f"ONNX parity with PyTorch: max |logit difference| = "
                     f"{o.get('parity_max_abs_diff', float('nan')):.2e}")

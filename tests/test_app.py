@@ -293,7 +293,8 @@ def test_export_page_writes_the_fused_graph_and_says_when_it_falls_back(tiny_fol
         fallback = [w.value for w in at.warning if "plain graph" in w.value]
         shown = " ".join(m.value for m in at.markdown)
         if n_attention and kernel == "auto":
-            assert not fallback and ops["com.microsoft:DynamicQuantizeMatMul"] == 8     # 4-bit codes, int8 kernel
+            # 4-bit codes on the int8 kernel: q/k/v stacked in QAttention, the rest DynamicQuantizeMatMul
+            assert not fallback and ops["com.microsoft:DynamicQuantizeMatMul"] == 6 and ops["com.microsoft:QAttention"] == 2
             assert "8 weight matrices on **the int8 kernel**" in shown
         elif n_attention:                                                 # the exact path, on request
             assert not fallback and ops["com.microsoft:MatMulNBits"] == 8
