@@ -1,7 +1,7 @@
 """Export a variant: the variant folder (+ ONNX, + int8, + comparison report) in one atomic folder.
 
 The ONNX file is the **fused** graph by default (:mod:`axlab.deploy.fused_onnx`: one
-``com.microsoft`` Attention/MultiHeadAttention per layer, k-bit variants with their own
+``com.microsoft`` Attention/QAttention/MultiHeadAttention per layer, k-bit variants with their own
 codes: per-channel codes stored at their width and run by the int8 kernel
 ``DynamicQuantizeMatMul``, grouped codes as ``MatMulNBits``; int8 as
 ``DynamicQuantizeMatMul``). Where the fused

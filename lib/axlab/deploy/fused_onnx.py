@@ -4,9 +4,11 @@ The graph is written directly with ``onnx.helper`` from the model's weights (wal
 layers through the registry), not traced, so every layer can have its own shape:
 
 * attention: one fused contrib op per layer with that layer's own ``num_heads``
-  (``com.microsoft.Attention`` with merged q/k/v weights for fp32 weights, or one
-  q/k/v projection + ``Split`` + ``com.microsoft.MultiHeadAttention`` when the weights
-  are quantized); a layer with no heads left contributes its output-projection bias;
+  (``com.microsoft.Attention`` with merged q/k/v weights for fp32 weights;
+  ``DynamicQuantizeLinear`` + ``com.microsoft.QAttention`` when q/k/v run on the int8
+  kernel, the input quantized once; else one q/k/v projection + ``Split`` +
+  ``com.microsoft.MultiHeadAttention``); a layer with no heads left contributes its
+  output-projection bias;
 * embeddings: ``com.microsoft.EmbedLayerNormalization`` for an fp32 word table (the
   token-type-0 row is folded into the position table; RoBERTa's padding-aware
   positions are computed in the graph and passed as ``position_ids``), else a gather
@@ -77,7 +79,8 @@ _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 class FusedConfig:
     """How to write the graph.
 
-    ``attention``: "auto" (``Attention`` when q/k/v are plain fp32 Linears, else
+    ``attention``: "auto" (``Attention`` when q/k/v are plain fp32 Linears, ``QAttention``
+    when they run on the int8 kernel with no outliers left to add at run time, else
     ``MultiHeadAttention``), "attention", or "mha".
     ``nbits_block``: MatMulNBits block size for per-channel codes (scales repeat per
     block); per-group codes use their group size (or its largest power-of-two divisor >= 16).
