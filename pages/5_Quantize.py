@@ -99,11 +99,23 @@ else:
                     sparsity=sparsity, bias_correction=bias_corr, outliers=outliers,
                     refine_passes=0 if sparsity else passes)
 
+# what the weight quantizer leaves in fp32 (pooler, classifier, embedding tables) packed for the deployed file
+c1, c2 = st.columns([3, 1])
+pack = c1.checkbox("Pack the rest for deployment", value=False, key="quant_pack",
+                   help="Every layer the method above leaves in float32 (the pooler and classifier) to int8"
+                        + ("" if image_mode else ", the word table to the bits on the right unless it is quantized "
+                           "already, and the position table to 8 bits")
+                        + ". This is how the benchmark's smallest files are built; the exported ONNX graph stores "
+                          "every table as codes too.")
+pack_bits = None if image_mode else c2.selectbox("Word table bits", [8, 4], key="quant_pack_bits", disabled=not pack)
+steps = [step] + ([Step("quantize_rest", embedding_bits=pack_bits, position_bits=None if image_mode else 8)]
+                  if pack else [])
+
 start_words = ("the base model" if start_variant is None
                else f"**{start_variant.name}** ({describe_recipe(recipe)})")
-st.markdown(f"**Recipe:** {start_words}, then **{describe_step(step)}**")
+st.markdown(f"**Recipe:** {start_words}, then **{'; '.join(describe_step(s) for s in steps)}**")
 with st.expander("The recipe as JSON"):
-    st.code(json.dumps(recipe + [step], indent=1), language="json")
+    st.code(json.dumps(recipe + steps, indent=1), language="json")
 vname = name_box(prefix + step_name(step), "quant_name", {v.name for v in workspace_variants()})
 
 # how long: measuring (from this machine's forward cost) + GPFQ (learned from the last GPFQ run here)
@@ -126,7 +138,7 @@ except Exception:  # noqa: BLE001  (an estimate is a nicety)
 if st.button("Create variant", type="primary", key="quant_go"):
     try:
         t0 = time.time()
-        create_variant(bundle, splits, recipe + [step], vname)
+        create_variant(bundle, splits, recipe + steps, vname)
         if gpfq_units:
             estimate.learn("gpfq", time.time() - t0 - estimate.measuring(bundle, splits), gpfq_units)
     except Exception as e:  # noqa: BLE001  (shown with st.error; the app keeps working)

@@ -528,3 +528,22 @@ def test_quantize_page_offers_the_gptq_reference(tiny_folder):
     assert v.recipe[-1] == {"op": "quantize_gptq", "params": {"bits": 3, "n_calibration": 32, "group_size": None,
                                                                "embeddings": False, "act_order": False}}
     assert v.measurements["size_bytes"] < next(b for b in _variants(at) if b.name == "base").measurements["size_bytes"]
+
+
+def test_quantize_page_packs_the_rest_for_deployment(tiny_folder):
+    """'Pack the rest': the method's step, then quantize_rest (int8 head, k-bit word table, 8-bit positions)."""
+    at = new_app(tiny_folder, measure_n=60, latency_runs=5)
+    page(at, "5_Quantize")
+    at.radio(key="quant_method").set_value("Round-to-nearest (RTN)").run()
+    assert at.selectbox(key="quant_pack_bits").disabled
+    at.checkbox(key="quant_pack").check().run()
+    at.selectbox(key="quant_pack_bits").set_value(4).run()
+    assert "pack the rest: int8 for the remaining fp32 layers, 4-bit word table" in " ".join(m.value for m in at.markdown)
+    at.text_input(key="quant_name").input("rtn4-packed").run()
+    at.button(key="quant_go").click().run()
+    assert_clean(at, "pack")
+    v = next(v for v in _variants(at) if v.name == "rtn4-packed")
+    assert [s["op"] for s in v.recipe[-2:]] == ["quantize_rtn", "quantize_rest"]
+    assert v.recipe[-1]["params"] == {"embedding_bits": 4, "position_bits": 8}
+    sizes = {b.name: b.measurements["size_bytes"] for b in _variants(at)}
+    assert sizes["rtn4-packed"] < 0.5 * sizes["base"]

@@ -138,3 +138,13 @@ def test_distill_with_augmentation_runs_and_records_it(tokenizer, batch):
     out = distill(student, teacher, tokenizer, tiny_split(32), steps=4, batch_size=16, augment=2)
     assert out.axlab_distill_stats["steps"] == 4 and out.axlab_recipe[-1]["params"]["augment"] == 2
     assert torch.isfinite(logits(out, batch)).all()
+
+
+def test_hidden_states_are_matched_at_the_students_own_layers(tokenizer, split):
+    from axlab.compress.distill import hidden_slots
+    from axlab.compress.prune import drop_layers
+    teacher = tiny_model("bert", layers=3)
+    student = drop_layers(teacher, [1])
+    assert hidden_slots(student, teacher) == [0, 2] and hidden_slots(teacher, teacher) == [0, 1, 2]
+    out = distill(student, teacher, tokenizer, split, steps=2, hidden_weight=1.0, progress=False)
+    assert all(torch.isfinite(p).all() for p in out.parameters())

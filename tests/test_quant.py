@@ -114,10 +114,12 @@ def _pruned(arch):
     return m
 
 
-@pytest.mark.parametrize("method", ["int8", "rtn", "gpfq", "gpfq_outliers"])
+@pytest.mark.parametrize("method", ["int8", "rtn", "gpfq", "gpfq_outliers", "rtn_packed"])
 def test_state_dict_round_trip_through_safetensors(arch, tokenizer, split, batch, tmp_path, method):
     base = _pruned(arch)
-    if method == "int8":
+    if method == "rtn_packed":                                 # int8 head, 4-bit word table, 8-bit positions
+        q = Q.quantize_rest(Q.rtn(base, 4), embedding_bits=4)
+    elif method == "int8":
         q = Q.int8_dynamic(base, embeddings=True)
     elif method == "rtn":
         q = Q.rtn(base, 3, group_size=16, embeddings=True, embedding_bits=4)
@@ -242,6 +244,12 @@ def test_cli_quantize_json(tmp_path, capsys):
     assert out["method"] == "rtn" and out["bits"] == 3 and out["recipe"][0]["op"] == "quantize_rtn"
     assert out["size_bytes"] < size_report(tiny_model("bert"))["size_bytes"]
     assert main(["quantize", str(folder), "--method", "rtn", "--bits", "9", "--limit", "4", "--no-latency"]) == 2
+    assert main(["quantize", str(folder), "--method", "rtn", "--bits", "3", "--limit", "16", "--no-latency", "--json",
+                 "--pack-rest", "4"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    assert [s["op"] for s in packed["recipe"]] == ["quantize_rtn", "quantize_rest"]
+    assert packed["recipe"][1]["params"] == {"embedding_bits": 4, "position_bits": 8}
+    assert packed["size_bytes"] < out["size_bytes"]
 
 
 def test_int8_state_dict_stays_plain_after_forward(tiny, batch):
@@ -271,3 +279,37 @@ def test_quantized_embeddings_keep_vocabulary_remap(tokenizer, split, tmp_path, 
     Q.apply_quant_layout(fresh, Q.quant_layout(q))
     fresh.load_state_dict(load_file(tmp_path / "w.safetensors"), strict=True)
     torch.testing.assert_close(_out(fresh, batch)[0], got, atol=1e-6, rtol=0)
+
+
+def test_quantize_rest_packs_what_the_weight_quantizer_left(arch, tokenizer, split, batch):
+    from axlab.core.data import Splits
+    m = tiny_model(arch)
+    q = Q.rtn(m, 4)                                            # the encoder only: head and tables stay fp32
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    packed = Q.quantize_rest(q, embedding_bits=4, position_bits=8)
+    assert all(torch.equal(before[k], v) for k, v in q.state_dict().items())          # the input is untouched
+    assert not [n for n, mod in packed.named_modules() if isinstance(mod, nn.Linear) and mod.weight.numel()]
+    assert any(isinstance(mod, Q.Int8Linear) for mod in packed.modules())
+    for name, mod in q.named_modules():                      # the encoder's codes are not re-rounded
+        if isinstance(mod, Q.QuantLinear):
+            assert torch.equal(packed.get_submodule(name).codes(), mod.codes())
+    word, pos = registry.word_embeddings(packed), Q.position_embedding_name(packed)
+    assert isinstance(word, Q.QuantEmbedding) and word.bits == 4
+    assert isinstance(packed.get_submodule(pos), Q.QuantEmbedding) and packed.get_submodule(pos).bits == 8
+    assert size_report(packed)["size_bytes"] < 0.8 * size_report(q)["size_bytes"]
+    a, b = _out(q, batch)[0], _out(packed, batch)[0]
+    assert 0 < float((a - b).abs().max()) < 0.2 * float(a.abs().max()) + 0.05           # changed, but close
+    # a recipe step; replay equals the direct call
+    splits = Splits(name="tiny", label_names=["a", "b"], train=split, validation=split, test=split, seed=0,
+                    file_hash="x", source_file="x")
+    r = apply_recipe(m, [Step("quantize_rtn", bits=4), Step("quantize_rest", embedding_bits=4)], tokenizer=tokenizer,
+                     splits=splits)
+    assert torch.equal(_out(r, batch)[0], b)
+    from axlab.core.recipe import describe_step
+    assert describe_step(Step("quantize_rest", embedding_bits=4)) == \
+        "pack the rest: int8 for the remaining fp32 layers, 4-bit word table, 8-bit position table"
+    # a word table quantized already keeps its codes; nothing asked, nothing changed
+    e8 = Q.rtn(m, 4, embeddings=True, embedding_bits=8)
+    assert registry.word_embeddings(Q.quantize_rest(e8, embedding_bits=4)).bits == 8
+    same = Q.quantize_rest(q, embedding_bits=None, position_bits=None, linears=False)
+    assert torch.equal(_out(same, batch)[0], a)

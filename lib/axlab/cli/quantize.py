@@ -4,6 +4,7 @@
     axlab quantize default --method rtn --bits 3 --group-size 64 --limit 500
     axlab quantize default --method gpfq --bits 3 --avg-bits 3.5 --save gpfq-mixed
     axlab quantize default --method gptq --bits 3          # the GPTQ reference, same scales and calibration
+    axlab quantize default --method gpfq --bits 4 --pack-rest 4 --save small   # + int8 head, 4-bit word table
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def check_args(args) -> None:
 
 
 def recipe_from_args(args) -> list[dict]:
+    rest = getattr(args, "pack_rest", None)
+    steps = _method_steps(args)
+    if rest is not None:
+        from axlab.compress import Step
+        steps.append(Step("quantize_rest", embedding_bits=rest, position_bits=8))
+    return steps
+
+
+def _method_steps(args) -> list[dict]:
     from axlab.compress import Step
     from axlab.compress.gpfq import GPFQConfig
     if args.method == "int8":
@@ -118,6 +128,10 @@ def add_commands(sub) -> None:
     p.add_argument("--bits", type=int, default=None, help=f"2..8 (rtn, gpfq; default {DEFAULT_BITS})")
     p.add_argument("--group-size", type=int, default=None, help="one scale per group of inputs (default per channel)")
     p.add_argument("--embeddings", action="store_true", help="also store the word embeddings in 8 bits per row")
+    p.add_argument("--pack-rest", type=int, nargs="?", const=8, default=None, choices=[2, 3, 4, 5, 6, 8],
+                   metavar="BITS",
+                   help="also pack what the method leaves in fp32 for deployment: the pooler and classifier to int8, "
+                        "the word table to BITS bits (default 8) unless already quantized, the position table to 8 bits")
     p.add_argument("--scale-search", action="store_true", help="rtn: pick scales by weight MSE")
     p.add_argument("--calibration", type=int, default=None,
                    help=f"gpfq: calibration texts from the training split (default {DEFAULT_CALIBRATION})")

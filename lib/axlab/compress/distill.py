@@ -6,6 +6,10 @@ Loss per batch (B examples, T tokens):
   + (1 - alpha) * cross_entropy(student, labels)
   + hidden_weight * mean_layers MSE(student layer output, teacher layer output)  # on real tokens
 
+Hidden states are matched at the student's own layers only: a layer slot that ``drop_layers``
+emptied passes its input through, so the student's next layer is the one asked to produce
+the teacher's output at its depth (as in patient KD, Sun et al. 2019).
+
 ``augment=k`` adds k perturbed copies of every training text (word dropout, spans) to the
 transfer set; they have no label, so their loss is T^2 * KL alone.
 
@@ -95,6 +99,13 @@ def _layer_outputs(model: nn.Module, store: list) -> list:
         store.append(out[0] if isinstance(out, tuple) else out)
         return None
     return [lay.register_forward_hook(hook) for lay in registry.layers(model)]
+
+
+def hidden_slots(student: nn.Module, teacher: nn.Module) -> list[int]:
+    """The layer slots whose outputs hidden-state matching compares: those where neither model
+    has an emptied (dropped) layer."""
+    from axlab.core.surgery import is_skipped
+    return [i for i in range(len(registry.layers(student))) if not is_skipped(student, i) and not is_skipped(teacher, i)]
 
 
 def _keep_zeros(model: nn.Module) -> list:
@@ -201,6 +212,7 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
     s_states: list = []
     t_states: list = []
     handles = []
+    slots = hidden_slots(student, teacher) if cfg.hidden_weight > 0 else []
     if cfg.hidden_weight > 0:
         handles += _layer_outputs(student, s_states) + _layer_outputs(teacher, t_states)
     handles += _keep_zeros(student)
@@ -223,8 +235,9 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
         if cfg.hidden_weight > 0:
             from axlab.core.measure import token_mask
             m = token_mask(batch, s_states[0]).unsqueeze(-1).to(s_logits.dtype)   # (B, T, 1); images: all ones
-            mse = sum(((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]) for s, t in zip(s_states, t_states))
-            loss = loss + cfg.hidden_weight * mse / max(1, len(s_states))
+            pairs = [(s_states[i], t_states[i]) for i in slots]
+            mse = sum(((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]) for s, t in pairs)
+            loss = loss + cfg.hidden_weight * mse / max(1, len(pairs))
         return loss
 
     try:

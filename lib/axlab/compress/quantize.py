@@ -4,7 +4,8 @@ Both return a new model whose layers are the quantized modules of
 :mod:`axlab.core.qmodules` (``Int8Linear``, ``QuantLinear``, ``QuantEmbedding``).
 GPFQ, the data-driven k-bit quantizer, is in :mod:`axlab.compress.gpfq`.
 
-Recipe ops: ``quantize_int8``, ``quantize_rtn`` (``quantize_gpfq`` is registered by
+Recipe ops: ``quantize_int8``, ``quantize_rtn``, ``quantize_rest`` (what a weight quantizer
+leaves in fp32, packed for deployment; ``quantize_gpfq`` is registered by
 :mod:`axlab.compress.gpfq`). ``layer_errors`` / ``error_figure`` compare methods layer by layer.
 """
 
@@ -36,7 +37,7 @@ from axlab.core.qmodules import (
 from axlab.core.recipe import RecipeContext, register_transform
 
 __all__ = ["int8_dynamic", "rtn", "rtn_linear", "target_linears", "calibration_texts", "layer_errors", "error_figure",
-           "quantize_embeddings_", "embedding_name", "position_embedding_name",
+           "quantize_embeddings_", "embedding_name", "position_embedding_name", "quantize_rest",
            # the modules, re-exported for convenience (defined in axlab.core.qmodules)
            "Int8Linear", "QuantLinear", "QuantEmbedding", "QUANT_MODULES", "quant_layout", "apply_quant_layout",
            "is_quantized"]
@@ -91,9 +92,13 @@ def quantize_embeddings_(model: nn.Module, bits: int, position_bits: int | None 
     emb = registry.word_embeddings(model)
     if not isinstance(emb, QuantEmbedding):
         set_module(model, embedding_name(model), QuantEmbedding.from_embedding(emb, bits))
-    name = position_embedding_name(model) if position_bits else None
+    _quantize_positions_(model, position_bits)
+
+
+def _quantize_positions_(model: nn.Module, bits: int | None) -> None:
+    name = position_embedding_name(model) if bits else None
     if name is not None and not isinstance(model.get_submodule(name), QuantEmbedding):
-        set_module(model, name, QuantEmbedding.from_embedding(model.get_submodule(name), check_bits(position_bits)))
+        set_module(model, name, QuantEmbedding.from_embedding(model.get_submodule(name), check_bits(bits)))
 
 
 def int8_dynamic(model: nn.Module, embeddings: bool = False, scope: str = "all") -> nn.Module:
@@ -108,6 +113,29 @@ def int8_dynamic(model: nn.Module, embeddings: bool = False, scope: str = "all")
         set_module(model, name, Int8Linear.from_linear(model.get_submodule(name)))
     if embeddings:
         quantize_embeddings_(model, 8)
+    model.eval()
+    return model
+
+
+def quantize_rest(model: nn.Module, embedding_bits: int | None = 8, position_bits: int | None = 8,
+                  linears: bool = True) -> nn.Module:
+    """A copy of ``model`` with what a weight quantizer leaves in fp32 made small for deployment.
+
+    ``linears``: every Linear still in fp32 (the pooler and classifier after GPFQ, GPTQ or RTN,
+    which quantize the encoder) on int8 weights. ``embedding_bits``: the word table at that
+    many bits per row, unless it is quantized already (None: left as is). ``position_bits``:
+    the learned position table (None: left as is). Layers already quantized are never
+    re-rounded. A model that reads pixels has no word or position table here: only its
+    Linears are touched.
+    """
+    model = copy.deepcopy(model)
+    if linears:
+        for name in target_linears(model, "all"):
+            set_module(model, name, Int8Linear.from_linear(model.get_submodule(name)))
+    if registry.modality(model) == "text":
+        if embedding_bits:
+            quantize_embeddings_(model, check_bits(embedding_bits))
+        _quantize_positions_(model, position_bits)
     model.eval()
     return model
 
@@ -216,6 +244,12 @@ def error_figure(errors: dict[str, dict[str, float]], title: str = "Per-layer re
 @register_transform("quantize_int8")
 def _op_int8(model: nn.Module, ctx: RecipeContext, embeddings: bool = False, scope: str = "all") -> nn.Module:
     return int8_dynamic(model, embeddings=embeddings, scope=scope)
+
+
+@register_transform("quantize_rest")
+def _op_rest(model: nn.Module, ctx: RecipeContext, embedding_bits: int | None = 8, position_bits: int | None = 8,
+             linears: bool = True) -> nn.Module:
+    return quantize_rest(model, embedding_bits, position_bits, linears)
 
 
 @register_transform("quantize_rtn")

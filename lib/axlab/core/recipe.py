@@ -54,7 +54,8 @@ TRANSFORMS: dict[str, Callable] = {}
 # store) without importing the transforms; tests/test_variants.py keeps it equal to them.
 BUILTIN_OPS = frozenset({"prune_heads", "prune_ffn", "drop_layers", "prune_vocab", "unstructured", "hard_attention",
                          "self_distill",
-                         "distill", "quantize_int8", "quantize_rtn", "quantize_gpfq", "quantize_gptq"})
+                         "distill", "quantize_int8", "quantize_rtn", "quantize_gpfq", "quantize_gptq",
+                         "quantize_rest"})
 
 
 def register_transform(op: str):
@@ -149,6 +150,11 @@ def describe_step(step: dict) -> str:
         return f"self-distil the intermediate blocks toward the last ({how})"
     if op == "quantize_int8":
         return "int8 weights and activations" + (" + int8 embeddings" if p.get("embeddings") else "")
+    if op == "quantize_rest":
+        emb, pos = p.get("embedding_bits", 8), p.get("position_bits", 8)
+        parts = (["int8 for the remaining fp32 layers"] if p.get("linears", True) else []) + (
+            [f"{emb}-bit word table"] if emb else []) + ([f"{pos}-bit position table"] if pos else [])
+        return "pack the rest: " + (", ".join(parts) or "nothing")
     if op in ("quantize_rtn", "quantize_gpfq", "quantize_gptq"):
         name = {"quantize_rtn": "RTN", "quantize_gpfq": "GPFQ", "quantize_gptq": "GPTQ"}[op]
         bits = f"{p['avg_bits']:g}-bit average" if p.get("avg_bits") is not None else f"{p.get('bits', 4)}-bit"
