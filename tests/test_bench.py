@@ -126,8 +126,17 @@ def test_quick_run_deploys_what_it_compresses(quick_result):
             assert c["qualifies"] == (z is None and c["val_delta_vs_fp32"] >= 0 or z is not None and z >= 1.0)
             assert ("val_latency_ms" in c) == c["qualifies"]               # only qualifying ones are timed
     chosen = next(c for c in cands if c["candidate"] == by["axlab best combination"]["chosen"])
-    if chosen["qualifies"]:                                               # the fastest qualifying one
-        assert chosen["val_latency_ms"] == min(c["val_latency_ms"] for c in cands if c.get("qualifies"))
+    cap = res["notes"]["best_combination"]["size_cap_bytes"]
+    i8 = min(r["size_bytes"] for r in res["rows"] if r["group"] == "peer" and "int8" in r["name"]
+             and r["runtime"] == "onnxruntime")
+    assert cap == int(i8 / 2.5)                                           # the size goal, from the int8 peers
+    for c in cands:
+        if "error" not in c:
+            assert c["within_size_goal"] == (c["size_bytes"] <= cap)
+    if chosen["qualifies"]:                  # the fastest qualifying one within the size goal, if any is
+        pool = [c for c in cands if c.get("qualifies") and c["within_size_goal"]] or \
+            [c for c in cands if c.get("qualifies")]
+        assert chosen["val_latency_ms"] == min(c["val_latency_ms"] for c in pool)
     assert "paired standard error" in res["notes"]["best_combination"]["rule"]
     # every quantized fused row stores its position table in 8 bits (two GatherBlockQuantized: words, positions)
     assert by["GPFQ 4-bit"]["ops"]["com.microsoft:GatherBlockQuantized"] == 2
