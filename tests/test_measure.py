@@ -99,6 +99,28 @@ def test_compare_latency_interleaves_rounds_and_flags_noise(tokenizer, split, on
     assert lo <= res["ratios"]["b"]["speedup"] <= hi or res["ratios"]["b"]["within_noise"]
 
 
+def test_within_noise_pairs_the_rounds(tokenizer, split):
+    """A slow round slows both models alike: their round ranges overlap, yet one is faster in every round."""
+    import time as _time
+
+    from axlab.core.measure import compare_latency
+    runs = 2
+    count = {"a": 0, "b": 0}
+
+    def timed(name, ms):
+        def predict(batch):
+            rnd = max(0, count[name] - 1) // runs          # after one warm-up call
+            count[name] += 1
+            _time.sleep(ms * (3 if rnd % 2 else 1) / 1000)     # every other round three times slower
+            return torch.zeros(len(batch["input_ids"]), 2)
+        return predict
+
+    res = compare_latency({"a": timed("a", 6), "b": timed("b", 3)}, tokenizer, split.texts, rounds=4,
+                          runs_per_round=runs, warmup=1)
+    r = res["ratios"]["b"]
+    assert r["overlap_within_noise"] is True and r["within_noise"] is False and r["speedup_range"][0] > 1
+
+
 def test_measure_against_a_base_records_the_interleaved_ratio(tiny, tokenizer, split, one_thread):
     m = measure(tiny, tokenizer, split, compare_to=tiny, latency_runs=(6, 3), latency_rounds=3)
     vs = m.latency_vs_base["b1"]

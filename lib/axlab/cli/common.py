@@ -144,7 +144,7 @@ def measure_against_base(base_model, model, tokenizer, split, args,
     """(base, variant, compare): both measured on ``split``; latency interleaved in the same rounds.
 
     ``compare`` holds the accuracy change, the size ratio and, per batch size, the speed-up with
-    its range over the rounds and ``within_noise`` (the rounds overlap: not a result).
+    its range over the rounds and ``within_noise`` (that range includes 1x: not a result).
     """
     from axlab.core.measure import describe_speedup, measure
     with_latency = not getattr(args, "no_latency", False)
@@ -164,7 +164,7 @@ def measure_against_base(base_model, model, tokenizer, split, args,
             compare[f"within_noise_{key}"] = r["within_noise"]
             compare[f"speedup_{key}_text"] = describe_speedup(r)
         compare["latency_note"] = (f"base and variant measured interleaved in {vs['b1']['rounds']} rounds; a ratio "
-                                   "is 'within noise' when the per-round medians of the two overlap")
+                                   "is 'within noise' when the two swap order in some round")
     return base, new, compare
 
 

@@ -244,8 +244,12 @@ def compare_latency(models: dict, processor, inputs, batch_size: int = 1, rounds
     texts at their real lengths, or images), alternating the order between rounds. Per model: the per-round medians,
     their median (``median_ms``) and range (``spread_ms`` = [min, max]). Per model other than
     ``base`` (default: the first): ``speedup`` = the median over rounds of base / model in the same
-    round, its range over the rounds, and ``within_noise`` = the two models' per-round ranges overlap
-    (then the ratio is not a result: re-measure on a quieter machine or with more rounds).
+    round, its range over the rounds (``speedup_range``), and ``within_noise`` = that range
+    includes 1x, i.e. the two models swap order in some round (then the ratio is not a result:
+    re-measure on a quieter machine or with more rounds). The rounds are paired (both models
+    timed back to back on the same batches), so drift across rounds does not count as noise;
+    with 5 rounds, "the same order in every round" by chance alone has probability 2/32. The
+    unpaired rule (the two models' per-round ranges overlap) is ``overlap_within_noise``.
     """
     if not models:
         return {"models": {}, "ratios": {}, "base": None}
@@ -295,7 +299,8 @@ def compare_latency(models: dict, processor, inputs, batch_size: int = 1, rounds
         lo_n, hi_n = out_models[n]["spread_ms"]
         ratios[n] = {"speedup": statistics.median(paired) if paired else b["median_ms"] / out_models[n]["median_ms"],
                      "speedup_range": [min(paired), max(paired)] if paired else None,
-                     "within_noise": bool(max(lo_b, lo_n) <= min(hi_b, hi_n)) if rounds > 1 else None}
+                     "within_noise": bool(min(paired) <= 1.0 <= max(paired)) if rounds > 1 and paired else None,
+                     "overlap_within_noise": bool(max(lo_b, lo_n) <= min(hi_b, hi_n)) if rounds > 1 else None}
     return {"models": out_models, "ratios": ratios, "base": base, "batch_size": batch_size, "rounds": rounds,
             "runs_per_round": runs_per_round, "threads": threads or old}
 

@@ -167,7 +167,7 @@ def render_html(data: dict, df: pd.DataFrame) -> str:
              "<p class='note'>Bold names are on the Pareto front of accuracy vs batch-1 latency. Ratios compare "
              "with the base row (the model before any step): speed-up = base latency / latency, compression = "
              "base size / size. A speed-up with a range was measured interleaved with the base in the same "
-             "rounds; 'within noise' means the rounds of the two overlap, so it is not a result.</p>"]
+             "rounds; 'within noise' means the two swap order in some round, so it is not a result.</p>"]
     parts += [f"<p class='note'><b>Note:</b> {html.escape(n)}</p>" for n in data.get("notes") or []]
     parts.append("<h2>Trade-offs</h2>")
     first = True
