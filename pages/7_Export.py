@@ -61,8 +61,9 @@ lowbit = st.radio("k-bit weights run on", list(KERNELS), format_func=KERNELS.get
                        "activations on the fly; MatMulNBits computes in fp32 with the codes as they are. Grouped "
                        "codes always use MatMulNBits.")
 
-cost_kind = f"export-onnx{int(onnx)}-int8{int(onnx and int8)}-report{int(report)}" + ("-plain" if graph == "plain" else "")
 lowbit = lowbit if onnx and graph == "fused" else "auto"
+cost_kind = (f"export-onnx{int(onnx)}-int8{int(onnx and int8)}-report{int(report)}" + ("-plain" if graph == "plain" else "")
+             + ("-nbits" if lowbit == "nbits" else ""))       # each set of options learns its own time
 per_export = estimate.learned(cost_kind)
 if per_export is not None:
     estimate.caption("this export", per_export, "from the last export with these options on this machine")

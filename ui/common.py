@@ -140,4 +140,5 @@ def speedup_text(measurements: dict) -> str:
     return (f"Speed-up at batch 1: **{describe_speedup(r)}**, measured interleaved with the base in {r['rounds']} "
             f"rounds (base {r['base_ms']:.1f} ms, {lo:.1f}-{hi:.1f}; variant {r['ms']:.1f} ms, "
             f"{r['spread_ms'][0]:.1f}-{r['spread_ms'][1]:.1f})"
-            + (": the rounds overlap, so this is not a real difference." if r.get("within_noise") else "."))
+            + (": the two swap order in some round, so this is not a real difference." if r.get("within_noise")
+               else "."))
