@@ -3,6 +3,7 @@
 import streamlit as st
 
 from axlab.compress import Step, apply_recipe
+from axlab.compress import prune as prune_mod
 from axlab.compress import quantize as quant
 
 import json
@@ -108,8 +109,20 @@ pack = c1.checkbox("Pack the rest for deployment", value=False, key="quant_pack"
                         + ". This is how the benchmark's smallest files are built; the exported ONNX graph stores "
                           "every table as codes too.")
 pack_bits = None if image_mode else c2.selectbox("Word table bits", [8, 4], key="quant_pack_bits", disabled=not pack)
-steps = [step] + ([Step("quantize_rest", embedding_bits=pack_bits, position_bits=None if image_mode else 8)]
-                  if pack else [])
+has_vocab = any(s.get("op") == "prune_vocab" for s in recipe)          # the start variant has it already
+vocab = False if image_mode else st.checkbox(
+    "First keep only the task's vocabulary", value=False, key="quant_vocab", disabled=has_vocab,
+    help="Only the word-table rows of tokens the training texts use are kept (a token they never use maps to the "
+         "kept token with the most similar embedding); about half of MiniLM's table on the default data. The "
+         "quantizer then calibrates on the smaller model.")
+pre = []
+if vocab and not has_vocab:
+    vkey = ("vocab_step", splits.file_hash, len(splits.train))
+    if vkey not in st.session_state:                         # tokenizing the training texts takes a moment
+        st.session_state[vkey] = prune_mod.vocab_step(proc, list(splits.train.texts))
+    pre = [st.session_state[vkey]]
+steps = pre + [step] + ([Step("quantize_rest", embedding_bits=pack_bits, position_bits=None if image_mode else 8)]
+                        if pack else [])
 
 start_words = ("the base model" if start_variant is None
                else f"**{start_variant.name}** ({describe_recipe(recipe)})")

@@ -547,3 +547,13 @@ def test_quantize_page_packs_the_rest_for_deployment(tiny_folder):
     assert v.recipe[-1]["params"] == {"embedding_bits": 4, "position_bits": 8}
     sizes = {b.name: b.measurements["size_bytes"] for b in _variants(at)}
     assert sizes["rtn4-packed"] < 0.5 * sizes["base"]
+    # the task's vocabulary first: prune_vocab, then the method, then the rest (the bench's smallest recipe)
+    at.checkbox(key="quant_vocab").check().run()
+    assert "keep only the vocabulary the task uses; RTN" in " ".join(m.value for m in at.markdown)
+    at.text_input(key="quant_name").input("vocab-rtn4-packed").run()
+    at.button(key="quant_go").click().run()
+    assert_clean(at, "vocab")
+    v = next(v for v in _variants(at) if v.name == "vocab-rtn4-packed")
+    assert [s["op"] for s in v.recipe] == ["prune_vocab", "quantize_rtn", "quantize_rest"]
+    assert v.recipe[0]["params"]["oov"] == "nearest"
+    assert v.measurements["size_bytes"] < sizes["rtn4-packed"]

@@ -42,7 +42,7 @@ from axlab.core.measure import iter_batches, size_report, token_mask
 from axlab.core.progress import Progress, as_progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
 
-__all__ = ["prune_heads", "heads_by_budget", "random_heads", "prune_ffn", "ffn_importance", "ffn_by_budget",
+__all__ = ["prune_heads", "vocab_step", "heads_by_budget", "random_heads", "prune_ffn", "ffn_importance", "ffn_by_budget",
            "drop_layers", "prune_vocab", "vocab_ids", "unstructured", "sparsity_report", "encoder_linears",
            "FFN_CRITERIA", "UNSTRUCTURED_NOTE"]
 
@@ -332,14 +332,8 @@ def prune_vocab(model: nn.Module, tokenizer, texts: list[str], *, eval_texts: li
     of ``eval_texts`` (default: ``texts``, where it is 0 by construction) outside the kept
     vocabulary; pass held-out texts to see what the pruning costs on unseen data.
     """
-    if not texts:
-        raise AxlabError("prune_vocab needs the task's texts to know which tokens are used.",
-                         "Pass e.g. splits.train.texts.")
-    if oov not in surgery.OOV_MODES:
-        raise AxlabError(f"prune_vocab: unknown oov mode {oov!r}.", f"Use one of {surgery.OOV_MODES}.")
-    keep = vocab_ids(tokenizer, texts, min_count)
-    unk = _unk_id(tokenizer)
-    special = sorted(int(i) for i in tokenizer.all_special_ids)
+    step = vocab_step(tokenizer, texts, min_count=min_count, oov=oov)
+    keep, unk, special = step["params"]["keep_ids"], step["params"]["unk_id"], step["params"]["exclude"]
     before = size_report(model)
     out = copy.deepcopy(model)
     surgery.remap_vocab_(out, keep, unk, oov=oov, exclude=special)
@@ -350,7 +344,20 @@ def prune_vocab(model: nn.Module, tokenizer, texts: list[str], *, eval_texts: li
               "oov_measured_on": "eval_texts" if eval_texts is not None else "texts",
               "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
               "params_before": before["params"], "params_after": after["params"]}
-    return _record(out, model, Step("prune_vocab", keep_ids=keep, unk_id=unk, oov=oov, exclude=special)), report
+    return _record(out, model, step), report
+
+
+def vocab_step(tokenizer, texts: list[str], *, min_count: int = 1, oov: str = "nearest") -> dict:
+    """The ``prune_vocab`` recipe step for ``texts`` without touching a model (what :func:`prune_vocab`
+    records): the kept token ids (those used at least ``min_count`` times, plus special tokens), the
+    [UNK] id, the oov mode, and the special ids that are never a nearest-token target."""
+    if not texts:
+        raise AxlabError("prune_vocab needs the task's texts to know which tokens are used.",
+                         "Pass e.g. splits.train.texts.")
+    if oov not in surgery.OOV_MODES:
+        raise AxlabError(f"prune_vocab: unknown oov mode {oov!r}.", f"Use one of {surgery.OOV_MODES}.")
+    return Step("prune_vocab", keep_ids=vocab_ids(tokenizer, texts, min_count), unk_id=_unk_id(tokenizer), oov=oov,
+                exclude=sorted(int(i) for i in tokenizer.all_special_ids))
 
 
 @register_transform("prune_vocab")
