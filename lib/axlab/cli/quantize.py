@@ -130,8 +130,9 @@ def add_commands(sub) -> None:
     p.add_argument("--embeddings", action="store_true", help="also store the word embeddings in 8 bits per row")
     p.add_argument("--pack-rest", type=int, nargs="?", const=8, default=None, choices=[2, 3, 4, 5, 6, 8],
                    metavar="BITS",
-                   help="also pack what the method leaves in fp32 for deployment: the pooler and classifier to int8, "
-                        "the word table to BITS bits (default 8) unless already quantized, the position table to 8 bits")
+                   help="also pack what the method leaves in fp32 for deployment: the pooler and classifier to "
+                        "int8, the word table to BITS bits (default 8) unless already quantized, the position table "
+                        "to 8 bits")
     p.add_argument("--scale-search", action="store_true", help="rtn: pick scales by weight MSE")
     p.add_argument("--calibration", type=int, default=None,
                    help=f"gpfq: calibration texts from the training split (default {DEFAULT_CALIBRATION})")

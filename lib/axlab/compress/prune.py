@@ -42,8 +42,8 @@ from axlab.core.measure import iter_batches, size_report, token_mask
 from axlab.core.progress import Progress, as_progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
 
-__all__ = ["prune_heads", "vocab_step", "heads_by_budget", "random_heads", "prune_ffn", "ffn_importance", "ffn_by_budget",
-           "drop_layers", "prune_vocab", "vocab_ids", "unstructured", "sparsity_report", "encoder_linears",
+__all__ = ["prune_heads", "heads_by_budget", "random_heads", "prune_ffn", "ffn_importance", "ffn_by_budget",
+           "drop_layers", "prune_vocab", "vocab_step", "vocab_ids", "unstructured", "sparsity_report", "encoder_linears",
            "FFN_CRITERIA", "UNSTRUCTURED_NOTE"]
 
 log = logging.getLogger(__name__)
