@@ -732,11 +732,11 @@ def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: Non
             if row.name not in per:
                 continue
             for bs in (1, 32):
-                meds = [m for m, _ in per[row.name][bs]]
+                meds = [round(m, 4) for m, _ in per[row.name][bs]]      # rounded once: median and spread agree
                 row.results[f"latency_b{bs}{prefix}_ms"] = statistics.median(meds)
                 row.results[f"latency_b{bs}{prefix}_p90_ms"] = statistics.median(p for _, p in per[row.name][bs])
-                row.results[f"latency_b{bs}{prefix}_rounds_ms"] = [round(m, 4) for m in meds]
-                row.results[f"latency_b{bs}{prefix}_spread_ms"] = [round(min(meds), 4), round(max(meds), 4)]
+                row.results[f"latency_b{bs}{prefix}_rounds_ms"] = meds
+                row.results[f"latency_b{bs}{prefix}_spread_ms"] = [min(meds), max(meds)]
 
     rounds({row.name: row.predictor for row in rows}, "")
     if cfg.gpu and torch.cuda.is_available():
