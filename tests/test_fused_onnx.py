@@ -318,3 +318,20 @@ def test_int8_attention_is_one_qattention(arch, batches):
         assert float((pa(b) - pm(b)).abs().max()) <= 1e-5
     q = rtn(_pruned(arch), 8, outliers=0.01, scope="all")        # 8-bit codes: outliers added at run time
     assert "com.microsoft:QAttention" not in op_histogram(build_fused_graph(q))
+
+
+def test_mixed_widths_in_one_projection_stay_on_the_int8_kernel(batches):
+    """q/k/v at different code widths (4-bit q and v, 2-bit k): each runs on the int8 kernel by itself
+    (never MatMulNBits under lowbit_kernel='auto'), and the graph matches the int8 twin."""
+    from axlab.compress.quantize import rtn_linear
+    from axlab.core import registry
+    from axlab.core.qmodules import set_module
+    m = _pruned("bert")
+    q = rtn(m, 4, scope="all")
+    p = registry.attention_parts(q, 0)
+    name = next(n for n, mod in q.named_modules() if mod is p.k)
+    set_module(q, name, rtn_linear(registry.attention_parts(m, 0).k, 2))
+    proto = build_fused_graph(q)
+    ops = op_histogram(proto)
+    assert "com.microsoft:MatMulNBits" not in ops and ops["com.microsoft:MultiHeadAttention"] >= 1
+    _check_int8_kernel(q, fused_predictor(proto.SerializeToString()), batches)

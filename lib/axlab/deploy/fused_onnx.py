@@ -416,7 +416,7 @@ class _Writer:
         bits = {nbits_container(m.bits) for m in lins}
         groups = {m.group_size for m in lins}
         if len(bits) > 1 or len(groups) > 1:                     # mixed precision: one op each, then concat
-            outs = [self._nbits(x, [m], f"{tag}{i}") for i, m in enumerate(lins)]
+            outs = [self.matmul(x, [m], f"{tag}{i}") for i, m in enumerate(lins)]     # each on its own kernel
             return self._plus(g.op("Concat", outs, axis=-1, base=tag), bias, tag)
         cbits, group = bits.pop(), groups.pop()
         k = lins[0].in_features
@@ -652,8 +652,8 @@ class _Writer:
         biases = [_bias(m) if _bias(m) is not None else np.zeros(m.out_features, np.float32) for m in qkv]
         bias = g.const(f"{tag}_qkv_b", np.concatenate(biases))
         fp32 = all(_linear_kind(m) == "fp32" for m in qkv)
-        mode = self.cfg.attention if self.cfg.attention != "auto" else "attention"
-        if mode == "attention" and fp32:
+        mode = self.cfg.attention                                # "auto" and "attention" write the same
+        if mode != "mha" and fp32:
             w = np.concatenate([_np(m.weight).T for m in qkv], axis=1)            # (H, 3*hq)
             ctx = g.op("Attention", [x, g.const(f"{tag}_qkv_w", w), bias, mask32], domain=MS,
                        num_heads=n_heads, scale=scale, base=tag)
