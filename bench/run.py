@@ -433,17 +433,14 @@ def _lowbit(method: str, model, tok, calib: list[str], bits: int, embedding_bits
     if key not in _LOWBIT:
         fn = {"gpfq": gpfq, "gptq": gptq}[method]
         q = fn(model, tok, calib, bits, embeddings=True, embedding_bits=embedding_bits, progress=False)
-        q = Q.int8_dynamic(q, scope="all")           # what GPFQ / GPTQ leave in fp32: the pooler and classifier
-        Q.quantize_embeddings_(q, embedding_bits, position_bits=POSITION_BITS)
-        _LOWBIT[key] = (model, q)
+        # what GPFQ / GPTQ leave in fp32: the pooler and classifier, the position table
+        _LOWBIT[key] = (model, Q.quantize_rest(q, embedding_bits, POSITION_BITS))
     return _LOWBIT[key][1]
 
 
 def _int8(model, embedding_bits: int = 8):
     from axlab.compress import quantize as Q
-    q = Q.int8_dynamic(model, scope="all")
-    Q.quantize_embeddings_(q, embedding_bits, position_bits=POSITION_BITS)
-    return q
+    return Q.quantize_rest(model, embedding_bits, POSITION_BITS)
 
 
 def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: list[str], say=lambda m: None,

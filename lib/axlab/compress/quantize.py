@@ -128,10 +128,7 @@ def quantize_rest(model: nn.Module, embedding_bits: int | None = 8, position_bit
     re-rounded. A model that reads pixels has no word or position table here: only its
     Linears are touched.
     """
-    model = copy.deepcopy(model)
-    if linears:
-        for name in target_linears(model, "all"):
-            set_module(model, name, Int8Linear.from_linear(model.get_submodule(name)))
+    model = int8_dynamic(model, scope="all") if linears else copy.deepcopy(model)
     if registry.modality(model) == "text":
         if embedding_bits:
             quantize_embeddings_(model, check_bits(embedding_bits))
