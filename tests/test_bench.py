@@ -133,10 +133,19 @@ def test_quick_run_deploys_what_it_compresses(quick_result):
     for c in cands:
         if "error" not in c:
             assert c["within_size_goal"] == (c["size_bytes"] <= cap)
-    if chosen["qualifies"]:                  # the fastest qualifying one within the size goal, if any is
+    peer_lat = res["notes"]["best_combination"]["peer_val_latency_ms"]
+    for c in cands:                          # the speed goal, against the int8 peers timed in the same rounds
+        if c.get("qualifies"):
+            assert set(peer_lat) == {"1", "32"}
+            assert c["meets_speed_goal"] == (min(c["val_speedup_b1"], c["val_speedup_b32"]) >= 1.5)
+    if chosen["qualifies"]:                  # goals are floors: the most accurate meeting them, else the fastest
         pool = [c for c in cands if c.get("qualifies") and c["within_size_goal"]] or \
             [c for c in cands if c.get("qualifies")]
-        assert chosen["val_latency_ms"] == min(c["val_latency_ms"] for c in pool)
+        fast = [c for c in pool if c["meets_speed_goal"]]
+        if fast:
+            assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in fast)
+        else:
+            assert chosen["val_latency_ms"] == min(c["val_latency_ms"] for c in pool)
     assert "paired standard error" in res["notes"]["best_combination"]["rule"]
     # every quantized fused row stores its position table in 8 bits (two GatherBlockQuantized: words, positions)
     assert by["GPFQ 4-bit"]["ops"]["com.microsoft:GatherBlockQuantized"] == 2
@@ -147,6 +156,9 @@ def test_quick_run_deploys_what_it_compresses(quick_result):
         assert ag["size_bytes"] < by["AxFormer + int8 (ONNX Runtime)"]["size_bytes"]
         assert "AxFormer + GPFQ 4-bit" in t["gpfq4_goal"]
         assert any(c["candidate"].startswith("AxFormer+vocab+") for c in cands)
+        # students cut from the AxFormer result, distilled from it (a default plan)
+        assert any(c["candidate"].startswith("AxFormer-L") for c in cands)
+        assert any("distillation from the AxFormer result" in c["steps"] for c in cands)
     for r in res["rows"]:
         lo, hi = r["latency_b1_spread_ms"]
         assert lo <= r["latency_b1_ms"] <= hi
@@ -261,6 +273,9 @@ def test_config_validates():
     with pytest.raises(ValueError):
         bench.BenchConfig(student_augment=-1)
     assert bench.BenchConfig(students=({"layers": 0.5, "ffn": 0.25},)).students[0].key == "L0.50-ffn25"
+    assert bench.StudentPlan(layers=0.83, start="axformer").key == "AxFormer-L0.83"
+    with pytest.raises(ValueError, match="start"):
+        bench.StudentPlan(start="teacher")
     with pytest.raises(ValueError):
         bench.Row("x", "other", "pytorch", predictor=lambda b: b, size_bytes=1)
     assert bench.BenchConfig.quick_defaults().quick
@@ -296,8 +311,11 @@ def test_students_are_cached_by_everything_that_shapes_them(tmp_path, monkeypatc
     others = [bench._student_cache_path(base, splits, cfg, bench.StudentPlan(layers=0.67, ffn=0.5), [1]),
               bench._student_cache_path(base, splits, cfg, plan, [2]),
               bench._student_cache_path(base, splits, bench.BenchConfig(student_steps=4, student_augment=1), plan, [1]),
-              bench._student_cache_path(base, splits, bench.BenchConfig(student_steps=3), plan, [1])]
-    assert len({path, *others}) == 5
+              bench._student_cache_path(base, splits, bench.BenchConfig(student_steps=3), plan, [1]),
+              bench._student_cache_path(base, splits, cfg, bench.StudentPlan(layers=0.67, start="axformer"), [1])]
+    assert len({path, *others}) == 6
+    # a plan from the base keys its entry as before 'start' existed: students distilled then stay valid
+    assert bench.StudentPlan(layers=0.67).cache_fields() == {"layers": 0.67, "ffn": 0.0, "heads": 0.0}
     assert bench._student_cache_path(base, splits, bench.BenchConfig.quick_defaults(), plan, [1]) is None
     small = type(splits)(name=splits.name, label_names=splits.label_names, train=splits.train.head(64),
                          validation=splits.validation.head(8), test=splits.test.head(8), seed=splits.seed,
