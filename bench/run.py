@@ -117,8 +117,9 @@ class StudentPlan:
 
     @property
     def key(self) -> str:
-        parts = ([] if self.start == "base" else [STUDENT_STARTS[self.start]]) + [f"L{self.layers:.2f}"] + (
-            [f"ffn{int(self.ffn * 100)}"] if self.ffn else []) + ([f"heads{int(self.heads * 100)}"] if self.heads else [])
+        parts = ([] if self.start == "base" else [STUDENT_STARTS[self.start]]) + [f"L{self.layers:.2f}"]
+        parts += ([f"ffn{int(self.ffn * 100)}"] if self.ffn else []) + (
+            [f"heads{int(self.heads * 100)}"] if self.heads else [])
         return "-".join(parts)
 
     def cache_fields(self) -> dict:
