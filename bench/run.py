@@ -81,6 +81,7 @@ BEST_ROW = "axlab best combination"
 SIZE_GOAL = 2.5              # the issue's goal: the best combination >= 2.5x smaller than the ORT int8 peer
 SPEED_GOAL = 1.5             # ... and >= 1.5x faster than the fastest ORT int8 peer at batch 1 and batch 32
 FUSED_FP32 = "axlab fused fp32 (ONNX Runtime)"
+REFERENCE_ROW = "fp32 PyTorch"              # ratios and accuracy differences are taken against this row
 # the AxFormer search of the full run: all validation reviews, FFN in 4 groups, top-k 8, a change kept
 # only if the loss drops by more than one paired standard error; the same options as
 # bench/bench_prune.py's defaults, so both share one cached search
@@ -205,6 +206,7 @@ class Row:
     model: object = field(default=None, repr=False)     # the torch model (PyTorch rows), for GPU timing
     extra: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
+    correct: object = field(default=None, repr=False)   # per test example: 1.0 where right (after measuring)
 
     def __post_init__(self):
         if self.group not in ("peer", "axlab"):
@@ -784,13 +786,26 @@ def _gpu_predictor(model, probe: dict) -> Callable | None:
 
 
 def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: None) -> None:
-    """Accuracy on ``test``, then interleaved latency rounds; fills ``row.results``."""
-    from axlab.core.measure import evaluate
+    """Accuracy on ``test``, then interleaved latency rounds; fills ``row.results``.
+
+    Every row's accuracy difference to the fp32 PyTorch row also gets its paired standard
+    error (``accuracy_delta_se_points``: both rows see the same examples, so the spread of the
+    difference is that of the per-example disagreements, not of two separate accuracies).
+    """
+    from axlab.core.data import align_labels
+    from axlab.core.measure import predict_logits, scores
 
     for row in rows:
-        ev = evaluate(row.predictor, tok, test)
+        split = align_labels(test, row.predictor)
+        logits = predict_logits(row.predictor, tok, split.inputs, 64, None)
+        ev = scores(logits, split.labels, label_names=split.label_names)
+        row.correct = (logits.argmax(-1).numpy() == np.asarray(split.labels)).astype(float)
         row.results.update(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"], n_test=ev["n"])
         say(f"accuracy {row.name:<34} {ev['accuracy']:.4f}")
+    ref = next((r for r in rows if r.name == REFERENCE_ROW), None)
+    for row in rows if ref is not None else []:
+        pm = paired_margin(row.correct, ref.correct)
+        row.results["accuracy_delta_se_points"] = round(100 * pm["se"], 3)
 
     def rounds(predictors: dict, prefix: str) -> None:
         per = interleaved_latency(predictors, tok, test.texts, cfg, cfg.rounds, {1: cfg.runs_b1, 32: cfg.runs_b32},
@@ -839,7 +854,7 @@ def pareto_flags(rows: list[dict], x: str) -> list[bool]:
     return out
 
 
-def add_ratios(rows: list[dict], ref_name: str = "fp32 PyTorch") -> None:
+def add_ratios(rows: list[dict], ref_name: str = REFERENCE_ROW) -> None:
     """Ratios to the reference row: latency and size as fractions, speedup and compression as x-fold."""
     ref = next(r for r in rows if r["name"] == ref_name)
     for r in rows:
@@ -898,7 +913,7 @@ def _ratio_text(r: dict) -> str:
     return f"{r['ratio']:.2f}x{spread}" + (" (within noise)" if r["within_noise"] else "")
 
 
-def targets(rows: list[dict], ref_name: str = "fp32 PyTorch") -> dict:
+def targets(rows: list[dict], ref_name: str = REFERENCE_ROW) -> dict:
     """The issue's targets, measured.
 
     The peer to beat is the fastest ONNX Runtime int8 peer, at each batch size. Every axlab
@@ -922,7 +937,8 @@ def targets(rows: list[dict], ref_name: str = "fp32 PyTorch") -> dict:
         d = {"dominated_peers": [n for n, b in beaten.items() if b],
              "peers_not_dominated": [n for n, b in beaten.items() if not b],
              "accuracy_at_least_fp32": a["accuracy"] >= ref["accuracy"],
-             "accuracy_delta_vs_fp32_points": round(100 * (a["accuracy"] - ref["accuracy"]), 2)}
+             "accuracy_delta_vs_fp32_points": round(100 * (a["accuracy"] - ref["accuracy"]), 2),
+             "accuracy_delta_se_points": a.get("accuracy_delta_se_points")}
         if fastest:
             for bs in (1, 32):
                 r = speed_ratio(a, fastest[bs], bs)
@@ -987,9 +1003,18 @@ def _lat_cell(r: dict, bs: int, spec: str) -> str:
     return _fmt(r[f"latency_b{bs}_ms"], spec) + spread
 
 
+def _delta_text(d: dict) -> str:
+    """'+0.60 ± 0.41': accuracy difference to fp32 in points, with its paired standard error when known."""
+    delta, se = d.get("accuracy_delta_vs_fp32_points"), d.get("accuracy_delta_se_points")
+    if not _finite(delta):
+        return "-"
+    return f"{delta:+.2f}" + (f" ± {se:.2f}" if _finite(se) else "")
+
+
 def markdown_table(result: dict) -> str:
     rows = result["rows"]
     t, hw = result["targets"], result["hardware"]
+    per = t.get("per_row") or {}
     gpu = any("latency_b1_gpu_ms" in r for r in rows)
     fastest = {bs: next((r for r in rows if r["name"] == t.get(f"fastest_int8_peer_b{bs}")), None) for bs in (1, 32)}
     head = ["row", "group", "runtime", "test acc", "macro-F1", "b1 ms [round spread]", "b32 ms [round spread]",
@@ -1025,7 +1050,8 @@ def markdown_table(result: dict) -> str:
                      f"{t['fastest_int8_peer_b32']} at batch 32): {_ratio_text(b1)} faster at batch 1, "
                      f"{_ratio_text(b32)} at batch 32 (goal 1.5x each), "
                      f"{t['compression_vs_fastest_int8_peer']:.2f}x smaller (goal 2.5x); test accuracy "
-                     f"{'>=' if t['accuracy_at_least_fp32'] else '<'} fp32's. All goals met: "
+                     f"{'>=' if t['accuracy_at_least_fp32'] else '<'} fp32's "
+                     f"({_delta_text(per.get(t['best_axlab_row'], {}))} points). All goals met: "
                      f"**{'yes' if t.get('all_goals_met') else 'no'}**.")
         for name, g in (t.get("gpfq4_goal") or {}).items():
             lines.append(f"GPFQ 4-bit goal, {name}: {g['size_vs_int8_peer']:.2f} of the int8 peer's size "
@@ -1037,16 +1063,15 @@ def markdown_table(result: dict) -> str:
         f = t["fused_fp32_vs_unfused"]
         lines.append(f"Fused fp32 graph ({f['attention_nodes']} attention nodes) against the unfused export: "
                      f"{_ratio_text(f['b1'])} at batch 1, {_ratio_text(f['b32'])} at batch 32.")
-    per = t.get("per_row") or {}
     if per and "fastest_int8_peer_b1" in t:
         lines += ["", "Every axlab row against the peers (batch 1) and against the fastest int8 peer:", "",
-                  "| axlab row | acc vs fp32 (points) | peers dominated | b1 speed-up vs it | b32 speed-up vs it | "
-                  "compression vs it |", "|---|---|---|---|---|---|"]
+                  "| axlab row | acc vs fp32 (points, ± paired SE) | peers dominated | b1 speed-up vs it | "
+                  "b32 speed-up vs it | compression vs it |", "|---|---|---|---|---|---|"]
         for name, d in per.items():
             sp = [_ratio_text({"ratio": d[f"speedup_b{bs}_vs_fastest_int8_peer"],
                                "within_noise": d[f"speedup_b{bs}_within_noise"],
                                "round_spread": d.get(f"speedup_b{bs}_round_spread")}) for bs in (1, 32)]
-            lines.append(f"| {name} | {d['accuracy_delta_vs_fp32_points']:+.2f} | {len(d['dominated_peers'])} of "
+            lines.append(f"| {name} | {_delta_text(d)} | {len(d['dominated_peers'])} of "
                          f"{len(d['dominated_peers']) + len(d['peers_not_dominated'])} | {sp[0]} | {sp[1]} | "
                          f"{d['compression_vs_fastest_int8_peer']:.2f}x |")
     if result.get("timing_note"):

@@ -77,6 +77,9 @@ def test_quick_run_schema_and_every_row_measured(quick_result):
                   "latency_b32_p90_ms", "speedup_b1", "compression"):
             assert isinstance(r[k], (int, float)) and math.isfinite(r[k]) and r[k] >= 0, (r["name"], k, r[k])
         assert 0 <= r["accuracy"] <= 1 and r["size_bytes"] > 0
+        # the accuracy difference to fp32 carries its paired standard error (0 for fp32 against itself)
+        se = r["accuracy_delta_se_points"]
+        assert se >= 0 and (r["name"] != "fp32 PyTorch" or se == 0)
         assert r["latency_b1_p90_ms"] >= r["latency_b1_ms"] * 0.5
         assert len(r["latency_b1_rounds_ms"]) == res["config"]["rounds"]
         assert r["n_test"] == res["n_test"] == 24
@@ -279,6 +282,14 @@ def test_config_validates():
     with pytest.raises(ValueError):
         bench.Row("x", "other", "pytorch", predictor=lambda b: b, size_bytes=1)
     assert bench.BenchConfig.quick_defaults().quick
+
+
+def test_accuracy_delta_carries_its_paired_se():
+    """The per-row Markdown shows the accuracy difference with its paired standard error."""
+    assert bench._delta_text({"accuracy_delta_vs_fp32_points": -0.5, "accuracy_delta_se_points": 0.412}) == \
+        "-0.50 ± 0.41"
+    assert bench._delta_text({"accuracy_delta_vs_fp32_points": 0.6}) == "+0.60"
+    assert bench._delta_text({}) == "-"
 
 
 def test_paired_margin():
