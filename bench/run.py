@@ -881,14 +881,6 @@ def within_noise(a: dict, b: dict, bs: int) -> bool:
     return sa[0] <= sb[1] and sb[0] <= sa[1]
 
 
-def round_ratios(a: dict, b: dict, bs: int) -> list[float] | None:
-    """``b``'s latency over ``a``'s in each interleaved round (both timed back to back in it), or None."""
-    ra, rb = a.get(f"latency_b{bs}_rounds_ms"), b.get(f"latency_b{bs}_rounds_ms")
-    if not ra or not rb or len(ra) != len(rb) or len(ra) < 2:
-        return None
-    return [y / x for x, y in zip(ra, rb)]
-
-
 def speed_ratio(a: dict, b: dict, bs: int) -> dict:
     """How many times faster ``a`` is than ``b`` at batch ``bs`` (medians), the spread of that ratio
     over the interleaved rounds, and whether it is within noise.
@@ -898,13 +890,15 @@ def speed_ratio(a: dict, b: dict, bs: int) -> dict:
     i.e. the two rows swap order in some round. With 7 rounds, "all on one side" by chance alone
     has probability 2 / 2**7 = 1.6%. Rows without per-round figures fall back to the unpaired rule
     (their round spreads overlap), which is also reported as ``overlap_within_noise``."""
+    from axlab.core.measure import paired_speedup
     out = {"ratio": b[f"latency_b{bs}_ms"] / a[f"latency_b{bs}_ms"], "overlap_within_noise": within_noise(a, b, bs)}
-    rr = round_ratios(a, b, bs)
-    if rr is None:
+    ra, rb = a.get(f"latency_b{bs}_rounds_ms"), b.get(f"latency_b{bs}_rounds_ms")
+    if not ra or not rb or len(ra) != len(rb) or len(ra) < 2:
         out["within_noise"] = out["overlap_within_noise"]
     else:
-        out["round_spread"] = [round(min(rr), 3), round(max(rr), 3)]
-        out["within_noise"] = min(rr) <= 1.0 <= max(rr)
+        ps = paired_speedup(rb, ra)                     # the library's paired rule: b's time over a's, per round
+        out["round_spread"] = [round(x, 3) for x in ps["range"]]
+        out["within_noise"] = ps["within_noise"]
     return out
 
 

@@ -126,3 +126,14 @@ def test_measure_against_a_base_records_the_interleaved_ratio(tiny, tokenizer, s
     vs = m.latency_vs_base["b1"]
     assert vs["rounds"] == 3 and vs["ms"] == m.latency_b1_ms and m.latency_b1_spread_ms[0] <= m.latency_b1_ms
     assert m.confusion is not None and sum(map(sum, m.confusion)) == len(split)
+
+
+def test_paired_speedup_is_judged_round_by_round():
+    """A speed-up is within noise when the rounds disagree on which is faster, whatever the medians say."""
+    from axlab.core.measure import paired_speedup
+    steady = paired_speedup([10.0, 12.0, 11.0], [5.0, 6.0, 5.5])          # 2x in every round
+    assert steady["speedups"] == [2.0, 2.0, 2.0] and steady["range"] == [2.0, 2.0] and not steady["within_noise"]
+    swapped = paired_speedup([10.0, 10.0], [8.0, 11.0])                    # faster in one round, slower in the other
+    assert swapped["within_noise"] is True and swapped["range"] == [10.0 / 11.0, 1.25]
+    assert paired_speedup([10.0], [5.0])["within_noise"] is None           # one round says nothing about noise
+    assert paired_speedup([10.0, 10.0], [0.0, 5.0])["speedups"] == [2.0]    # a zero time is left out

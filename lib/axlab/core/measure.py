@@ -24,8 +24,9 @@ from torch import nn
 from axlab.core.data import Split, align_labels
 from axlab.core.progress import Progress, as_progress
 
-__all__ = ["Predictor", "as_predictor", "predict_logits", "evaluate", "scores", "fidelity", "latency", "size_report", "hardware_info",
-           "measure", "Measurement", "tokenize", "encode", "forward", "token_mask", "is_images", "iter_batches", "compare_latency", "describe_speedup", "per_class"]
+__all__ = ["Predictor", "as_predictor", "paired_speedup", "predict_logits", "evaluate", "scores", "fidelity",
+           "latency", "size_report", "hardware_info", "measure", "Measurement", "tokenize", "encode", "forward",
+           "token_mask", "is_images", "iter_batches", "compare_latency", "describe_speedup", "per_class"]
 
 log = logging.getLogger(__name__)
 
@@ -294,15 +295,29 @@ def compare_latency(models: dict, processor, inputs, batch_size: int = 1, rounds
     for n in names:
         if n == base:
             continue
-        paired = [pb / pn for pb, pn in zip(per_round[base], per_round[n]) if pn > 0]
+        ps = paired_speedup(per_round[base], per_round[n])
         lo_b, hi_b = b["spread_ms"]
         lo_n, hi_n = out_models[n]["spread_ms"]
-        ratios[n] = {"speedup": statistics.median(paired) if paired else b["median_ms"] / out_models[n]["median_ms"],
-                     "speedup_range": [min(paired), max(paired)] if paired else None,
-                     "within_noise": bool(min(paired) <= 1.0 <= max(paired)) if rounds > 1 and paired else None,
+        ratios[n] = {"speedup": statistics.median(ps["speedups"]) if ps["speedups"]
+                     else b["median_ms"] / out_models[n]["median_ms"],
+                     "speedup_range": ps["range"], "within_noise": ps["within_noise"] if rounds > 1 else None,
                      "overlap_within_noise": bool(max(lo_b, lo_n) <= min(hi_b, hi_n)) if rounds > 1 else None}
     return {"models": out_models, "ratios": ratios, "base": base, "batch_size": batch_size, "rounds": rounds,
             "runs_per_round": runs_per_round, "threads": threads or old}
+
+
+def paired_speedup(base_rounds, other_rounds) -> dict:
+    """How many times faster ``other`` is than ``base``, round by round (rounds paired by index:
+    each timed both back to back), and whether that is within noise.
+
+    ``range``: the lowest and highest per-round speed-up; ``within_noise``: the range includes
+    1x, i.e. the two swap order in some round (with 7 rounds, all on one side by chance alone
+    has probability 2 / 2**7 = 1.6%); None with fewer than two rounds. ``speedups``: the
+    per-round values (rounds where ``other`` took no time are left out).
+    """
+    sp = [b / o for b, o in zip(base_rounds, other_rounds) if o > 0]
+    return {"speedups": sp, "range": [min(sp), max(sp)] if sp else None,
+            "within_noise": bool(min(sp) <= 1.0 <= max(sp)) if len(sp) > 1 else None}
 
 
 def describe_speedup(ratio: dict | None) -> str:
