@@ -747,7 +747,7 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
                        "axformer_gpfq4", cfg, f"AxFormer, task vocabulary, GPFQ 4-bit ({len(calib)} calibration "
                        "texts), 4-bit embeddings, 8-bit positions, int8 pooler; fused graph, int8 kernel", t0))
     say("choosing the best combination on validation ...")
-    i8 = [r for r in rows if r.group == "peer" and r.runtime == "onnxruntime" and "int8" in r.name]
+    i8 = [r for r in rows if is_int8_peer(r.name, r.group, r.runtime)]
     i8_sizes = [r.size_bytes for r in i8]
     best, notes["best_combination"] = best_combination(base, tok, splits, cfg, folder, calib, say,
                                                        (vocab_base, vocab_report),
@@ -867,9 +867,14 @@ def add_ratios(rows: list[dict], ref_name: str = REFERENCE_ROW) -> None:
         r["accuracy_delta_points"] = 100 * (r["accuracy"] - ref["accuracy"])
 
 
+def is_int8_peer(name: str, group: str, runtime: str) -> bool:
+    """One of the ONNX Runtime int8 peers (dynamic int8 per tensor, per channel, optimizer + int8)."""
+    return group == "peer" and runtime == "onnxruntime" and name.startswith("ONNX Runtime") and "int8" in name
+
+
 def int8_peers(rows: list[dict]) -> list[dict]:
-    """The ONNX Runtime int8 peers (dynamic int8 per tensor, per channel, optimizer + int8)."""
-    return [r for r in rows if r["group"] == "peer" and r["name"].startswith("ONNX Runtime") and "int8" in r["name"]]
+    """The ONNX Runtime int8 peers among measured rows (see :func:`is_int8_peer`)."""
+    return [r for r in rows if is_int8_peer(r["name"], r["group"], r["runtime"])]
 
 
 def within_noise(a: dict, b: dict, bs: int) -> bool:

@@ -168,7 +168,8 @@ def test_quick_run_deploys_what_it_compresses(quick_result):
 
 
 def _row(name, group, acc, lat, size, spread=0.05):
-    return {"name": name, "group": group, "accuracy": acc, "latency_b1_ms": lat, "latency_b32_ms": lat * 10,
+    return {"name": name, "group": group, "runtime": "onnxruntime" if name.startswith("ONNX Runtime") else "pytorch",
+            "accuracy": acc, "latency_b1_ms": lat, "latency_b32_ms": lat * 10,
             "size_bytes": size, "latency_b1_spread_ms": [lat * (1 - spread), lat * (1 + spread)],
             "latency_b32_spread_ms": [10 * lat * (1 - spread), 10 * lat * (1 + spread)]}
 
