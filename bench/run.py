@@ -265,16 +265,14 @@ def _onnx_rows(model, tok, folder: Path, stem: str, threads: int, tolerance: flo
 CANDIDATE_PARITY_TOLERANCE = 1e-3
 
 
-def _val_accuracy(predictor, tok, split) -> float:
-    from axlab.core.measure import evaluate
-    return evaluate(predictor, tok, split)["accuracy"]
-
-
-def _val_correct(predictor, tok, split) -> np.ndarray:
-    """Per example of ``split``: 1.0 where ``predictor`` is right (labels matched to the model by name)."""
+def _predictions(predictor, tok, split) -> tuple:
+    """(``split`` with its labels matched to the predictor's by name, the logits, per example
+    1.0 where the predictor is right)."""
+    from axlab.core.data import align_labels
     from axlab.core.measure import predict_logits
-    return (predict_logits(predictor, tok, split.inputs, 64, None).argmax(-1).numpy()
-            == np.asarray(split.labels)).astype(float)
+    split = align_labels(split, predictor)
+    logits = predict_logits(predictor, tok, split.inputs, 64, None)
+    return split, logits, (logits.argmax(-1).numpy() == np.asarray(split.labels)).astype(float)
 
 
 def interleaved_latency(predictors: dict, tok, texts: list[str], cfg: BenchConfig, n_rounds: int,
@@ -337,6 +335,11 @@ def _layer_drop_order(base, tok, val, n_drop: int, say=lambda m: None) -> list[i
         dropped.append(best)
         say(f"  layer drop order: {dropped} (validation loss {losses[best]:.4f})")
     return dropped
+
+
+def _n_drop(plan: StudentPlan, n_layers: int) -> int:
+    """How many of ``n_layers`` layers ``plan`` drops (it keeps round(layers * n), at least one)."""
+    return n_layers - max(1, int(math.floor(plan.layers * n_layers + 0.5)))
 
 
 def _encoder_macs(model) -> int:
@@ -406,12 +409,11 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None,
         t0 = time.perf_counter()
         n_layers = len(registry.layers(start))
         if plan.start not in orders:        # one greedy order per start, as deep as its plans need
-            deepest = max(n_layers - max(1, int(math.floor(p.layers * n_layers + 0.5)))
-                          for p in cfg.students if p.start == plan.start)
+            deepest = max(_n_drop(p, n_layers) for p in cfg.students if p.start == plan.start)
             orders[plan.start] = _layer_drop_order(start, tok, val, deepest, say)
-        n_drop = n_layers - max(1, int(math.floor(plan.layers * n_layers + 0.5)))
-        dropped = sorted(orders[plan.start][:n_drop])
-        origin = [] if plan.start == "base" else [f"the {STUDENT_STARTS[plan.start]} result"]
+        dropped = sorted(orders[plan.start][:_n_drop(plan, n_layers)])
+        teacher = "the base" if plan.start == "base" else f"the {STUDENT_STARTS[plan.start]} result"
+        origin = [] if plan.start == "base" else [teacher]
         model, steps = (prune.drop_layers(start, dropped), origin + [f"layers {dropped} dropped (greedy, validation "
                                                                      "loss)"]) if dropped else (start, origin)
         if plan.heads:
@@ -427,7 +429,6 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None,
             model, cached = _distilled(model, start, tok, splits, cfg, _student_cache_path(start, splits, cfg, plan,
                                                                                           dropped))
             aug = f", {cfg.student_augment} perturbed copies of each text" if cfg.student_augment else ""
-            teacher = "the base" if plan.start == "base" else f"the {STUDENT_STARTS[plan.start]} result"
             steps.append(f"distillation from {teacher} ({cfg.student_steps} steps, lr {cfg.student_lr:g}{aug})"
                          + (" [cached]" if cached else ""))
         say(f"  student {plan.key}: {'; '.join(steps)} ({time.perf_counter() - t0:.0f} s)")
@@ -517,7 +518,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
 
     from axlab.core.data import align_labels
     val = align_labels(splits.validation.head(cfg.n_val), base)
-    base_correct = _val_correct(base, tok, val)
+    base_correct = _predictions(base, tok, val)[2]
     base_val = float(base_correct.mean())
     say(f"  fp32 validation accuracy (the bar): {base_val:.4f}; a candidate must beat it by "
         f"{cfg.selection_margin_se:g} paired standard errors")
@@ -543,7 +544,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
                 report.append({"candidate": key, "error": str(e)})
                 say(f"  candidate {key}: export failed: {e}")
                 continue
-            correct = _val_correct(res.predictor, tok, val)
+            correct = _predictions(res.predictor, tok, val)[2]
             acc, pm = float(correct.mean()), paired_margin(correct, base_correct)
             rec = {"candidate": key, "quantization": qkey,
                    "steps": f"{desc} -> task vocabulary -> {qdesc} -> fused ONNX graph", "val_accuracy": acc,
@@ -573,7 +574,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
             rec["val_latency_ms"] = round(mine["geo"], 4)
             if peer_lat:
                 rec["val_speedup_b1"], rec["val_speedup_b32"] = (round(peer_lat[bs] / mine[bs], 3) for bs in (1, 32))
-            rec["meets_speed_goal"] = not peer_lat or min(rec["val_speedup_b1"], rec["val_speedup_b32"]) >= SPEED_GOAL
+                rec["meets_speed_goal"] = min(rec["val_speedup_b1"], rec["val_speedup_b32"]) >= SPEED_GOAL
             say(f"  qualifying {rec['candidate']}: validation latency sqrt(b1 x b32) {rec['val_latency_ms']:.2f} ms"
                 + (f", {rec['val_speedup_b1']:.2f}x / {rec['val_speedup_b32']:.2f}x the fastest int8 peer at "
                    "batch 1 / 32" if peer_lat else ""))
@@ -581,7 +582,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
     def score(rec):
         if not rec["qualifies"]:
             return (0, 0, 0, rec["val_accuracy"], 0, 0)
-        goals = (int(rec["within_size_goal"]), int(rec["meets_speed_goal"] and bool(peer_lat)))
+        goals = (int(rec["within_size_goal"]), int(rec.get("meets_speed_goal", False)))
         first = rec["val_accuracy"] if goals[1] else -rec["val_latency_ms"]
         return (1, *goals, first, -rec["val_latency_ms"], -rec["size_bytes"])
 
@@ -792,14 +793,11 @@ def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: Non
     error (``accuracy_delta_se_points``: both rows see the same examples, so the spread of the
     difference is that of the per-example disagreements, not of two separate accuracies).
     """
-    from axlab.core.data import align_labels
-    from axlab.core.measure import predict_logits, scores
+    from axlab.core.measure import scores
 
     for row in rows:
-        split = align_labels(test, row.predictor)
-        logits = predict_logits(row.predictor, tok, split.inputs, 64, None)
+        split, logits, row.correct = _predictions(row.predictor, tok, test)
         ev = scores(logits, split.labels, label_names=split.label_names)
-        row.correct = (logits.argmax(-1).numpy() == np.asarray(split.labels)).astype(float)
         row.results.update(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"], n_test=ev["n"])
         say(f"accuracy {row.name:<34} {ev['accuracy']:.4f}")
     ref = next((r for r in rows if r.name == REFERENCE_ROW), None)
