@@ -30,7 +30,7 @@ from torch import nn
 
 from axlab.core import registry
 from axlab.core.data import Split, align_labels
-from axlab.core.measure import is_images
+from axlab.core.measure import forward, is_images
 from axlab.core.errors import AxlabError
 from axlab.core.progress import Progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
@@ -164,7 +164,7 @@ def _bounded_subset(split: Split, n: int, seed: int) -> Split:
 
 
 def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
-    return ids[mask.bool()].numpy().astype(np.int64).tobytes()
+    return ids[mask.bool()].cpu().numpy().astype(np.int64).tobytes()
 
 
 def _teacher_cache(teacher: nn.Module, tokenizer, split: Split, cfg: "DistillConfig") -> dict | None:
@@ -174,14 +174,14 @@ def _teacher_cache(teacher: nn.Module, tokenizer, split: Split, cfg: "DistillCon
     computed once (one pass, in eval mode) instead of at every step. Text only (image
     batches call the teacher as they come); the logits do not depend on the padding.
     """
-    from axlab.core.measure import is_images, iter_batches
+    from axlab.core.measure import iter_batches
     if is_images(split.inputs):
         return None
     texts = list(dict.fromkeys(split.texts))
     cache: dict = {}
     with torch.no_grad():
         for _, batch in iter_batches(tokenizer, texts, 64, cfg.max_length):
-            logits = teacher(**batch).logits
+            logits = forward(teacher, batch).logits
             for ids, mask, lg in zip(batch["input_ids"], batch["attention_mask"], logits):
                 cache[_row_key(ids, mask)] = lg.clone()
     return cache
@@ -229,13 +229,14 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
         t_logits = _cached_logits(cached, batch) if cached is not None else None
         if t_logits is None:
             with torch.no_grad():
-                t_logits = teacher(**batch).logits
+                t_logits = forward(teacher, batch).logits
         s_logits = model(**batch).logits
+        t_logits = t_logits.to(s_logits.device)        # the teacher may sit on another device
         loss = kd_loss(s_logits, t_logits, labels, cfg.temperature, cfg.alpha)
         if cfg.hidden_weight > 0:
             from axlab.core.measure import token_mask
             m = token_mask(batch, s_states[0]).unsqueeze(-1).to(s_logits.dtype)   # (B, T, 1); images: all ones
-            pairs = [(s_states[i], t_states[i]) for i in slots]
+            pairs = [(s_states[i], t_states[i].to(s_states[i].device)) for i in slots]
             mse = sum(((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]) for s, t in pairs)
             loss = loss + cfg.hidden_weight * mse / max(1, len(pairs))
         return loss
@@ -360,7 +361,7 @@ def _intermediate_blocks(model: nn.Module) -> list[int]:
 
 def _self_distill_(model: nn.Module, processor, split, cfg: SelfDistillConfig, progress: Progress = None) -> dict:
     from axlab.analysis.early_exit import block_outputs
-    from axlab.core.measure import encode, forward
+    from axlab.core.measure import encode
     from axlab.core.progress import as_progress
 
     if len(split) == 0:

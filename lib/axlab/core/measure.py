@@ -78,8 +78,23 @@ def encode(processor, inputs, max_length: int = MAX_LENGTH) -> dict:
     return {"pixel_values": out["pixel_values"]}
 
 
+def model_device(model) -> torch.device:
+    """Where ``model``'s weights are (its first parameter's device; CPU for a model without any)."""
+    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """``batch``'s tensors on ``device`` (the same dict when they are there already)."""
+    if all(not isinstance(v, torch.Tensor) or v.device == device for v in batch.values()):
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def forward(model: nn.Module, batch: dict, **kwargs):
-    """``model``'s output on a batch from :func:`encode` (text: ids + mask; images: pixel values)."""
+    """``model``'s output on a batch from :func:`encode` (text: ids + mask; images: pixel values),
+    computed where the model is (a model moved to a GPU gets its batch there)."""
+    batch = to_device(batch, model_device(model))
     if "pixel_values" in batch:
         return model(pixel_values=batch["pixel_values"], **kwargs)
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
@@ -123,7 +138,9 @@ def predict_logits(model, processor, inputs, batch_size: int = 64, progress: Pro
     out: list[tuple[np.ndarray, torch.Tensor]] = []
     prog = as_progress(progress, total=len(inputs), desc="predict")
     for ix, batch in iter_batches(processor, inputs, batch_size, max_length):
-        out.append((ix, torch.as_tensor(np.asarray(predict(batch))).float()))
+        lg = predict(batch)
+        lg = lg.detach().float().cpu() if isinstance(lg, torch.Tensor) else torch.as_tensor(np.asarray(lg)).float()
+        out.append((ix, lg))
         prog.update(len(ix))
     prog.close()
     logits = torch.empty(len(inputs), out[0][1].shape[-1]) if out else torch.empty(0, 0)

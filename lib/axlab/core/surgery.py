@@ -117,6 +117,7 @@ def is_skipped(model: nn.Module, layer: int) -> bool:
 
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new Linear keeping ``index`` along ``dim`` (0 = outputs/rows, 1 = inputs/columns)."""
+    index = torch.as_tensor(index, dtype=torch.long, device=linear.weight.device)
     w = linear.weight.detach().index_select(dim, index).clone()
     b = linear.bias.detach().clone() if linear.bias is not None else None
     if dim == 0 and b is not None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from axlab.core.data import Split, Splits, align_labels, load_dataset, package_file
 from axlab.core.errors import DataError, ModelLoadError
-from axlab.core.measure import encode, evaluate, is_images
+from axlab.core.measure import encode, evaluate, is_images, model_device, to_device
 from axlab.core.paths import cache_dir
 from axlab.core.progress import Progress, as_progress
 
@@ -143,6 +143,7 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
         validation = align_labels(validation, model)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    device = model_device(model)              # batches follow the model (a model on a GPU trains there)
     images = is_images(train.inputs)
     lengths = np.zeros(len(train)) if images else np.array([len(t) for t in train.texts])
     steps_per_epoch = math.ceil(len(train) / batch_size)
@@ -161,7 +162,8 @@ def train_classifier(model: nn.Module, tokenizer, train: Split, *, epochs: int =
         for epoch in range(epochs):
             for ix in _length_grouped_batches(lengths, batch_size, rng):
                 batch = encode(tokenizer, [train.inputs[i] for i in ix], max_length)     # texts or images
-                labels = torch.as_tensor([train.labels[i] for i in ix])
+                batch = to_device(batch, device)
+                labels = torch.as_tensor([train.labels[i] for i in ix], device=device)
                 if loss_fn is None:
                     out = model(**batch)
                     loss = nn.functional.cross_entropy(out.logits, labels)
