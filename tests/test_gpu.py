@@ -89,3 +89,27 @@ def test_cuda_distill_and_train_stay_on_the_gpu(tokenizer, batch, hidden_weight)
     assert gap(out) < before
     stats = train_classifier(out, tokenizer, tiny_split(32, seed=8), epochs=1, batch_size=16)
     assert stats["steps"] == 2 and model_device(out).type == "cuda"
+
+
+def _cpu_only_calls(tokenizer):
+    from axlab.analysis.attributions import token_attributions
+    from axlab.analysis.importance import head_ablation, head_importance
+    from axlab.compress.axformer import search
+    from axlab.compress.gpfq import gpfq
+    split = tiny_split(8, seed=1)
+    return {"Head importance (gradient)": lambda m: head_importance(m, tokenizer, split, method="gradient"),
+            "Head ablation": lambda m: head_ablation(m, tokenizer, split),
+            "The AxFormer search": lambda m: search(m, tokenizer, None),
+            "GPFQ / GPTQ quantization": lambda m: gpfq(m, tokenizer, split.texts, 4),
+            "Vocabulary pruning": lambda m: prune.prune_vocab(m, tokenizer, split.texts),
+            "FFN importance": lambda m: prune.ffn_importance(m, "magnitude"),
+            "Token attribution": lambda m: token_attributions(m, tokenizer, "a fine film")}
+
+
+def test_cpu_only_paths_refuse_a_model_elsewhere_with_a_hint(tokenizer):
+    from axlab.core.errors import AxlabError
+    m = tiny_model("bert", seed=0).to("meta")
+    for what, call in _cpu_only_calls(tokenizer).items():
+        with pytest.raises(AxlabError, match="runs on the CPU") as e:
+            call(m)
+        assert str(e.value).startswith(what) and "model.cpu()" in e.value.hint, what

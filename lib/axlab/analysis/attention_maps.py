@@ -42,7 +42,7 @@ from axlab.core import registry
 from axlab.core.attention import AttentionControl
 from axlab.core.errors import AxlabError
 from axlab.analysis import vision
-from axlab.core.measure import MAX_LENGTH, encode, is_images, tokenize
+from axlab.core.measure import MAX_LENGTH, encode, is_images, require_cpu, tokenize
 
 __all__ = ["AttentionResult", "ImageAttentionResult", "attention_for", "rollout", "rollout_map", "HEAD_REDUCE"]
 
@@ -255,6 +255,7 @@ def attention_for(model: nn.Module, tokenizer, texts, *, max_length: int = MAX_L
     several (uint8 (H, W) / (H, W, 3)): the result is an :class:`ImageAttentionResult`.
     ``gates``: (n_layers, n_heads), run the gated model; heads at gate 0 count as removed.
     """
+    require_cpu(model, "Attention capture")
     if vision.is_image_model(model) or is_images(texts):
         return _image_attention(model, tokenizer, texts, batch_size=batch_size, gates=gates)
     texts = _as_texts(texts)

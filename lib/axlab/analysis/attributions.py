@@ -41,7 +41,7 @@ from axlab.analysis import vision
 from axlab.analysis.importance import uses_int8_kernels
 from axlab.core import registry
 from axlab.core.errors import AxlabError
-from axlab.core.measure import MAX_LENGTH, encode, tokenize
+from axlab.core.measure import MAX_LENGTH, encode, require_cpu, tokenize
 
 __all__ = ["Attribution", "PixelAttribution", "token_attributions", "pixel_attributions", "compare_attributions",
            "BASELINES"]
@@ -155,6 +155,7 @@ def pixel_attributions(model: nn.Module, processor, image, target: int | None = 
                        baseline: str = "black", n_steps: int = 50, window: int | tuple[int, int] | None = None,
                        internal_batch_size: int = 16) -> PixelAttribution:
     """Attribution of p(target | image) to each pixel (see module doc); ``target`` None = the prediction."""
+    require_cpu(model, "Pixel attribution")
     from captum.attr import IntegratedGradients, Occlusion
 
     if method not in ATTR_METHODS:
@@ -267,6 +268,7 @@ def token_attributions(model: nn.Module, tokenizer, text: str, target: int | Non
     For an image classifier, ``tokenizer`` is its image processor and ``text`` an image:
     this is :func:`pixel_attributions` (``baseline``, ``window`` go there).
     """
+    require_cpu(model, "Token attribution")
     if vision.is_image_model(model):
         return pixel_attributions(model, tokenizer, text, target, method=method, n_steps=n_steps, **image_kw)
     if image_kw:

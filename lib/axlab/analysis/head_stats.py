@@ -39,7 +39,7 @@ from axlab.core import registry
 from axlab.core.attention import AttentionControl
 from axlab.core.data import Split
 from axlab.core.errors import DataError
-from axlab.core.measure import MAX_LENGTH, is_images, iter_batches
+from axlab.core.measure import MAX_LENGTH, is_images, iter_batches, require_cpu
 from axlab.core.progress import Progress, as_progress
 from axlab.store import cache
 
@@ -216,6 +216,7 @@ def head_statistics(model: nn.Module, tokenizer, split: Split, n: int | None = N
     (texts) or :data:`IMAGE_STATISTICS` (an image split; ``tokenizer`` is then the image
     processor). Results are cached on disk by model + data + settings unless ``cache_results=False``.
     """
+    require_cpu(model, "Head statistics")
     if n is not None and n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     split = split.head(n)

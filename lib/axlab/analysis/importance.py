@@ -33,7 +33,7 @@ from axlab.core import registry
 from axlab.core.attention import AttentionControl
 from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError, DataError
-from axlab.core.measure import MAX_LENGTH, iter_batches
+from axlab.core.measure import MAX_LENGTH, iter_batches, require_cpu
 from axlab.core.progress import Progress, as_progress
 from axlab.store import cache
 
@@ -93,6 +93,7 @@ def gradient_importance(model: nn.Module, tokenizer, split: Split, *, batch_size
     The absolute value is taken per batch of ``batch_size`` examples (as the authors'
     released bertology code does), then averaged over examples.
     """
+    require_cpu(model, "Gradient head importance")
     split = _check_split(split, model)
     _check_differentiable(model, "gradient")
     n_layers, n_heads = _grid(model)
@@ -235,6 +236,7 @@ def _ablation_arrays(model: nn.Module, tokenizer, split: Split, batch_size: int,
 def head_ablation(model: nn.Module, tokenizer, split: Split, *, batch_size: int = 64, progress: Progress = None,
                   cache_results: bool = True, model_key: str | None = None) -> AblationResult:
     """Loss and accuracy on ``split`` with each present head alone gated to 0."""
+    require_cpu(model, "Head ablation")
     split = _check_split(split, model)
     arrays = cache.cached("importance", lambda: _ablation_arrays(model, tokenizer, split, batch_size, progress),
                           model=model, split=split, params={"method": "ablation_full"},
@@ -263,6 +265,7 @@ def captum_importance(model: nn.Module, tokenizer, split: Split, *, batch_size: 
     Path: gates 0 (all heads off) -> gates 1. With ``return_delta=True`` also returns the
     summed completeness error |sum(attr) - (f(1) - f(0))| over the batches.
     """
+    require_cpu(model, "Captum head importance")
     from captum.attr import IntegratedGradients
 
     split = _check_split(split, model)
@@ -319,6 +322,7 @@ def head_importance(model: nn.Module, tokenizer, split: Split, method: str = "gr
     """
     if method not in METHODS:
         raise AxlabError(f"Unknown importance method '{method}'.", f"Choose one of: {', '.join(METHODS)}.")
+    require_cpu(model, f"Head importance ({method})")           # before the cache hashes the weights
     split = _check_split(split, model)
     if method == "ablation":
         return head_ablation(model, tokenizer, split, progress=progress, cache_results=cache_results,

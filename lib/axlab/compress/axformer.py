@@ -44,7 +44,7 @@ from axlab.core import registry, surgery
 from axlab.core.attention import get_topk
 from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError
-from axlab.core.measure import iter_batches
+from axlab.core.measure import iter_batches, require_cpu
 from axlab.core.paths import cache_dir
 from axlab.core.progress import Progress, Stopped, as_progress
 from axlab.core.recipe import Step, apply_recipe
@@ -303,6 +303,7 @@ def search(model: nn.Module, tokenizer, splits, tolerance: float | None = None, 
     ``tolerance`` / ``hard_attention`` override the config's (hard_attention=False drops
     that stage). ``progress`` may raise :class:`axlab.progress.Stopped` to stop early.
     """
+    require_cpu(model, "The AxFormer search")
     cfg = _resolve_config(config, tolerance, hard_attention)
     val = align_labels(_validation(splits), model).head(cfg.n_val)   # labels matched to the model by name
     if len(val) == 0:
@@ -563,6 +564,7 @@ def search_topk(model: nn.Module, tokenizer, split, *, ks=DEFAULT_KS, layers: li
     Walks the layers from the top down; in each it tries every k in ``ks`` and keeps the
     best one only if the loss improves (or stays within ``tolerance`` of the start).
     """
+    require_cpu(model, "The top-k attention search")
     res = search(model, tokenizer, split, config=SearchConfig(stages=("hard_attention",), topk_values=tuple(ks),
                                                                layers=layers, tolerance=tolerance,
                                                                batch_size=batch_size), progress=progress)

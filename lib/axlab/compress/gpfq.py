@@ -60,7 +60,7 @@ from torch import nn
 from axlab.compress.quantize import calibration_texts, quantize_embeddings_, rtn_linear, target_linears
 from axlab.core import registry
 from axlab.core.errors import AxlabError
-from axlab.core.measure import forward, iter_batches, token_mask
+from axlab.core.measure import forward, iter_batches, require_cpu, token_mask
 from axlab.core.packing import code_range
 from axlab.core.progress import Progress, as_progress
 from axlab.core.qmodules import (
@@ -385,6 +385,7 @@ def sequential_quantize(model: nn.Module, tokenizer, texts: list, cfg, quantize_
     Linears that read the same input share them. Padding is excluded (``token_mask``).
     ``cfg`` needs ``batch_size``, ``embeddings``, ``embedding_bits`` and ``scope``.
     """
+    require_cpu(model, "GPFQ / GPTQ quantization")
     ref = model
     qmodel = copy.deepcopy(model).eval()
     batches = [b for _, b in iter_batches(tokenizer, list(texts), cfg.batch_size)]
@@ -581,6 +582,7 @@ def choose_bits(model: nn.Module, tokenizer, texts: list[str], avg_bits: float, 
     quantizer will) to b bits, on ``texts``. Starting from the fewest bits everywhere, the
     upgrade with the largest sensitivity drop per extra bit is taken while the budget allows.
     """
+    require_cpu(model, "Bit allocation")
     cands = sorted({check_bits(int(b)) for b in candidates})
     if not cands[0] <= avg_bits:
         raise AxlabError(f"avg_bits {avg_bits} is below the smallest candidate ({cands[0]} bits).",

@@ -38,7 +38,7 @@ from torch import nn
 from axlab.core import registry, surgery
 from axlab.core.data import Split, align_labels
 from axlab.core.errors import AxlabError
-from axlab.core.measure import iter_batches, size_report, token_mask
+from axlab.core.measure import iter_batches, require_cpu, size_report, token_mask
 from axlab.core.progress import Progress, as_progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
 
@@ -181,6 +181,7 @@ def ffn_importance(model: nn.Module, criterion: str = "magnitude", tokenizer=Non
     * ``gradient``: mean over batches of |sum_tokens a_j * dL/da_j| (first-order Taylor,
       the gradient of a neuron gate at 1, as Michel et al. do for heads).
     """
+    require_cpu(model, "FFN importance")
     if criterion not in FFN_CRITERIA:
         raise AxlabError(f"Unknown FFN criterion '{criterion}'.", f"Choose one of {', '.join(FFN_CRITERIA)}.")
     live = _live_ffn_layers(model)
@@ -332,6 +333,7 @@ def prune_vocab(model: nn.Module, tokenizer, texts: list[str], *, eval_texts: li
     of ``eval_texts`` (default: ``texts``, where it is 0 by construction) outside the kept
     vocabulary; pass held-out texts to see what the pruning costs on unseen data.
     """
+    require_cpu(model, "Vocabulary pruning")
     step = vocab_step(tokenizer, texts, min_count=min_count, oov=oov)
     keep, unk, special = step["params"]["keep_ids"], step["params"]["unk_id"], step["params"]["exclude"]
     before = size_report(model)
@@ -448,6 +450,7 @@ def unstructured(model: nn.Module, sparsity: float, criterion: str = "magnitude"
     ``scope="global"`` ranks all encoder weights together, ``"layer"`` each matrix alone.
     See :data:`UNSTRUCTURED_NOTE`: this does not make dense inference faster or smaller.
     """
+    require_cpu(model, "Unstructured pruning")
     sparsity = _check_fraction(sparsity, "unstructured")
     params = _check_unstructured(criterion, scope)
     texts = None

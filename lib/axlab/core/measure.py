@@ -84,6 +84,16 @@ def model_device(model) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def require_cpu(model, what: str) -> None:
+    """Raise a clear error when ``model`` is not on the CPU: ``what`` runs there only."""
+    dev = model_device(model)
+    if dev.type != "cpu":
+        from axlab.core.errors import AxlabError
+        raise AxlabError(f"{what} runs on the CPU, and this model is on {dev}.",
+                         "Move it back with model.cpu() first. On a GPU, axlab evaluates, prunes by given "
+                         "heads / neurons / layers, fine-tunes and distils.")
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     """``batch``'s tensors on ``device`` (the same dict when they are there already)."""
     if all(not isinstance(v, torch.Tensor) or v.device == device for v in batch.values()):
