@@ -339,3 +339,36 @@ def test_students_are_cached_by_everything_that_shapes_them(tmp_path, monkeypatc
     assert cached
     for (k, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_bench_students_distilled_on_a_gpu_get_their_own_cache_entry(monkeypatch, tmp_path):
+    import torch
+    from axlab.core.data import load_dataset
+    from axlab.core.testing import tiny_model
+    monkeypatch.setenv("AXLAB_HOME", str(tmp_path))
+    base, splits = tiny_model("bert", layers=3), load_dataset("rotten_tomatoes")
+    plan = bench.StudentPlan(layers=0.67)
+    cpu = bench._student_cache_path(base, splits, bench.BenchConfig(gpu=False), plan, [1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bench._train_device(bench.BenchConfig()) == "cuda"
+    assert bench._train_device(bench.BenchConfig(gpu=False)) is None
+    assert bench._student_cache_path(base, splits, bench.BenchConfig(gpu=False), plan, [1]) == cpu
+    assert bench._student_cache_path(base, splits, bench.BenchConfig(), plan, [1]) not in (cpu, None)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_bench_distils_a_student_on_the_gpu_and_returns_it_on_the_cpu(tokenizer, tmp_path, monkeypatch):
+    import torch
+    from axlab.compress import prune
+    from axlab.core.data import Splits
+    from axlab.core.measure import model_device
+    from axlab.core.testing import tiny_model, tiny_split
+    monkeypatch.setenv("AXLAB_HOME", str(tmp_path))
+    base = tiny_model("bert", layers=3)
+    small = Splits(name="t", label_names=["0", "1"], train=tiny_split(32, seed=1), validation=tiny_split(8, seed=2),
+                   test=tiny_split(8, seed=3), seed=0, file_hash="x", source_file="x")
+    student = prune.drop_layers(base, [1])
+    out, cached = bench._distilled(student, base, tokenizer, small, bench.BenchConfig(student_steps=3), None)
+    assert not cached and model_device(out).type == "cpu"
+    assert model_device(student).type == "cpu" and model_device(base).type == "cpu"     # inputs left where they were
+    assert not torch.equal(out.classifier.weight, student.classifier.weight)

@@ -113,3 +113,4 @@ def test_cpu_only_paths_refuse_a_model_elsewhere_with_a_hint(tokenizer):
         with pytest.raises(AxlabError, match="runs on the CPU") as e:
             call(m)
         assert str(e.value).startswith(what) and "model.cpu()" in e.value.hint, what
+
