@@ -362,8 +362,9 @@ def _student_cache_path(base, splits, cfg: BenchConfig, plan: StudentPlan, dropp
     parts = [model_fingerprint(base), getattr(splits, "file_hash", None), getattr(splits, "seed", None),
              plan.cache_fields(), dropped, cfg.student_steps, cfg.student_lr, cfg.student_augment, cfg.seed,
              STUDENT_RECIPE_VERSION]
-    if _train_device(cfg):              # a GPU's numerics give another student: its own entry (CPU keys unchanged)
-        parts.append(_train_device(cfg))
+    dev = _train_device(cfg)
+    if dev:                             # a GPU's numerics give another student: its own entry (CPU keys unchanged)
+        parts.append(dev)
     key = json.dumps(parts, sort_keys=True)
     return cache_dir("bench-students") / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
 

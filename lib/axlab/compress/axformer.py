@@ -564,7 +564,6 @@ def search_topk(model: nn.Module, tokenizer, split, *, ks=DEFAULT_KS, layers: li
     Walks the layers from the top down; in each it tries every k in ``ks`` and keeps the
     best one only if the loss improves (or stays within ``tolerance`` of the start).
     """
-    require_cpu(model, "The top-k attention search")
     res = search(model, tokenizer, split, config=SearchConfig(stages=("hard_attention",), topk_values=tuple(ks),
                                                                layers=layers, tolerance=tolerance,
                                                                batch_size=batch_size), progress=progress)
