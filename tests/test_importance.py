@@ -224,3 +224,15 @@ def test_int8_variant_needs_ablation(tokenizer, split):
             head_importance(q, tokenizer, split.head(4), method=method, cache_results=False, progress=False)
     imp = head_importance(q, tokenizer, split.head(4), method="ablation", cache_results=False, progress=False)
     assert imp.shape == (2, 4) and torch.isfinite(imp).all()
+
+
+@pytest.mark.parametrize("method", ["gradient", "ablation"])
+def test_gates_that_never_reach_the_attention_are_an_error_not_zeros(tokenizer, method):
+    """A model whose attention ignores axlab's control (switched back to the stock eager function, as
+    an unsupported transformers version would) must not report every head as unimportant."""
+    from axlab.analysis.importance import head_importance
+    from axlab.core.testing import tiny_split
+    model = tiny_model("bert", seed=0)
+    model.set_attn_implementation("eager")
+    with pytest.raises(AxlabError, match="never received"):
+        head_importance(model, tokenizer, tiny_split(16), method=method, progress=False, cache_results=False)

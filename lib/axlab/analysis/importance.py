@@ -104,7 +104,9 @@ def gradient_importance(model: nn.Module, tokenizer, split: Split, *, batch_size
     model.eval()
     try:
         for batch, y in _batches(tokenizer, split, batch_size):
-            out = model(**batch, axlab=AttentionControl(gates=gates))
+            ctrl = AttentionControl(gates=gates)
+            out = model(**batch, axlab=ctrl)
+            ctrl.require_reached("Gradient head importance")
             loss = nn.functional.cross_entropy(out.logits, y, reduction="sum")
             (g,) = torch.autograd.grad(loss, gates)
             total += g.abs()
@@ -175,6 +177,8 @@ def _loss_acc(model: nn.Module, batches, gates: torch.Tensor | None, feed: dict 
             feed["batch"] = k
         kw = {"axlab": AttentionControl(gates=gates)} if gates is not None else {}
         logits = model(**batch, **kw).logits
+        if kw:
+            kw["axlab"].require_reached("Head ablation")
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
         n += len(y)
@@ -285,7 +289,9 @@ def captum_importance(model: nn.Module, tokenizer, split: Split, *, batch_size: 
                 # gate_rows: (S, L*H), one row per interpolation step -> (S,) summed log-prob of y
                 outs = []
                 for row in gate_rows:
-                    logits = model(**batch, axlab=AttentionControl(gates=row.view(n_layers, n_heads))).logits
+                    ctrl = AttentionControl(gates=row.view(n_layers, n_heads))
+                    logits = model(**batch, axlab=ctrl).logits
+                    ctrl.require_reached("Captum head importance")
                     outs.append(torch.log_softmax(logits, -1).gather(1, y[:, None]).sum())
                 return torch.stack(outs)
 

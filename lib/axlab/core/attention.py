@@ -46,6 +46,20 @@ class AttentionControl:
     keep_grad: bool = False
     topk: dict[int, int] | None = None          # per-call override of the modules' top-k
     captured: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H_kept, T, T)
+    reached: int = 0                            # attention calls that received this control
+
+    def require_reached(self, what: str) -> None:
+        """Raise unless a forward pass handed this control to the attention function: gates
+        that never reach it would silently change nothing."""
+        if self.reached == 0:
+            import transformers
+
+            from axlab.core.errors import AxlabError
+            raise AxlabError(f"{what} sets per-head gates, and this model's attention never received them "
+                             f"(transformers {transformers.__version__} did not pass axlab's control to its "
+                             "attention function).",
+                             "Install the transformers version in requirements.txt, or load the model with "
+                             "axlab.core.loading.load_model (it routes attention through axlab).")
 
 
 def axlab_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -75,6 +89,7 @@ def axlab_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value)                                     # (B, H, Tq, d)
     if axlab is not None:
+        axlab.reached += 1
         if axlab.gates is not None:
             ids = getattr(module, "axlab_head_ids", None)
             g = axlab.gates[layer]
