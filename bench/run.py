@@ -158,6 +158,9 @@ class BenchConfig:
     student_steps: int = 1500         # distillation steps per student (batch 32)
     student_lr: float = 1e-4
     student_augment: int = 2          # perturbed copies of each training text in the transfer set (distill.augment)
+    # students train through their int8 deployment's rounding (int8 weights and activations, 4-bit word table:
+    # axlab.compress.qat), so the exported candidates lose less to quantization
+    student_quant_aware: bool = False
     cache_students: bool = True       # distilled students kept under cache_dir("bench-students") (not in quick runs)
     # a candidate qualifies when its validation accuracy minus fp32's, per example (paired), is at least
     # this many standard errors above 0: fixed before the run, against the winner's curse over candidates
@@ -362,6 +365,8 @@ def _student_cache_path(base, splits, cfg: BenchConfig, plan: StudentPlan, dropp
     parts = [model_fingerprint(base), getattr(splits, "file_hash", None), getattr(splits, "seed", None),
              plan.cache_fields(), dropped, cfg.student_steps, cfg.student_lr, cfg.student_augment, cfg.seed,
              STUDENT_RECIPE_VERSION]
+    if cfg.student_quant_aware:         # (only when on: older entries stay valid)
+        parts.append({"quant_aware": STUDENT_QAT_EMBEDDING_BITS})
     dev = _train_device(cfg)
     if dev:                             # a GPU's numerics give another student: its own entry (CPU keys unchanged)
         parts.append(dev)
@@ -369,6 +374,7 @@ def _student_cache_path(base, splits, cfg: BenchConfig, plan: StudentPlan, dropp
     return cache_dir("bench-students") / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
 
 
+STUDENT_QAT_EMBEDDING_BITS = 4     # the word table's bits a quantization-aware student trains with (int8-emb4)
 STUDENT_RECIPE_VERSION = 2          # bump when the distillation code changes what a student learns
 
 
@@ -390,7 +396,8 @@ def _distilled(model, base, tok, splits, cfg: BenchConfig, path: Path | None):
     if dev:                             # copies on the GPU: the caller's models stay where they are
         model, base = copy.deepcopy(model).to(dev), copy.deepcopy(base).to(dev)
     out = distill(model, base, tok, splits.train, steps=cfg.student_steps, lr=cfg.student_lr, seed=cfg.seed,
-                  augment=cfg.student_augment, progress=False).cpu()
+                  augment=cfg.student_augment, quant_aware=cfg.student_quant_aware,
+                  quant_embedding_bits=STUDENT_QAT_EMBEDDING_BITS, progress=False).cpu()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -443,6 +450,7 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None,
             model, cached = _distilled(model, start, tok, splits, cfg, _student_cache_path(start, splits, cfg, plan,
                                                                                           dropped))
             aug = f", {cfg.student_augment} perturbed copies of each text" if cfg.student_augment else ""
+            aug += ", through the int8 graph's rounding" if cfg.student_quant_aware else ""
             where = " on the GPU" if _train_device(cfg) else ""
             steps.append(f"distillation from {teacher}{where} ({cfg.student_steps} steps, lr {cfg.student_lr:g}{aug})"
                          + (" [cached]" if cached else ""))
@@ -1231,12 +1239,14 @@ def main(argv=None) -> int:
                     help="distillation steps per best-combination student (default 1500; quick 10)")
     ap.add_argument("--student", action="append", default=None, metavar="layers=0.67,ffn=0.5,heads=0,start=base",
                     help="a best-combination student plan (repeat for several; default: DEFAULT_STUDENTS)")
+    ap.add_argument("--quant-aware-students", action="store_true",
+                    help="distil the students through their int8 graph's rounding (axlab.compress.qat; cached apart)")
     ap.add_argument("--no-gpu", action="store_true",
                     help="no GPU latency columns and no distillation on the GPU, even if CUDA is present")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     kw = {"model": args.model, "dataset": args.dataset, "threads": args.threads, "seed": args.seed,
-          "gpu": not args.no_gpu}
+          "gpu": not args.no_gpu, "student_quant_aware": args.quant_aware_students}
     for name in ("n_test", "rounds", "student_steps"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)

@@ -324,8 +324,10 @@ def test_students_are_cached_by_everything_that_shapes_them(tmp_path, monkeypatc
               bench._student_cache_path(base, splits, cfg, plan, [2]),
               bench._student_cache_path(base, splits, bench.BenchConfig(student_steps=4, student_augment=1), plan, [1]),
               bench._student_cache_path(base, splits, bench.BenchConfig(student_steps=3), plan, [1]),
-              bench._student_cache_path(base, splits, cfg, bench.StudentPlan(layers=0.67, start="axformer"), [1])]
-    assert len({path, *others}) == 6
+              bench._student_cache_path(base, splits, cfg, bench.StudentPlan(layers=0.67, start="axformer"), [1]),
+              bench._student_cache_path(base, splits, bench.BenchConfig(student_steps=3, student_augment=1,
+                                                                        student_quant_aware=True), plan, [1])]
+    assert len({path, *others}) == 7
     # a plan from the base keys its entry as before 'start' existed: students distilled then stay valid
     assert bench.StudentPlan(layers=0.67).cache_fields() == {"layers": 0.67, "ffn": 0.0, "heads": 0.0}
     assert bench._student_cache_path(base, splits, bench.BenchConfig.quick_defaults(), plan, [1]) is None

@@ -20,6 +20,7 @@ that an unstructured pruning set to zero stay zero (their gradients are masked).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import asdict, dataclass
@@ -35,6 +36,7 @@ from axlab.core.errors import AxlabError
 from axlab.core.progress import Progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
 from axlab.core.train import linear_warmup_decay, optimizer_step
+from axlab.compress.qat import fake_quantized
 
 __all__ = ["DistillConfig", "distill", "kd_loss", "augment_texts", "IGNORE_LABEL", "SelfDistillConfig", "self_distill",
            "self_distill_loss"]
@@ -57,6 +59,8 @@ class DistillConfig:
     max_length: int = 64
     seed: int = 0
     augment: int = 0                   # perturbed copies per training text, learnt from the teacher only
+    quant_aware: bool = False          # train through the int8 deployment's rounding (axlab.compress.qat)
+    quant_embedding_bits: int = 8      # ... with the word table at this many bits per code
 
     def __post_init__(self):
         if self.steps < 1:
@@ -71,6 +75,8 @@ class DistillConfig:
             raise ValueError("lr must be > 0, batch_size >= 1, max_length >= 8")
         if self.augment < 0:
             raise ValueError("augment must be >= 0")
+        if self.quant_embedding_bits not in (4, 8):
+            raise ValueError("quant_embedding_bits must be 4 or 8 (the widths the runtimes gather)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -241,10 +247,13 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
             loss = loss + cfg.hidden_weight * mse / max(1, len(pairs))
         return loss
 
+    rounding = (fake_quantized(student, embedding_bits=cfg.quant_embedding_bits) if cfg.quant_aware
+                else contextlib.nullcontext())
     try:
-        stats = train_classifier(student, tokenizer, subset,
-                                 epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, max_length=cfg.max_length,
-                                 seed=cfg.seed, progress=progress, loss_fn=loss_fn)
+        with rounding:
+            stats = train_classifier(student, tokenizer, subset,
+                                     epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, max_length=cfg.max_length,
+                                     seed=cfg.seed, progress=progress, loss_fn=loss_fn)
     finally:
         for h in handles:
             h.remove()
@@ -256,15 +265,21 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
 def distill(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, *, steps: int = 200,
             temperature: float = 2.0, alpha: float = 0.5, hidden_weight: float = 0.0, lr: float = 5e-5,
             batch_size: int = 32, max_length: int = 64, seed: int = 0, augment: int = 0,
+            quant_aware: bool = False, quant_embedding_bits: int = 8,
             teacher_source: str = "base", progress: Progress = None) -> nn.Module:
     """A copy of ``student`` fine-tuned for ``steps`` batches of ``split`` to match ``teacher``.
 
     ``augment``: perturbed copies of every training text (see :func:`augment_texts`) added
     to the transfer set; the student matches the teacher on them (no label term).
+    ``quant_aware``: the student trains through the rounding of its int8 deployment (int8
+    weights per channel, uint8 activations, the word table at ``quant_embedding_bits``, the
+    position table at 8 bits; see :mod:`axlab.compress.qat`), so ``quantize_rest`` or the
+    fused ONNX export afterwards costs it little; the weights stay fp32.
     ``teacher_source`` is what the recipe step records to find the teacher on replay:
     ``"base"`` (the model the recipe starts from) or a model source for ``load_model``.
     """
-    cfg = DistillConfig(steps, temperature, alpha, hidden_weight, lr, batch_size, max_length, seed, augment)
+    cfg = DistillConfig(steps, temperature, alpha, hidden_weight, lr, batch_size, max_length, seed, augment,
+                        quant_aware, quant_embedding_bits)
     out = copy.deepcopy(student)
     out.axlab_distill_stats = _distill_(out, teacher, tokenizer, split, cfg, progress)
     out.axlab_recipe = list(getattr(student, "axlab_recipe", [])) + [
