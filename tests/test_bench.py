@@ -280,6 +280,36 @@ def test_config_validates():
     assert bench.StudentPlan(layers=0.83, start="axformer").key == "AxFormer-L0.83"
     with pytest.raises(ValueError, match="start"):
         bench.StudentPlan(start="teacher")
+    for bad in ({"steps": 0}, {"augment": -1}):
+        with pytest.raises(ValueError, match="steps"):
+            bench.StudentPlan(**bad)
+
+
+def test_a_plan_may_carry_its_own_distillation_recipe(monkeypatch):
+    """A plan's steps / copies override the run's (full runs only) and key its cache entry; a plan
+    without them keys its entry exactly as before the fields existed."""
+    long = bench.StudentPlan(layers=0.83, ffn=0.25, start="axformer", steps=4000, augment=8)
+    assert long.key == "AxFormer-L0.83-ffn25-4000steps-aug8"
+    assert long.recipe(bench.BenchConfig()) == (4000, 8)
+    assert bench.StudentPlan(layers=0.83).recipe(bench.BenchConfig(student_steps=7, student_augment=1)) == (7, 1)
+    assert long.recipe(bench.BenchConfig.quick_defaults()) == (10, 2)          # quick stays quick
+    assert long.recipe(bench.BenchConfig(student_steps=0)) == (0, 2)           # no distillation stays none
+    assert "steps" not in bench.StudentPlan(layers=0.83).cache_fields()
+    assert long.cache_fields()["steps"] == 4000 and long.cache_fields()["augment"] == 8
+    assert any(p.steps for p in bench.DEFAULT_STUDENTS)
+    parsed = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(cfg, out, say):
+        parsed.append(cfg)
+        raise Stop
+    monkeypatch.setattr(bench, "run", fake_run)
+    with pytest.raises(Stop):
+        bench.main(["--student", "layers=0.83,ffn=0.25,start=axformer,steps=4000,augment=8", "--out", "/tmp/x"])
+    assert parsed and parsed[0].students == (long,)
+    assert isinstance(parsed[0].students[0].steps, int)
     with pytest.raises(ValueError):
         bench.Row("x", "other", "pytorch", predictor=lambda b: b, size_bytes=1)
     assert bench.BenchConfig.quick_defaults().quick
