@@ -42,6 +42,17 @@ def test_fake_quantized_predicts_what_the_int8_onnx_file_predicts(arch, tokenize
     torch.testing.assert_close(logits(model, batch), fp32, atol=0, rtol=0)     # and gone after it
 
 
+def test_a_task_vocabulary_table_is_rounded_too(tokenizer, batch, tmp_path):
+    model = tiny_model("bert", seed=2)
+    texts = ["a good movie", "the worst film of the year , really bad", "fine"] * 4
+    small, _ = prune.prune_vocab(model, tokenizer, texts)
+    b = dict(tokenizer(texts[:3], padding=True, return_tensors="pt"))
+    with torch.no_grad(), fake_quantized(small, embedding_bits=4):
+        fq = small(**b).logits
+    res = export_fused_onnx(Q.quantize_rest(small, 4, 8), tokenizer, tmp_path / "v.onnx", tolerance=1.0)
+    torch.testing.assert_close(fq, res.predictor({k: v.numpy() for k, v in b.items()}), atol=1e-5, rtol=0)
+
+
 def test_rounding_matches_the_stored_codes():
     torch.manual_seed(0)
     lin = torch.nn.Linear(48, 16)

@@ -32,6 +32,7 @@ from torch import nn
 
 from axlab.core import registry
 from axlab.core.packing import code_range
+from axlab.core.surgery import RemappedEmbedding
 
 __all__ = ["fake_quantized", "int8_weight", "row_codes_weight", "uint8_activation"]
 
@@ -77,9 +78,11 @@ def _linear_forward(mod: nn.Linear, activations: bool):
     return forward
 
 
-def _embedding_forward(mod: nn.Embedding, bits: int):
+def _embedding_forward(mod: nn.Module, bits: int):
     def forward(ids):
         w = _ste(mod.weight, row_codes_weight(mod.weight, bits))
+        if isinstance(mod, RemappedEmbedding):         # the task's vocabulary only (prune_vocab)
+            return F.embedding(mod.old_to_new[ids].long(), w)
         return F.embedding(ids, w, mod.padding_idx, mod.max_norm, mod.norm_type, mod.scale_grad_by_freq, mod.sparse)
     return forward
 
@@ -99,8 +102,9 @@ def fake_quantized(model: nn.Module, *, embedding_bits: int | None = 8, position
 
     ``embedding_bits`` / ``position_bits``: the word / position table's bits per code (None:
     left in fp32). ``activations``: also round every Linear's input to uint8. Only plain
-    ``nn.Linear`` / ``nn.Embedding`` modules are rounded (layers quantized already are left
-    as they are); the model is changed in place for the duration and restored on exit.
+    ``nn.Linear`` / ``nn.Embedding`` modules (and a task-vocabulary table from ``prune_vocab``)
+    are rounded, layers quantized already are left as they are; the model is changed in place
+    for the duration and restored on exit.
     """
     patched: list[nn.Module] = []
     try:
@@ -110,7 +114,7 @@ def fake_quantized(model: nn.Module, *, embedding_bits: int | None = 8, position
                 patched.append(mod)
         word, pos = _tables(model)
         for table, bits in ((word, embedding_bits), (pos, position_bits)):
-            if bits and type(table) is nn.Embedding:
+            if bits and type(table) in (nn.Embedding, RemappedEmbedding):
                 code_range(bits)
                 table.forward = _embedding_forward(table, bits)
                 patched.append(table)
