@@ -10,7 +10,8 @@ al. 2019):
   (``scale = max|w| / 127``, codes in [-127, 127]: :meth:`axlab.core.qmodules.Int8Linear.from_linear`),
   and its input rounded per tensor to uint8 with a zero point (``scale = (max(x, 0) -
   min(x, 0)) / 255``: ONNX's ``DynamicQuantizeLinear``, which feeds ONNX Runtime's
-  ``DynamicQuantizeMatMul`` / ``QAttention`` and torch's dynamic int8 kernels);
+  ``DynamicQuantizeMatMul`` / ``QAttention``; torch's own dynamic int8 kernels round
+  activations slightly differently, so this emulates the ONNX file, not ``Int8Linear``);
 * the word table per row at ``embedding_bits`` and the learned position table at
   ``position_bits`` (``scale = 2 max|row| / (2**bits - 1)``: :func:`axlab.core.qmodules.quantize_codes`,
   what :func:`axlab.compress.quantize.quantize_rest` stores).
