@@ -384,8 +384,9 @@ def _student_cache_path(base, splits, cfg: BenchConfig, plan: StudentPlan, dropp
 
     from axlab.compress.axformer import model_fingerprint
     from axlab.core.paths import cache_dir
+    steps, augment = plan.recipe(cfg)
     parts = [model_fingerprint(base), getattr(splits, "file_hash", None), getattr(splits, "seed", None),
-             plan.cache_fields(), dropped, plan.recipe(cfg)[0], cfg.student_lr, plan.recipe(cfg)[1], cfg.seed,
+             plan.cache_fields(), dropped, steps, cfg.student_lr, augment, cfg.seed,
              STUDENT_RECIPE_VERSION]
     if cfg.student_quant_aware:         # (only when on: older entries stay valid)
         parts.append({"quant_aware": STUDENT_QAT_EMBEDDING_BITS})
@@ -1261,7 +1262,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (default 7; quick 2)")
     ap.add_argument("--student-steps", type=int, default=None,
                     help="distillation steps per best-combination student (default 1500; quick 10)")
-    ap.add_argument("--student", action="append", default=None, metavar="layers=0.67,ffn=0.5,heads=0,start=base[,steps=N,augment=N]",
+    ap.add_argument("--student", action="append", default=None,
+                    metavar="layers=0.67,ffn=0.5,heads=0,start=base[,steps=N,augment=N]",
                     help="a best-combination student plan (repeat for several; default: DEFAULT_STUDENTS)")
     ap.add_argument("--quant-aware-students", action="store_true",
                     help="distil the students through their int8 graph's rounding (axlab.compress.qat; cached apart)")

@@ -33,6 +33,7 @@ from torch import nn
 
 from axlab.core import registry
 from axlab.core.packing import code_range
+from axlab.core.qmodules import dequantize_codes, int8_channel_codes, quantize_codes
 from axlab.core.surgery import RemappedEmbedding
 
 __all__ = ["fake_quantized", "int8_weight", "row_codes_weight", "uint8_activation"]
@@ -46,17 +47,16 @@ def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def int8_weight(w: torch.Tensor) -> torch.Tensor:
-    """``w`` (out, in) rounded as :class:`~axlab.core.qmodules.Int8Linear` stores it (per output channel)."""
-    scale = (w.detach().abs().amax(1, keepdim=True) / 127).clamp_min(1e-12)
-    return torch.clamp(torch.round(w / scale), -127, 127) * scale
+    """``w`` (out, in) rounded as :class:`~axlab.core.qmodules.Int8Linear` stores it (per output
+    channel); no gradient (see :func:`_ste`)."""
+    codes, scale = int8_channel_codes(w)
+    return codes.float() * scale.unsqueeze(1)
 
 
 def row_codes_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """``w`` (rows, dim) rounded per row to signed ``bits``-bit codes, as
-    :func:`~axlab.core.qmodules.quantize_codes` does for an embedding table."""
-    lo, hi = code_range(bits)
-    scale = (2 * w.detach().abs().amax(1, keepdim=True) / (2 ** bits - 1)).clamp_min(1e-12)
-    return torch.clamp(torch.round(w / scale), lo, hi) * scale
+    :func:`~axlab.core.qmodules.quantize_codes` does for an embedding table; no gradient."""
+    return dequantize_codes(*quantize_codes(w, bits))
 
 
 def uint8_activation(x: torch.Tensor) -> torch.Tensor:

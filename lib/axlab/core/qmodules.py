@@ -33,7 +33,8 @@ from torch.nn import functional as F
 from axlab.core.errors import AxlabError
 from axlab.core.packing import code_range, pack_codes, packed_nbytes, unpack_codes
 
-__all__ = ["Int8Linear", "QuantLinear", "QuantEmbedding", "QUANT_MODULES", "int8_backend", "quantize_codes",
+__all__ = ["Int8Linear", "QuantLinear", "QuantEmbedding", "QUANT_MODULES", "int8_backend", "int8_channel_codes",
+           "quantize_codes",
            "dequantize_codes", "layer_group_size", "outlier_mask", "split_outliers", "quant_layout",
            "apply_quant_layout", "is_quantized", "check_bits", "set_module"]
 
@@ -164,6 +165,14 @@ def int8_backend(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Ten
         return lambda x: F.linear(x, w, bias)
 
 
+def int8_channel_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` (out, in) -> int8 codes (out, in) in [-127, 127] and one scale per output channel
+    (``max|w| / 127``): what :class:`Int8Linear` stores (and the int8 ONNX graph runs)."""
+    w = w.detach().float()
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-12)                          # (out,)
+    return torch.clamp(torch.round(w / scale.unsqueeze(1)), -127, 127).to(torch.int8), scale
+
+
 class Int8Linear(nn.Module):
     """int8 weights (per-output-channel symmetric scales) on an int8 dynamic kernel.
 
@@ -185,9 +194,8 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> "Int8Linear":
         m = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        w = lin.weight.detach().float()
-        scale = (w.abs().amax(1) / 127).clamp_min(1e-12)                      # (out,)
-        m.weight_int8.copy_(torch.clamp(torch.round(w / scale.unsqueeze(1)), -127, 127).to(torch.int8))
+        codes, scale = int8_channel_codes(lin.weight)
+        m.weight_int8.copy_(codes)
         m.weight_scale.copy_(scale)
         if lin.bias is not None:
             m.bias.copy_(lin.bias.detach())
