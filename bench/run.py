@@ -60,7 +60,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -114,6 +114,7 @@ class StudentPlan:
     start: str = "base"
     steps: int | None = None
     augment: int | None = None
+    soup: int | None = None
 
     def __post_init__(self):
         if not 0 < self.layers <= 1 or not 0 <= self.ffn < 1 or not 0 <= self.heads < 1:
@@ -122,6 +123,8 @@ class StudentPlan:
             raise ValueError(f"StudentPlan: start must be one of {STUDENT_STARTS}, got {self.start!r}")
         if (self.steps is not None and self.steps < 1) or (self.augment is not None and self.augment < 0):
             raise ValueError("StudentPlan: steps must be >= 1 and augment >= 0 (or None: the run's)")
+        if self.soup is not None and self.soup < 2:
+            raise ValueError("StudentPlan: soup is the number of students averaged, >= 2 (or None: one student)")
 
     @property
     def key(self) -> str:
@@ -130,6 +133,7 @@ class StudentPlan:
             [f"heads{int(self.heads * 100)}"] if self.heads else [])
         parts += ([f"{self.steps}steps"] if self.steps is not None else []) + (
             [f"aug{self.augment}"] if self.augment is not None else [])
+        parts += [f"soup{self.soup}"] if self.soup else []
         return "-".join(parts)
 
     def recipe(self, cfg: "BenchConfig") -> tuple[int, int]:
@@ -145,7 +149,7 @@ class StudentPlan:
         d = asdict(self)
         if self.start == "base":
             d.pop("start")
-        for k in ("steps", "augment"):        # the run's own recipe: keyed by the run's options, as before
+        for k in ("steps", "augment", "soup"):    # the run's own recipe / one student: keyed as before
             if d[k] is None:
                 d.pop(k)
         return d
@@ -153,11 +157,13 @@ class StudentPlan:
 
 # the AxFormer-L0.83-ffn25 student distils longer, on more perturbed text: on validation (GPU, seeds 0-2) that
 # raised its agreement with the teacher from 0.930 / 0.930 / 0.929 to 0.940 / 0.936 / 0.938 (bench/README.md);
-# at about 32 min a student on 2 CPU cores, the other plans keep the run's recipe
+# at about 32 min a student on 2 CPU cores, the other plans keep the run's recipe. The AxFormer-L0.67-ffn25 student
+# is a soup of 3 (seeds 0-2, weights averaged): on validation (GPU, seeds 0-3) single students scored 0.834 / 0.835 /
+# 0.826 / 0.836 deployed (int8, 4-bit embeddings), their soups of 2 / 3 / 4 0.837 / 0.836 / 0.836 (bench/README.md)
 DEFAULT_STUDENTS = (StudentPlan(layers=0.5), StudentPlan(layers=0.67, ffn=0.5), StudentPlan(layers=0.67, ffn=0.25),
                     StudentPlan(layers=0.83, ffn=0.5),
                     StudentPlan(layers=0.83, ffn=0.25, start="axformer", steps=4000, augment=8),
-                    StudentPlan(layers=0.67, ffn=0.25, start="axformer"))
+                    StudentPlan(layers=0.67, ffn=0.25, start="axformer", soup=3))
 
 
 @dataclass
@@ -407,27 +413,47 @@ def _train_device(cfg: BenchConfig) -> str | None:
 
 
 def _distilled(model, base, tok, splits, cfg: BenchConfig, path: Path | None, plan: StudentPlan | None = None):
-    """``model`` distilled from ``base`` (or its cached weights); (student, from_cache)."""
+    """``model`` distilled from ``base`` (or its cached weights, with the recipe step distillation
+    records); (student, from_cache)."""
     from safetensors.torch import load_file, save_file
 
-    from axlab.compress.distill import distill
+    from axlab.compress.distill import DistillConfig, distill
+    from axlab.core.recipe import Step
+    steps, augment = (plan or StudentPlan()).recipe(cfg)
+    kw = dict(steps=steps, lr=cfg.student_lr, seed=cfg.seed, augment=augment, quant_aware=cfg.student_quant_aware,
+              quant_embedding_bits=STUDENT_QAT_EMBEDDING_BITS)
     if path is not None and path.exists():
         out = copy.deepcopy(model)
         out.load_state_dict(load_file(str(path)), strict=True)
+        out.axlab_recipe = list(getattr(model, "axlab_recipe", [])) + [
+            Step("distill", teacher="base", **DistillConfig(**kw).to_dict())]
         return out.eval(), True
     dev = _train_device(cfg)
     if dev:                             # copies on the GPU: the caller's models stay where they are
         model, base = copy.deepcopy(model).to(dev), copy.deepcopy(base).to(dev)
-    steps, augment = (plan or StudentPlan()).recipe(cfg)
-    out = distill(model, base, tok, splits.train, steps=steps, lr=cfg.student_lr, seed=cfg.seed,
-                  augment=augment, quant_aware=cfg.student_quant_aware,
-                  quant_embedding_bits=STUDENT_QAT_EMBEDDING_BITS, progress=False).cpu()
+    out = distill(model, base, tok, splits.train, **kw, progress=False).cpu()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in out.state_dict().items()}, str(tmp))
         tmp.replace(path)
     return out, False
+
+
+def _souped(model, base, tok, splits, cfg: BenchConfig, plan: StudentPlan, dropped: list[int]):
+    """The plan's student: one distilled student, or (``plan.soup`` = k > 1) the weight average of k
+    students distilled with seeds ``cfg.seed + i`` (``distill.soup``), each cached as a single student
+    of that seed (member 0 is the plan's single student). (student, members from cache)."""
+    from axlab.compress.distill import soup
+    k = plan.soup or 1
+    single = replace(plan, soup=None)
+    members, hits = [], 0
+    for i in range(k):
+        c = replace(cfg, seed=cfg.seed + i)
+        m, hit = _distilled(model, base, tok, splits, c, _student_cache_path(base, splits, c, single, dropped), single)
+        members.append(m)
+        hits += hit
+    return (soup(members) if k > 1 else members[0]), hits
 
 
 def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None,
@@ -471,14 +497,16 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None,
             model = prune.prune_ffn(model, prune.ffn_by_budget(model, plan.ffn, "magnitude"))
             steps.append(f"FFN -{int(plan.ffn * 100)}% (magnitude)")
         if cfg.student_steps:
-            model, cached = _distilled(model, start, tok, splits, cfg, _student_cache_path(start, splits, cfg, plan,
-                                                                                          dropped), plan)
+            model, cached = _souped(model, start, tok, splits, cfg, plan, dropped)
             n_steps, n_aug = plan.recipe(cfg)
             aug = f", {n_aug} perturbed copies of each text" if n_aug else ""
+            if plan.soup:
+                aug += f"; {plan.soup} students, seeds {cfg.seed}-{cfg.seed + plan.soup - 1}, weights averaged"
             aug += ", through the int8 graph's rounding" if cfg.student_quant_aware else ""
             where = " on the GPU" if _train_device(cfg) else ""
+            n = plan.soup or 1
             steps.append(f"distillation from {teacher}{where} ({n_steps} steps, lr {cfg.student_lr:g}{aug})"
-                         + (" [cached]" if cached else ""))
+                         + ((" [cached]" if cached == n else f" [{cached} of {n} cached]") if cached else ""))
         say(f"  student {plan.key}: {'; '.join(steps)} ({time.perf_counter() - t0:.0f} s)")
         out.append((plan, " -> ".join(steps), model))
     return out
@@ -1278,7 +1306,7 @@ def main(argv=None) -> int:
             kw[name] = getattr(args, name)
     if args.student:
         try:
-            kw["students"] = tuple(StudentPlan(**{k: v if k == "start" else int(v) if k in ("steps", "augment")
+            kw["students"] = tuple(StudentPlan(**{k: v if k == "start" else int(v) if k in ("steps", "augment", "soup")
                                                   else float(v) for k, v in (kv.split("=") for kv in plan.split(","))})
                                    for plan in args.student)
         except (TypeError, ValueError) as e:

@@ -373,6 +373,41 @@ def test_students_are_cached_by_everything_that_shapes_them(tmp_path, monkeypatc
         assert torch.equal(a, b), k
 
 
+def test_a_soup_plan_averages_students_cached_one_by_one(monkeypatch, tmp_path):
+    """plan.soup = k: k students (seeds seed .. seed+k-1), each cached as that seed's single student
+    (member 0 is the plan's single student), averaged = distill(..., soup=k); the cached step is recorded."""
+    import torch
+    from axlab.compress.distill import distill
+    from axlab.compress.prune import drop_layers
+    from axlab.core.data import Splits
+    from axlab.core.testing import tiny_model, tiny_split, tiny_tokenizer
+
+    monkeypatch.setenv("AXLAB_HOME", str(tmp_path))
+    base, tok = tiny_model("bert", layers=3), tiny_tokenizer()
+    small = Splits(name="t", label_names=["0", "1"], train=tiny_split(32, seed=1), validation=tiny_split(8, seed=2),
+                   test=tiny_split(8, seed=3), seed=0, file_hash="x", source_file="x")
+    cfg = bench.BenchConfig(student_steps=2, student_augment=1, gpu=False, seed=4)
+    plan = bench.StudentPlan(layers=0.67, soup=3)
+    assert plan.key == "L0.67-soup3" and "soup" not in bench.StudentPlan(layers=0.67).cache_fields()
+    with pytest.raises(ValueError):
+        bench.StudentPlan(soup=1)
+    student = drop_layers(base, [1])
+    single = bench._student_cache_path(base, small, cfg, bench.StudentPlan(layers=0.67), [1])
+    one, _ = bench._distilled(student, base, tok, small, cfg, single)          # the plan's single student, cached
+    out, hits = bench._souped(student, base, tok, small, cfg, plan, [1])
+    assert hits == 1                                                           # member 0 came from the cache
+    ref = distill(student, base, tok, small.train, steps=2, lr=cfg.student_lr, seed=4, augment=1, soup=3,
+                  quant_embedding_bits=bench.STUDENT_QAT_EMBEDDING_BITS)
+    for (k, a), (_, b) in zip(out.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+    assert out.axlab_recipe == ref.axlab_recipe
+    again, hits = bench._souped(student, base, tok, small, cfg, plan, [1])
+    assert hits == 3
+    for (k, a), (_, b) in zip(out.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(one.classifier.weight, out.classifier.weight)
+
+
 def test_bench_students_distilled_on_a_gpu_get_their_own_cache_entry(monkeypatch, tmp_path):
     import torch
     from axlab.core.data import load_dataset

@@ -148,3 +148,59 @@ def test_hidden_states_are_matched_at_the_students_own_layers(tokenizer, split):
     assert hidden_slots(student, teacher) == [0, 2] and hidden_slots(teacher, teacher) == [0, 1, 2]
     out = distill(student, teacher, tokenizer, split, steps=2, hidden_weight=1.0, progress=False)
     assert all(torch.isfinite(p).all() for p in out.parameters())
+
+
+def _soup_world():
+    teacher = tiny_model("bert", seed=0)
+    with torch.no_grad():
+        teacher.classifier.weight *= 30
+    return teacher, prune.prune_heads(teacher, {0: [1]}), tiny_split(48, seed=3)
+
+
+def test_soup_is_the_mean_of_its_students_and_replays(tokenizer, batch):
+    """distill(soup=3) == soup of three students distilled with seeds s, s+1, s+2 == their weight mean;
+    the recipe replays it; the inputs are untouched."""
+    from axlab.compress.distill import soup
+    teacher, student, sp = _soup_world()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    kw = dict(steps=3, batch_size=16, lr=1e-3, augment=1)
+    members = [distill(student, teacher, tokenizer, sp, seed=5 + i, **kw) for i in range(3)]
+    assert not torch.equal(members[0].classifier.weight, members[1].classifier.weight)   # the seeds differ
+    mean = torch.stack([m.bert.encoder.layer[1].output.dense.weight for m in members]).mean(0)
+    s = soup(members)
+    torch.testing.assert_close(s.bert.encoder.layer[1].output.dense.weight, mean, atol=1e-7, rtol=0)
+    assert s.axlab_recipe[-1]["params"]["soup"] == 3 and s.axlab_recipe[-1]["params"]["seed"] == 5
+    assert s.axlab_recipe[:-1] == student.axlab_recipe
+    direct = distill(student, teacher, tokenizer, sp, seed=5, soup=3, **kw)
+    torch.testing.assert_close(logits(direct, batch), logits(s, batch), atol=1e-6, rtol=0)
+    assert direct.axlab_recipe == s.axlab_recipe
+    assert len(direct.axlab_distill_stats["members"]) == 3
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, before[k])
+    import copy
+    ctx = RecipeContext(tokenizer=tokenizer, splits=Splits("t", ["a", "b"], sp, sp, sp, 0, "x", "x"))
+    ctx.base = teacher
+    replay = apply_step(copy.deepcopy(student), s.axlab_recipe[-1], ctx)
+    torch.testing.assert_close(logits(replay, batch), logits(s, batch), atol=1e-6, rtol=0)
+    # one student is no soup: its step reads as it always did (recipes and cache keys stay valid)
+    assert "soup" not in members[0].axlab_recipe[-1]["params"] and "soup" not in DistillConfig().to_dict()
+
+
+def test_soup_refuses_what_it_cannot_average_or_record(tokenizer):
+    from axlab.compress.distill import soup
+    teacher, student, sp = _soup_world()
+    kw = dict(steps=1, batch_size=16)
+    a, b, c = (distill(student, teacher, tokenizer, sp, seed=s, **kw) for s in (0, 1, 3))
+    with pytest.raises(AxlabError, match="consecutive"):
+        soup([a, c])
+    with pytest.raises(AxlabError, match="same options"):
+        soup([a, distill(student, teacher, tokenizer, sp, seed=1, steps=2, batch_size=16)])
+    other = distill(prune.prune_heads(teacher, {1: [0]}), teacher, tokenizer, sp, seed=1, **kw)
+    with pytest.raises(AxlabError, match="same start"):
+        soup([a, other])
+    with pytest.raises(AxlabError, match="not 'distill'"):
+        soup([a, student])
+    with pytest.raises(AxlabError, match="already"):
+        soup([distill(student, teacher, tokenizer, sp, seed=0, soup=2, **kw), b])
+    with pytest.raises(ValueError):
+        DistillConfig(soup=0)

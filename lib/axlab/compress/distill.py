@@ -13,6 +13,12 @@ the teacher's output at its depth (as in patient KD, Sun et al. 2019).
 ``augment=k`` adds k perturbed copies of every training text (word dropout, spans) to the
 transfer set; they have no label, so their loss is T^2 * KL alone.
 
+``soup=k`` distils k students from the same start with seeds ``seed .. seed+k-1`` (each its own
+batch order, perturbed copies and dropout) and returns their uniform weight average, a "model
+soup" (Wortsman et al. 2022): students fine-tuned from one initialisation stay in one basin, so
+the average is a working model that costs nothing more to run and forgets the luck of any one
+seed. :func:`soup` averages students distilled apart (e.g. cached one by one).
+
 Training is bounded (``steps`` batches drawn from the split, AdamW with a linear schedule via
 :func:`axlab.default_model.train_classifier`), so it stays affordable on 2 CPU cores. Weights
 that an unstructured pruning set to zero stay zero (their gradients are masked).
@@ -23,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -39,7 +45,7 @@ from axlab.core.train import linear_warmup_decay, optimizer_step
 from axlab.compress.qat import fake_quantized
 
 __all__ = ["DistillConfig", "distill", "kd_loss", "augment_texts", "IGNORE_LABEL", "SelfDistillConfig", "self_distill",
-           "self_distill_loss"]
+           "self_distill_loss", "soup"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,7 @@ class DistillConfig:
     augment: int = 0                   # perturbed copies per training text, learnt from the teacher only
     quant_aware: bool = False          # train through the int8 deployment's rounding (axlab.compress.qat)
     quant_embedding_bits: int = 8      # ... with the word table at this many bits per code
+    soup: int = 1                      # students (seeds seed .. seed+soup-1) whose weights are averaged
 
     def __post_init__(self):
         if self.steps < 1:
@@ -77,9 +84,14 @@ class DistillConfig:
             raise ValueError("augment must be >= 0")
         if self.quant_embedding_bits not in (4, 8):
             raise ValueError("quant_embedding_bits must be 4 or 8 (the widths the runtimes gather)")
+        if self.soup < 1:
+            raise ValueError("soup must be >= 1 (the number of students averaged)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["soup"] == 1:              # one student: the step reads as before soups existed (recipes, cache keys)
+            d.pop("soup")
+        return d
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
@@ -265,7 +277,7 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
 def distill(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, *, steps: int = 200,
             temperature: float = 2.0, alpha: float = 0.5, hidden_weight: float = 0.0, lr: float = 5e-5,
             batch_size: int = 32, max_length: int = 64, seed: int = 0, augment: int = 0,
-            quant_aware: bool = False, quant_embedding_bits: int = 8,
+            quant_aware: bool = False, quant_embedding_bits: int = 8, soup: int = 1,
             teacher_source: str = "base", progress: Progress = None) -> nn.Module:
     """A copy of ``student`` fine-tuned for ``steps`` batches of ``split`` to match ``teacher``.
 
@@ -275,13 +287,15 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, *, 
     weights per channel, uint8 activations, the word table at ``quant_embedding_bits``, the
     position table at 8 bits; see :mod:`axlab.compress.qat`), so ``quantize_rest`` or the
     fused ONNX export afterwards costs it little; the weights stay fp32.
+    ``soup``: distil this many students, with seeds ``seed`` .. ``seed + soup - 1``, and return
+    their uniform weight average (:func:`soup`); ``soup`` times the training time.
     ``teacher_source`` is what the recipe step records to find the teacher on replay:
     ``"base"`` (the model the recipe starts from) or a model source for ``load_model``.
     """
     cfg = DistillConfig(steps, temperature, alpha, hidden_weight, lr, batch_size, max_length, seed, augment,
-                        quant_aware, quant_embedding_bits)
+                        quant_aware, quant_embedding_bits, soup)
     out = copy.deepcopy(student)
-    out.axlab_distill_stats = _distill_(out, teacher, tokenizer, split, cfg, progress)
+    out.axlab_distill_stats = _distill_soup_(out, teacher, tokenizer, split, cfg, progress)
     out.axlab_recipe = list(getattr(student, "axlab_recipe", [])) + [
         Step("distill", teacher=teacher_source, **cfg.to_dict())]
     return out
@@ -302,8 +316,78 @@ def _op_distill(model, ctx: RecipeContext, teacher: str = "base", **params):
         t_model = load_model(teacher).model
     if ctx.tokenizer is None:
         raise AxlabError("Step 'distill' needs the tokenizer.", "Pass tokenizer= to apply_recipe.")
-    _distill_(model, t_model, ctx.tokenizer, splits.train, cfg, ctx.progress)
+    _distill_soup_(model, t_model, ctx.tokenizer, splits.train, cfg, ctx.progress)
     return model
+
+
+def _distill_soup_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, cfg: DistillConfig,
+                   progress: Progress = None) -> dict:
+    """:func:`_distill_` (in place); with ``cfg.soup > 1``, that many students from ``student``'s
+    weights, seeds ``cfg.seed + i``, averaged into ``student``. Returns the stats (a soup's: per member)."""
+    if cfg.soup == 1:
+        return _distill_(student, teacher, tokenizer, split, cfg, progress)
+    members, stats = [], []
+    for i in range(cfg.soup):
+        m = copy.deepcopy(student)
+        stats.append(_distill_(m, teacher, tokenizer, split, replace(cfg, seed=cfg.seed + i, soup=1), progress))
+        members.append(m)
+    student.load_state_dict(_mean_state(members))
+    student.eval()
+    log.info("averaged the weights of %d students (seeds %d..%d)", cfg.soup, cfg.seed, cfg.seed + cfg.soup - 1)
+    return {"steps": stats[0]["steps"], "final_loss": float(np.mean([s["final_loss"] or np.nan for s in stats])),
+            "members": stats}
+
+
+def _mean_state(models: list) -> dict:
+    """The uniform mean of the models' floating-point weights; other entries (integer buffers) must agree."""
+    states = [m.state_dict() for m in models]
+    out = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            out[k] = torch.stack([s[k].to(torch.float32) for s in states]).mean(0).to(v.dtype)
+        else:
+            if any(not torch.equal(s[k], v) for s in states[1:]):
+                raise AxlabError(f"The models differ in {k}, which cannot be averaged.",
+                                 "Average students distilled from one start model.")
+            out[k] = v
+    return out
+
+
+def soup(models: list[nn.Module]) -> nn.Module:
+    """The uniform weight average ("model soup", Wortsman et al. 2022) of students distilled apart
+    from one start with consecutive seeds: ``distill(start, teacher, ..., seed=s + i)`` for
+    i = 0 .. k-1, otherwise alike. Equal to ``distill(start, teacher, ..., seed=s, soup=k)``,
+    and recorded as that step, so the recipe replays it. Inputs are not changed.
+    """
+    models = list(models)
+    if not models:
+        raise AxlabError("soup() needs at least one model.", "Pass the distilled students.")
+    recipes = [list(getattr(m, "axlab_recipe", []) or []) for m in models]
+    last = [r[-1] if r else None for r in recipes]
+    hint = ("Distil each from the same start with the same options and consecutive seeds "
+            "(distill(..., seed=s + i)), or call distill(..., soup=k).")
+    if any(s is None or s["op"] != "distill" for s in last):
+        raise AxlabError("soup() averages distilled students; a model's last recipe step is not 'distill'.", hint)
+    params = [dict(s.get("params") or {}) for s in last]
+    if any(p.get("soup", 1) != 1 for p in params):
+        raise AxlabError("soup() averages single students; one of them already is a soup.", hint)
+    same = [{k: v for k, v in p.items() if k != "seed"} for p in params]
+    if any(r[:-1] != recipes[0][:-1] for r in recipes) or any(p != same[0] for p in same):
+        raise AxlabError("The students were not distilled from the same start with the same options.", hint)
+    seeds = [p["seed"] for p in params]
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise AxlabError(f"The students' seeds are {seeds}; a soup's recipe needs consecutive seeds in order.", hint)
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
+    if any(s != shapes[0] for s in shapes):
+        raise AxlabError("The students differ in structure, so their weights cannot be averaged.", hint)
+    out = copy.deepcopy(models[0])
+    out.load_state_dict(_mean_state(models))
+    out.eval()
+    step = dict(params[0])
+    if len(models) > 1:
+        step["soup"] = len(models)
+    out.axlab_recipe = recipes[0][:-1] + [Step("distill", **step)]
+    return out
 
 
 # ----------------------------------------------------------------------------- self-distillation (SDViT)
