@@ -105,6 +105,21 @@ def test_prune_compares_with_the_base_interleaved_and_saves_the_base_row(tmp_pat
     assert names == ["base", "p25"]
 
 
+def test_prune_distils_a_soup_and_saves_its_replayable_step(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AXLAB_DATA", str(tmp_path / "store"))
+    folder = save_tiny(tmp_path / "m")
+    assert main(["prune", str(folder), "--dataset", _csv(tmp_path), "--heads-fraction", "0.25", "--by", "random",
+                 "--distill-steps", "2", "--distill-soup", "2", "--save", "s2", "--json", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["distill_soup"] == 2 and out["recipe_ops"][-1] == "distill"
+    from axlab.store.variants import VariantStore
+    (v,) = [v for v in VariantStore().list() if v.name == "s2"]
+    assert v.recipe[-1]["params"]["soup"] == 2
+    with pytest.raises(SystemExit):
+        main(["prune", str(folder), "--heads-fraction", "0.25", "--distill-steps", "2", "--distill-soup", "0"])
+    assert "not a whole number >= 1" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- image models and image data (issue 16)
 
 def _image_folder(tmp_path, n=8):

@@ -29,6 +29,16 @@ def _check(args) -> None:
                              f"Use e.g. --{flag.replace('_', '-')} 0.3 (the fraction to remove).")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1 (e.g. 3)")
+    return v
+
+
 def cmd_prune(args) -> None:
     from axlab.compress import prune
     from axlab.core.errors import AxlabError
@@ -66,8 +76,11 @@ def cmd_prune(args) -> None:
                                               "--vocab or --unstructured 0.5.")
     if args.distill_steps:
         from axlab.compress.distill import distill
-        out = distill(out, model, tok, splits.train, steps=args.distill_steps, teacher_source="base", progress=False)
+        out = distill(out, model, tok, splits.train, steps=args.distill_steps, soup=args.distill_soup,
+                      teacher_source="base", progress=False)
         info["distill_steps"] = args.distill_steps
+        if args.distill_soup > 1:
+            info["distill_soup"] = args.distill_soup
     info["seconds"] = round(time.time() - t0, 1)
     base_m, new_m, compare = measure_against_base(model, out, tok, test, args)
     vid = save_variant(args, splits, list(getattr(out, "axlab_recipe", [])), new_m, base_m)
@@ -119,6 +132,8 @@ def add_commands(sub) -> None:
     p.add_argument("--criterion", default="magnitude", choices=("magnitude", "data"))
     p.add_argument("--scope", default="global", choices=("global", "layer"))
     p.add_argument("--distill-steps", type=int, default=0, help="recover with this many distillation steps")
+    p.add_argument("--distill-soup", type=_at_least_one, default=1, metavar="K",
+                   help="distil K students (seeds 0..K-1) and average their weights (model soup; K times the time)")
     _common(p)
     p.set_defaults(fn=cmd_prune)
     p = sub.add_parser("axformer", help="AxFormer accuracy-driven pruning search (cached); measured on test")
