@@ -352,6 +352,30 @@ def paired_margin(cand: np.ndarray, base: np.ndarray) -> dict:
     return {"delta": mean, "se": se, "z": z}
 
 
+def selection_optimism(correct: np.ndarray, base: np.ndarray, n_splits: int = 2000, seed: int = 0) -> dict:
+    """How much picking the most accurate candidate overstates its margin over the base, from
+    validation alone: on each of ``n_splits`` random half splits, pick on half A and score the
+    pick on half B (both paired against the base). ``correct``: (candidates, examples) 0/1;
+    ``base``: (examples,). Returns points: the pick's mean margin on A and on B, their difference
+    (the optimism), and the share of splits where the pick's held-out margin is >= 0."""
+    m, b = np.asarray(correct, float), np.asarray(base, float)
+    if m.ndim != 2 or m.shape[1] != b.size or b.size < 4:
+        raise ValueError("correct must be (candidates, examples) over the base's examples (at least 4)")
+    rng = np.random.default_rng(seed)
+    n = b.size
+    on_a, on_b = np.empty(n_splits), np.empty(n_splits)
+    for i in range(n_splits):
+        perm = rng.permutation(n)
+        a, h = perm[: n // 2], perm[n // 2:]
+        da = m[:, a].mean(1) - b[a].mean()
+        j = int(np.argmax(da))
+        on_a[i], on_b[i] = da[j], m[j, h].mean() - b[h].mean()
+    return {"candidates": int(m.shape[0]), "splits": n_splits, "pick_margin_on_half_a_points": float(on_a.mean() * 100),
+            "pick_margin_held_out_points": float(on_b.mean() * 100),
+            "optimism_points": float((on_a - on_b).mean() * 100),
+            "held_out_margin_at_least_0": float((on_b >= 0).mean())}
+
+
 def _layer_drop_order(base, tok, val, n_drop: int, say=lambda m: None) -> list[int]:
     """Layers to drop, greedily: each step removes the layer whose removal raises the
     validation loss least (the model as it is after the earlier drops)."""
@@ -600,7 +624,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
         f"{cfg.selection_margin_se:g} paired standard errors")
     structures = [(StudentPlan(), "full depth", base)] + [(name, name, m) for name, m in (extra or [])] + \
         build_students(base, tok, splits, cfg, say, starts)
-    report, cands = [], []
+    report, cands, outcomes = [], [], []
     for plan, desc, student in structures:
         if student is base and full_vocab is not None:
             small, vocab = full_vocab
@@ -632,10 +656,12 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
                    "parity_max_abs_diff": res.parity_max_abs_diff, "build_seconds": round(time.perf_counter() - t0, 1)}
             report.append(rec)
             cands.append((rec, res))
+            outcomes.append(correct)
             say(f"  candidate {key}: val acc {acc:.4f} ({pm['delta'] * 100:+.1f} pts, z {pm['z']:+.2f}), "
                 f"{res.size_bytes / 1e6:.1f} MB, {macs / 1e6:.2f}M MACs/token")
     if not cands:
         raise RuntimeError(f"no best-combination candidate could be exported: {report}")
+    check = selection_optimism(np.stack(outcomes), base_correct, seed=cfg.seed) if len(val) >= 4 else None
     timed = [c for c in cands if c[0]["qualifies"]]
     peer_lat = {}
     if timed:                                   # latency of the qualifying ones (and the peers), on validation texts
@@ -691,7 +717,7 @@ def best_combination(base, tok, splits, cfg: BenchConfig, folder: Path, calib: l
                        if peers else ": the fastest on validation texts (geometric mean of batch-1 and batch-32 "
                        "latency, interleaved), then the smallest file")
                     + "; if none is that small, among those that beat fp32 only; else the most accurate",
-                  "candidates": report}
+                  "selection_check": check, "candidates": report}
 
 
 def _ort_peers(base, tok, folder: Path, cfg: BenchConfig, say=lambda m: None) -> list[Row]:
@@ -1136,6 +1162,13 @@ def markdown_table(result: dict) -> str:
         f = t["fused_fp32_vs_unfused"]
         lines.append(f"Fused fp32 graph ({f['attention_nodes']} attention nodes) against the unfused export: "
                      f"{_ratio_text(f['b1'])} at batch 1, {_ratio_text(f['b32'])} at batch 32.")
+    sc = ((result.get("notes") or {}).get("best_combination") or {}).get("selection_check")
+    if sc:
+        lines.append(f"Selection check (validation only, {sc['splits']:,} random half splits): the most accurate of "
+                     f"the {sc['candidates']} candidates on one half beats fp32 there by "
+                     f"{sc['pick_margin_on_half_a_points']:+.2f} points and on the other half by "
+                     f"{sc['pick_margin_held_out_points']:+.2f} (>= 0 in {sc['held_out_margin_at_least_0']:.0%} of "
+                     f"splits): picking overstates a margin by about {sc['optimism_points']:.1f} points.")
     if per and "fastest_int8_peer_b1" in t:
         lines += ["", "Every axlab row against the peers (batch 1) and against the fastest int8 peer:", "",
                   "| axlab row | acc vs fp32 (points, ± paired SE) | peers dominated | b1 speed-up vs it | "

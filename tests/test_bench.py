@@ -335,6 +335,32 @@ def test_paired_margin():
     assert bench.paired_margin([0, 1], [1, 1])["z"] < 0
 
 
+def test_selection_optimism_sees_the_winners_curse_and_a_real_winner():
+    """Twenty candidates as accurate as the base in expectation (each example, independently: a base
+    error turns right with p = 1/4, a right answer wrong with p = 1/16; 50 each way on average):
+    the pick on one half looks better, the other half says ~0.
+    One candidate truly 10 points better: picked on every split, its margin holds on the other half."""
+    import numpy as np
+    rng = np.random.default_rng(1)
+    n = 1000
+    base = (rng.random(n) < 0.8).astype(float)
+    alike = []
+    for _ in range(20):
+        u = rng.random(n)
+        alike.append(np.where(base == 0, u < 1 / 4, u >= 1 / 16).astype(float))
+    r = bench.selection_optimism(np.stack(alike), base, n_splits=300)
+    assert r["candidates"] == 20 and r["splits"] == 300
+    assert r["pick_margin_on_half_a_points"] > 1.0 and r["optimism_points"] > 1.0
+    assert abs(r["pick_margin_held_out_points"]) < 1.0
+    good = base.copy()
+    good[np.flatnonzero(base == 0)[:100]] = 1.0                     # +10 points
+    r = bench.selection_optimism(np.stack([good, *alike]), base, n_splits=300)
+    assert r["pick_margin_held_out_points"] == pytest.approx(10.0, abs=2.0)
+    assert r["held_out_margin_at_least_0"] == 1.0 and abs(r["optimism_points"]) < 1.0
+    with pytest.raises(ValueError):
+        bench.selection_optimism(np.ones((2, 5)), np.ones(6))
+
+
 def test_students_are_cached_by_everything_that_shapes_them(tmp_path, monkeypatch):
     """A distilled student is stored once and reloaded bit for bit; the key changes with the plan,
     the dropped layers and the distillation options; quick runs never cache."""
