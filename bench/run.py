@@ -144,6 +144,10 @@ class StudentPlan:
         return (cfg.student_steps if self.steps is None else self.steps,
                 cfg.student_augment if self.augment is None else self.augment)
 
+    def members(self, cfg: "BenchConfig") -> int:
+        """Students distilled and averaged for this plan in run ``cfg`` (a quick run distils one)."""
+        return 1 if cfg.quick else (self.soup or 1)
+
     def cache_fields(self) -> dict:
         """What keys the student's cache entry (``start`` only when it is not the base: older entries stay valid)."""
         d = asdict(self)
@@ -469,7 +473,7 @@ def _souped(model, base, tok, splits, cfg: BenchConfig, plan: StudentPlan, dropp
     students distilled with seeds ``cfg.seed + i`` (``distill.soup``), each cached as a single student
     of that seed (member 0 is the plan's single student). (student, members from cache)."""
     from axlab.compress.distill import soup
-    k = plan.soup or 1
+    k = plan.members(cfg)
     single = replace(plan, soup=None)
     members, hits = [], 0
     for i in range(k):
@@ -524,11 +528,11 @@ def build_students(base, tok, splits, cfg: BenchConfig, say=lambda m: None,
             model, cached = _souped(model, start, tok, splits, cfg, plan, dropped)
             n_steps, n_aug = plan.recipe(cfg)
             aug = f", {n_aug} perturbed copies of each text" if n_aug else ""
-            if plan.soup:
-                aug += f"; {plan.soup} students, seeds {cfg.seed}-{cfg.seed + plan.soup - 1}, weights averaged"
+            n = plan.members(cfg)
+            if n > 1:
+                aug += f"; {n} students, seeds {cfg.seed}-{cfg.seed + n - 1}, weights averaged"
             aug += ", through the int8 graph's rounding" if cfg.student_quant_aware else ""
             where = " on the GPU" if _train_device(cfg) else ""
-            n = plan.soup or 1
             steps.append(f"distillation from {teacher}{where} ({n_steps} steps, lr {cfg.student_lr:g}{aug})"
                          + ((" [cached]" if cached == n else f" [{cached} of {n} cached]") if cached else ""))
         say(f"  student {plan.key}: {'; '.join(steps)} ({time.perf_counter() - t0:.0f} s)")
@@ -1168,7 +1172,8 @@ def markdown_table(result: dict) -> str:
                      f"the {sc['candidates']} candidates on one half beats fp32 there by "
                      f"{sc['pick_margin_on_half_a_points']:+.2f} points and on the other half by "
                      f"{sc['pick_margin_held_out_points']:+.2f} (>= 0 in {sc['held_out_margin_at_least_0']:.0%} of "
-                     f"splits): picking overstates a margin by about {sc['optimism_points']:.1f} points.")
+                     f"splits): picking the most accurate on validation overstates its margin by about "
+                     f"{max(sc['optimism_points'], 0.0):.1f} points (the rule above picks among fewer, so by less).")
     if per and "fastest_int8_peer_b1" in t:
         lines += ["", "Every axlab row against the peers (batch 1) and against the fastest int8 peer:", "",
                   "| axlab row | acc vs fp32 (points, ± paired SE) | peers dominated | b1 speed-up vs it | "

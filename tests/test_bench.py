@@ -417,6 +417,7 @@ def test_a_soup_plan_averages_students_cached_one_by_one(monkeypatch, tmp_path):
     assert plan.key == "L0.67-soup3" and "soup" not in bench.StudentPlan(layers=0.67).cache_fields()
     with pytest.raises(ValueError):
         bench.StudentPlan(soup=1)
+    assert plan.members(cfg) == 3 and plan.members(bench.BenchConfig.quick_defaults()) == 1   # quick stays quick
     student = drop_layers(base, [1])
     single = bench._student_cache_path(base, small, cfg, bench.StudentPlan(layers=0.67), [1])
     one, _ = bench._distilled(student, base, tok, small, cfg, single)          # the plan's single student, cached

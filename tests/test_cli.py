@@ -118,6 +118,8 @@ def test_prune_distils_a_soup_and_saves_its_replayable_step(tmp_path, capsys, mo
     with pytest.raises(SystemExit):
         main(["prune", str(folder), "--heads-fraction", "0.25", "--distill-steps", "2", "--distill-soup", "0"])
     assert "not a whole number >= 1" in capsys.readouterr().err
+    assert main(["prune", str(folder), "--heads-fraction", "0.25", "--distill-soup", "3"]) == 2   # nothing distilled
+    assert "--distill-steps" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- image models and image data (issue 16)

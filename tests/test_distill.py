@@ -184,6 +184,13 @@ def test_soup_is_the_mean_of_its_students_and_replays(tokenizer, batch):
     torch.testing.assert_close(logits(replay, batch), logits(s, batch), atol=1e-6, rtol=0)
     # one student is no soup: its step reads as it always did (recipes and cache keys stay valid)
     assert "soup" not in members[0].axlab_recipe[-1]["params"] and "soup" not in DistillConfig().to_dict()
+    one = soup(members[:1])
+    assert one.axlab_recipe == members[0].axlab_recipe and one is not members[0]
+    torch.testing.assert_close(logits(one, batch), logits(members[0], batch), atol=0, rtol=0)
+    from axlab.core.recipe import describe_step
+    assert describe_step(s.axlab_recipe[-1]) == "distill from the base (3 steps, soup of 3 students)"
+    assert describe_step(members[0].axlab_recipe[-1]) == "distill from the base (3 steps)"
+    assert len(s.axlab_distill_stats["members"]) == 3
 
 
 def test_soup_refuses_what_it_cannot_average_or_record(tokenizer):

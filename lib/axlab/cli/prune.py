@@ -27,6 +27,9 @@ def _check(args) -> None:
         if not 0.0 <= v < 1.0:
             raise AxlabError(f"--{flag.replace('_', '-')} must be at least 0 and below 1, not {v}.",
                              f"Use e.g. --{flag.replace('_', '-')} 0.3 (the fraction to remove).")
+    if getattr(args, "distill_soup", 1) > 1 and not getattr(args, "distill_steps", 0):
+        raise AxlabError("--distill-soup averages distilled students, but nothing is distilled.",
+                         "Add --distill-steps, e.g. --distill-steps 300 --distill-soup 3.")
 
 
 def _at_least_one(text: str) -> int:

@@ -374,7 +374,7 @@ def soup(models: list[nn.Module]) -> nn.Module:
     same = [{k: v for k, v in p.items() if k != "seed"} for p in params]
     if any(r[:-1] != recipes[0][:-1] for r in recipes) or any(p != same[0] for p in same):
         raise AxlabError("The students were not distilled from the same start with the same options.", hint)
-    seeds = [p["seed"] for p in params]
+    seeds = [p.get("seed", 0) for p in params]
     if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
         raise AxlabError(f"The students' seeds are {seeds}; a soup's recipe needs consecutive seeds in order.", hint)
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
@@ -383,6 +383,8 @@ def soup(models: list[nn.Module]) -> nn.Module:
     out = copy.deepcopy(models[0])
     out.load_state_dict(_mean_state(models))
     out.eval()
+    stats = [getattr(m, "axlab_distill_stats", None) for m in models]
+    out.axlab_distill_stats = {"steps": params[0].get("steps"), "members": stats}
     step = dict(params[0])
     if len(models) > 1:
         step["soup"] = len(models)

@@ -142,7 +142,8 @@ def describe_step(step: dict) -> str:
         topk = {k: v for k, v in (p.get("topk") or {}).items() if v}
         return "top-k hard attention in " + (", ".join(f"layer {k} (k={v})" for k, v in topk.items()) or "no layer")
     if op == "distill":
-        return f"distill from the base ({p.get('steps', '?')} steps)"
+        k = p.get("soup", 1)
+        return f"distill from the base ({p.get('steps', '?')} steps" + (f", soup of {k} students)" if k > 1 else ")")
     if op == "self_distill":
         how = f"{p.get('steps', '?')} steps"
         if not p.get("alpha", 1.0) and not p.get("exit_ce", 0.0):
