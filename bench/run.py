@@ -1173,7 +1173,8 @@ def markdown_table(result: dict) -> str:
                      f"{sc['pick_margin_on_half_a_points']:+.2f} points and on the other half by "
                      f"{sc['pick_margin_held_out_points']:+.2f} (>= 0 in {sc['held_out_margin_at_least_0']:.0%} of "
                      f"splits): picking the most accurate on validation overstates its margin by about "
-                     f"{max(sc['optimism_points'], 0.0):.1f} points (the rule above picks among fewer, so by less).")
+                     f"{max(sc['optimism_points'], 0.0):.1f} points (the bench picks among the candidates that meet "
+                     "the goals: notes.best_combination.rule).")
     if per and "fastest_int8_peer_b1" in t:
         lines += ["", "Every axlab row against the peers (batch 1) and against the fastest int8 peer:", "",
                   "| axlab row | acc vs fp32 (points, ± paired SE) | peers dominated | b1 speed-up vs it | "
