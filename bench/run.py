@@ -446,15 +446,13 @@ def _distilled(model, base, tok, splits, cfg: BenchConfig, path: Path | None, pl
     from safetensors.torch import load_file, save_file
 
     from axlab.compress.distill import DistillConfig, distill
-    from axlab.core.recipe import Step
     steps, augment = (plan or StudentPlan()).recipe(cfg)
     kw = dict(steps=steps, lr=cfg.student_lr, seed=cfg.seed, augment=augment, quant_aware=cfg.student_quant_aware,
               quant_embedding_bits=STUDENT_QAT_EMBEDDING_BITS)
     if path is not None and path.exists():
         out = copy.deepcopy(model)
         out.load_state_dict(load_file(str(path)), strict=True)
-        out.axlab_recipe = list(getattr(model, "axlab_recipe", [])) + [
-            Step("distill", teacher="base", **DistillConfig(**kw).to_dict())]
+        out.axlab_recipe = list(getattr(model, "axlab_recipe", [])) + [DistillConfig(**kw).step()]
         return out.eval(), True
     dev = _train_device(cfg)
     if dev:                             # copies on the GPU: the caller's models stay where they are
@@ -1330,7 +1328,7 @@ def main(argv=None) -> int:
     ap.add_argument("--student-steps", type=int, default=None,
                     help="distillation steps per best-combination student (default 1500; quick 10)")
     ap.add_argument("--student", action="append", default=None,
-                    metavar="layers=0.67,ffn=0.5,heads=0,start=base[,steps=N,augment=N]",
+                    metavar="layers=0.67,ffn=0.5,heads=0,start=base[,steps=N,augment=N,soup=K]",
                     help="a best-combination student plan (repeat for several; default: DEFAULT_STUDENTS)")
     ap.add_argument("--quant-aware-students", action="store_true",
                     help="distil the students through their int8 graph's rounding (axlab.compress.qat; cached apart)")

@@ -93,6 +93,10 @@ class DistillConfig:
             d.pop("soup")
         return d
 
+    def step(self, teacher: str = "base") -> dict:
+        """The recipe step that replays this distillation (``teacher``: see :func:`distill`)."""
+        return Step("distill", teacher=teacher, **self.to_dict())
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
             alpha: float) -> torch.Tensor:
@@ -296,8 +300,7 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, *, 
                         quant_aware, quant_embedding_bits, soup)
     out = copy.deepcopy(student)
     out.axlab_distill_stats = _distill_soup_(out, teacher, tokenizer, split, cfg, progress)
-    out.axlab_recipe = list(getattr(student, "axlab_recipe", [])) + [
-        Step("distill", teacher=teacher_source, **cfg.to_dict())]
+    out.axlab_recipe = list(getattr(student, "axlab_recipe", [])) + [cfg.step(teacher_source)]
     return out
 
 
@@ -334,8 +337,15 @@ def _distill_soup_(student: nn.Module, teacher: nn.Module, tokenizer, split: Spl
     student.load_state_dict(_mean_state(members))
     student.eval()
     log.info("averaged the weights of %d students (seeds %d..%d)", cfg.soup, cfg.seed, cfg.seed + cfg.soup - 1)
-    return {"steps": stats[0]["steps"], "final_loss": float(np.mean([s["final_loss"] or np.nan for s in stats])),
-            "members": stats}
+    return _soup_stats(cfg.steps, stats)
+
+
+def _soup_stats(steps: int, members: list) -> dict:
+    """A soup's distillation stats: its members' (None for a member without them, e.g. loaded
+    from a cache) and their mean final loss."""
+    losses = [(s or {}).get("final_loss") for s in members]
+    return {"steps": steps, "final_loss": float(np.mean([np.nan if x is None else x for x in losses])),
+            "members": members}
 
 
 def _mean_state(models: list) -> dict:
@@ -380,15 +390,13 @@ def soup(models: list[nn.Module]) -> nn.Module:
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
     if any(s != shapes[0] for s in shapes):
         raise AxlabError("The students differ in structure, so their weights cannot be averaged.", hint)
+    teacher = params[0].pop("teacher", "base")
+    cfg = replace(DistillConfig(**params[0]), soup=len(models))
     out = copy.deepcopy(models[0])
     out.load_state_dict(_mean_state(models))
     out.eval()
-    stats = [getattr(m, "axlab_distill_stats", None) for m in models]
-    out.axlab_distill_stats = {"steps": params[0].get("steps"), "members": stats}
-    step = dict(params[0])
-    if len(models) > 1:
-        step["soup"] = len(models)
-    out.axlab_recipe = recipes[0][:-1] + [Step("distill", **step)]
+    out.axlab_distill_stats = _soup_stats(cfg.steps, [getattr(m, "axlab_distill_stats", None) for m in models])
+    out.axlab_recipe = recipes[0][:-1] + [cfg.step(teacher)]
     return out
 
 
