@@ -10,6 +10,7 @@ from axlab.deploy.fused_onnx import (
     build_fused_graph,
     export_fused_onnx,
     fused_predictor,
+    int8_kernel_saturates,
     int8_twin,
     op_histogram,
     pack_nbits,
@@ -45,6 +46,14 @@ def _pruned(arch, layers=3):
     return prune_ffn(m, {0: list(range(0, 128, 3)), 1: list(range(128))})   # 85 neurons left, then none
 
 
+def _skip_if_saturating():
+    """Full-range int8 weights: ONNX Runtime's int8 kernel clips them on CPUs without AVX-VNNI (see
+    :func:`int8_kernel_saturates`), so its logits are legitimately further off there."""
+    if int8_kernel_saturates():
+        pytest.skip("ONNX Runtime's int8 kernel saturates on this CPU (no AVX-VNNI); full-range int8 weights "
+                    "are checked against torch.ao on VNNI CPUs")
+
+
 def _rel(model, pred, batches):
     par = check_parity(model, pred, batches)
     with torch.no_grad():
@@ -73,6 +82,42 @@ def test_fp32_pruned_parity(arch, attention, layernorm, batches, tok, tmp_path):
     else:                                                         # 7 LayerNorms, each two ReduceMeans, no LN kernel
         assert res.ops["ReduceMean"] == 14
         assert not [k for k in res.ops if "LayerNormalization" in k]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("unpad,cls_only", [(True, True), (True, False), (False, True), (False, False)])
+def test_unpadded_rows_parity(arch, unpad, cls_only, tok):
+    """Packed tokens between attention blocks and a [CLS]-only last layer give the padded graph's logits,
+    whatever the padding: uneven heads, a layer with no heads, one with no FFN, the last layer dropped."""
+    m = _pruned(arch, layers=4)
+    texts = ["the film is a quiet , warm and funny story", "flat .", "", "the plot drags " * 12]
+    batches = [tok(texts, padding=True, return_tensors="pt"),
+               tok(texts[:2], padding="max_length", max_length=40, return_tensors="pt"),     # mostly padding
+               tok(texts[1:2], return_tensors="pt")]
+    cfg = FusedConfig(unpad=unpad, cls_only=cls_only)
+    for model in (m, drop_layers(m, [3])):
+        proto = build_fused_graph(model, cfg)
+        assert ("NonZero" in op_histogram(proto)) == unpad
+        pred = fused_predictor(proto.SerializeToString())
+        assert max(check_parity(model, pred, batches).values()) <= 1e-4
+        # a row's logits do not depend on how far the batch is padded
+        short, long_ = (pred(tok(texts[:2], padding=p, max_length=40, return_tensors="pt"))
+                        for p in (True, "max_length"))
+        assert torch.allclose(short, long_, atol=1e-5)
+
+
+def test_left_padding_keeps_the_padded_layout(tok, tmp_path):
+    """Unpadding assumes the first position of each row is real; a left-padding tokenizer gets the padded graph."""
+    import copy
+    left = copy.deepcopy(tok)
+    left.padding_side = "left"
+    batch = left(["the film is a quiet , warm and funny story", "flat ."], padding=True, return_tensors="pt")
+    assert int(batch["attention_mask"][1, 0]) == 0
+    m = _pruned("bert")
+    res = export_fused_onnx(m, left, tmp_path / "m.onnx", batches=[batch])
+    assert "NonZero" not in res.ops and res.parity_max_abs_diff <= 1e-4
+    res = export_fused_onnx(m, tok, tmp_path / "r.onnx")
+    assert "NonZero" in res.ops
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -164,6 +209,7 @@ def test_int8_dynamic_quantize_matmul(arch, batches):
     proto = build_fused_graph(q)
     ops = op_histogram(proto)
     assert ops["com.microsoft:DynamicQuantizeMatMul"] >= 7 and "MatMul" not in ops
+    _skip_if_saturating()
     # ORT and torch.ao both quantize activations at run time, differently: compare each with
     # the dequantized-weight fp32 computation; ORT must be no further from it than torch.ao is
     from axlab.deploy.onnx_export import _export_view
@@ -232,9 +278,11 @@ def test_int8_kernel_runs_kbit_codes(arch, bits, outliers, batches):
                        and any(a.name == "reduction" for a in n.attribute))
     assert (scatter_adds >= 7) == (bits == 8 and outliers > 0)
     assert "MatMul" not in ops
-    _check_int8_kernel(q, fused_predictor(proto.SerializeToString()), batches)
     if bits < 8:                      # the file holds k-bit codes: smaller than the same model's int8 graph
         assert proto.ByteSize() < build_fused_graph(int8_dynamic(_pruned(arch))).ByteSize()
+    else:
+        _skip_if_saturating()
+    _check_int8_kernel(q, fused_predictor(proto.SerializeToString()), batches)
 
 
 def test_int8_twin_and_kernel_choice():

@@ -12,8 +12,17 @@ from axlab.core.data import Splits
 from axlab.core.recipe import RecipeContext
 from axlab.core.qmodules import Int8Linear, QuantEmbedding
 from axlab.core.testing import tiny_model, tiny_split
-from axlab.deploy.fused_onnx import export_fused_onnx, fused_support
+from axlab.deploy.fused_onnx import FusedConfig, export_fused_onnx, fused_support, int8_kernel_saturates
 from conftest import logits
+
+# the layout fake_quantized emulates: every activation rounded over all (B, S) positions
+PADDED = FusedConfig(unpad=False, cls_only=False)
+
+
+def _skip_if_saturating():
+    if int8_kernel_saturates():
+        pytest.skip("ONNX Runtime's int8 kernel saturates on this CPU (no AVX-VNNI): its int8 logits are not "
+                    "the exact rounding fake_quantized emulates; checked on VNNI CPUs")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +44,9 @@ def test_fake_quantized_predicts_what_the_int8_onnx_file_predicts(arch, tokenize
     with torch.no_grad(), fake_quantized(model, embedding_bits=bits, position_bits=8):
         fq = model(**batch).logits
     # the int8 kernels of PyTorch round activations differently: that parity is not this one's
-    res = export_fused_onnx(Q.quantize_rest(model, bits, 8), tokenizer, tmp_path / "m.onnx", tolerance=1.0)
+    _skip_if_saturating()
+    res = export_fused_onnx(Q.quantize_rest(model, bits, 8), tokenizer, tmp_path / "m.onnx", tolerance=1.0,
+                            config=PADDED)
     ort = res.predictor({k: v.numpy() for k, v in batch.items()})
     torch.testing.assert_close(fq, ort, atol=1e-5, rtol=0)
     assert (fq - fp32).abs().max() > 1e-4                   # the rounding is really in the loop
@@ -49,7 +60,9 @@ def test_a_task_vocabulary_table_is_rounded_too(tokenizer, batch, tmp_path):
     b = dict(tokenizer(texts[:3], padding=True, return_tensors="pt"))
     with torch.no_grad(), fake_quantized(small, embedding_bits=4):
         fq = small(**b).logits
-    res = export_fused_onnx(Q.quantize_rest(small, 4, 8), tokenizer, tmp_path / "v.onnx", tolerance=1.0)
+    _skip_if_saturating()
+    res = export_fused_onnx(Q.quantize_rest(small, 4, 8), tokenizer, tmp_path / "v.onnx", tolerance=1.0,
+                            config=PADDED)
     torch.testing.assert_close(fq, res.predictor({k: v.numpy() for k, v in b.items()}), atol=1e-5, rtol=0)
 
 

@@ -16,6 +16,13 @@ al. 2019):
   ``position_bits`` (``scale = 2 max|row| / (2**bits - 1)``: :func:`axlab.core.qmodules.quantize_codes`,
   what :func:`axlab.compress.quantize.quantize_rest` stores).
 
+Activations are rounded over every (batch, position) of the tensor, padding included: the
+fused graph written with ``FusedConfig(unpad=False, cls_only=False)``. The default fused
+graph rounds them over the real tokens only (and the last layer's over the [CLS] rows), a
+slightly different scale per batch, so its logits differ from this emulation by that
+rounding; on CPUs without AVX-VNNI ONNX Runtime's int8 kernel also clips full-range int8
+weights (:func:`axlab.deploy.fused_onnx.int8_kernel_saturates`).
+
 Gradients pass the rounding unchanged (straight-through estimator). The weights stay fp32
 (the latent weights); on leaving the context the model computes in fp32 again, and
 quantizing it the usual way (``quantize_rest``, the fused ONNX export) gives exactly the

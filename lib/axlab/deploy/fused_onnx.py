@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -61,7 +61,7 @@ from axlab.core.surgery import EmptyAttention, is_skipped
 
 __all__ = ["FusedConfig", "FusedResult", "build_fused_graph", "export_fused_onnx", "fused_predictor",
            "op_histogram", "nbits_container", "pack_nbits", "fused_support", "FUSED_TYPES", "attention_node_count",
-           "int8_twin", "runs_on_int8_kernel", "LOWBIT_KERNELS", "LAYERNORMS"]
+           "int8_twin", "runs_on_int8_kernel", "LOWBIT_KERNELS", "LAYERNORMS", "int8_kernel_saturates"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,15 @@ class FusedConfig:
     kernels; "fused" writes ``SkipLayerNormalization`` / ``LayerNormalization`` (and lets
     ``embed_layernorm`` apply), whose CPU kernels are scalar loops (slower here, see
     ``bench/bench_deploy.py``). Same numbers either way (parity 1e-4).
+    ``unpad``: between attention blocks the tokens are packed, padding dropped: the output
+    projections, LayerNorms and FFNs run on the batch's real tokens only (at batch 32 of
+    reviews padded to the longest, about half the positions are padding); each attention
+    block gathers them back into the padded (batch, seq) layout its fused op needs. Assumes
+    right padding (the first position of every row is real, as BERT-family tokenizers pad);
+    :func:`export_fused_onnx` turns it off for a tokenizer that pads on the left.
+    ``cls_only``: the last layer computes its output (after attention, which still reads
+    every token) for the first position only, the one the classification head reads.
+    Both give the same logits as the padded graph (parity 1e-4).
     """
 
     attention: str = "auto"
@@ -108,6 +117,8 @@ class FusedConfig:
     embed_layernorm: bool = True
     lowbit_kernel: str = "auto"
     layernorm: str = "elementwise"
+    unpad: bool = True
+    cls_only: bool = True
 
     def __post_init__(self):
         if self.attention not in ("auto", "attention", "mha"):
@@ -635,7 +646,10 @@ class _Writer:
         return g.op("Mul", [rows, g.op("Gather", [g.const(f"{tag}_s", scale), ids32])], base=tag)
 
     def attention(self, x: str, layer: int, mask32: str) -> tuple[str | None, np.ndarray | None]:
-        """Context after the output projection, *without* its bias; (None, bias) for a layer with no heads."""
+        """Context after the output projection, *without* its bias; (None, bias) for a layer with no heads.
+
+        ``x``: the rows the layers compute (see :class:`_Rows`); the context comes back as the same rows.
+        """
         mod = registry.attention_module(self.model, layer)
         if isinstance(mod, EmptyAttention):
             if mod.bias is not None:                                                 # DistilBERT
@@ -644,6 +658,7 @@ class _Writer:
         if getattr(mod, "axlab_topk", None) is not None:
             raise ExportError(f"Layer {layer} uses top-k hard attention, which no fused ONNX Runtime op computes.",
                               "Export this variant with export_onnx (dynamo graph), or remove the hard attention.")
+        x = self.rows.padded(x)                                                     # (B, S, H)
         p = registry.attention_parts(self.model, layer)
         n_heads, hq = p.n_heads, p.q.out_features
         scale = float(p.head_dim ** -0.5)
@@ -672,7 +687,7 @@ class _Writer:
                 q, k, v = (self.matmul(x, [m], f"{tag}_{n}") for m, n in zip(qkv, "qkv"))
             ctx = g.op("MultiHeadAttention", [q, k, v, bias, mask32], domain=MS, num_heads=n_heads, scale=scale,
                        base=tag)                                                     # (B, S, hq)
-        return self.residual_branch(ctx, p.o, f"{tag}_out")
+        return self.residual_branch(self.rows.from_padded(ctx, hq), p.o, f"{tag}_out")
 
     def ffn(self, x: str, layer: int) -> tuple[str | None, np.ndarray | None]:
         f = registry.ffn_parts(self.model, layer)
@@ -689,8 +704,9 @@ class _Writer:
         return lay.attention.output.LayerNorm, lay.output.LayerNorm
 
     def head(self, x: str) -> str:
+        """Logits from the encoder's output ``x`` (its [CLS] rows, see :class:`_Rows`)."""
         g, m, t = self.g, self.model, self.spec.model_type
-        cls = g.op("Gather", [x, g.const("cls_pos", np.array(0, np.int64))], axis=1, base="cls")     # (B, H)
+        cls = self.rows.cls(x)                                                                        # (B, H)
         if t == "bert":
             pooler = registry.base_model(m).pooler
             h = g.op("Tanh", [self.linear(cls, pooler.dense, "pooler")]) if pooler is not None else cls
@@ -710,12 +726,16 @@ class _Writer:
         g = self.g
         x = self.embeddings("input_ids")
         mask32 = g.op("Cast", ["attention_mask"], to=6, base="mask_i32")
-        for i in range(len(registry.layers(self.model))):
-            if is_skipped(self.model, i):
-                continue
+        kept = [i for i in range(len(registry.layers(self.model))) if not is_skipped(self.model, i)]
+        rows = self.rows = _Rows(g, int(self.cfg_hf.hidden_size), self.cfg.unpad)
+        x = rows.pack(x)
+        for i in kept:
             ln_attn, ln_ffn = self.layer_norms(i)
+            rows.last = self.cfg.cls_only and i == kept[-1]          # from here on, [CLS] rows only
             ctx, b = self.attention(x, i, mask32)
-            x = self.bias_ln(x, b, ln_attn, f"L{i}_ln1") if ctx is None else self.skip_ln(ctx, x, b, ln_attn, f"L{i}_ln1")
+            x = rows.residual(x)
+            x = (self.bias_ln(x, b, ln_attn, f"L{i}_ln1") if ctx is None
+                 else self.skip_ln(ctx, x, b, ln_attn, f"L{i}_ln1"))
             y, b = self.ffn(x, i)
             x = self.bias_ln(x, b, ln_ffn, f"L{i}_ln2") if y is None else self.skip_ln(y, x, b, ln_ffn, f"L{i}_ln2")
         logits = self.head(x)
@@ -728,6 +748,75 @@ class _Writer:
                                   producer_name="axlab")
         model.ir_version = 10
         return model
+
+
+class _Rows:
+    """Which token rows the graph computes, between attention blocks.
+
+    Padded (``unpad`` off): (B, S, H) everywhere. Packed (``unpad`` on): (N, H), the N real
+    tokens of the batch in row-major order (``NonZero`` of the flattened mask); before each
+    attention block they are gathered back to (B, S, H), every padding position taking a copy
+    of the real token before it (finite values that the mask hides from the keys, and whose
+    own outputs are dropped again). Once ``last`` is set (the last layer, ``cls_only``): the
+    rows after attention are the [CLS] rows only, (B, H).
+    """
+
+    def __init__(self, g: _Graph, hidden: int, unpad: bool):
+        self.g, self.hidden, self.unpad, self.last, self.done = g, hidden, unpad, False, False
+        if not unpad:
+            return
+        flat = g.op("Reshape", ["attention_mask", g.const("flat", np.array([-1], np.int64))], base="mask_flat")
+        self.idx = g.op("Reshape", [g.op("NonZero", [flat]), g.const("flat", np.array([-1], np.int64))],
+                        base="token_rows")                                                     # (N,)
+        before = g.op("Sub", [g.op("CumSum", [flat, g.const("axis0", np.array(0, np.int64))]),
+                              g.const("one", np.array(1, np.int64))])
+        self.inv = g.op("Max", [before, g.const("zero", np.array(0, np.int64))], base="padded_rows")  # (B*S,)
+        shape = g.op("Shape", ["attention_mask"])
+        self.shape3 = g.op("Concat", [shape, g.const("hidden", np.array([hidden], np.int64))], axis=0)
+        seq = g.op("Gather", [shape, g.const("one_s", np.array(1, np.int64))])
+        starts = g.op("Range", [g.const("zero_s", np.array(0, np.int64)), g.op("Size", ["attention_mask"]), seq])
+        self.cls_idx = g.op("Gather", [self.inv, starts], base="cls_rows")                     # (B,)
+
+    def pack(self, x: str) -> str:
+        """(B, S, H) after the embeddings -> the rows the layers compute."""
+        if not self.unpad:
+            return x
+        g = self.g
+        flat = g.op("Reshape", [x, g.const("rows_shape", np.array([-1, self.hidden], np.int64))])
+        return g.op("Gather", [flat, self.idx], axis=0, base="packed")
+
+    def padded(self, x: str) -> str:
+        """The rows -> (B, S, H), the layout of the fused attention ops."""
+        if not self.unpad:
+            return x
+        return self.g.op("Reshape", [self.g.op("Gather", [x, self.inv], axis=0), self.shape3], base="padded")
+
+    def from_padded(self, ctx: str, width: int) -> str:
+        """An attention block's (B, S, width) output -> the rows (its [CLS] rows in the last layer)."""
+        g = self.g
+        if self.last:
+            return g.op("Gather", [ctx, g.const("cls_pos", np.array(0, np.int64))], axis=1, base="cls_ctx")
+        if not self.unpad:
+            return ctx
+        flat = g.op("Reshape", [ctx, g.const("rows_shape", np.array([-1, width], np.int64))])
+        return g.op("Gather", [flat, self.idx], axis=0, base="packed_ctx")
+
+    def residual(self, x: str) -> str:
+        """The residual stream ``x`` as the rows the block's output has (the [CLS] rows in the last layer)."""
+        if self.last and not self.done:
+            self.done = True
+            return self._cls(x)
+        return x
+
+    def cls(self, x: str) -> str:
+        """The encoder's output -> its [CLS] rows (B, H)."""
+        return x if self.done else self._cls(x)
+
+    def _cls(self, x: str) -> str:
+        g = self.g
+        if self.unpad:
+            return g.op("Gather", [x, self.cls_idx], axis=0, base="cls")
+        return g.op("Gather", [x, g.const("cls_pos", np.array(0, np.int64))], axis=1, base="cls")
 
 
 def build_fused_graph(model: nn.Module, config: FusedConfig | None = None):
@@ -758,6 +847,37 @@ def fused_predictor(path_or_bytes, threads: int | None = None) -> Callable:
 
     predict.session = session
     return predict
+
+
+_SATURATES: bool | None = None
+
+
+def int8_kernel_saturates() -> bool:
+    """True when this CPU's ONNX Runtime int8 matmul saturates on full-range int8 weights.
+
+    Without AVX-VNNI (e.g. AVX2-only x86 CPUs) ONNX Runtime's uint8 x int8 kernels add products
+    in pairs into int16 (``vpmaddubsw``), which clips once ``|w1| + |w2|`` exceeds about 128 at
+    large activations: int8 weights near +-127 then lose accuracy, k-bit codes up to 7 bits do
+    not. Measured once per process on one ``DynamicQuantizeMatMul`` whose exact result is known.
+    """
+    global _SATURATES
+    if _SATURATES is None:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+        k = 64
+        w = numpy_helper.from_array(np.full((k, 1), 127, np.int8), "w")
+        ws = numpy_helper.from_array(np.ones(1, np.float32), "ws")
+        node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "ws"], ["y"], domain=MS)
+        graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [w, ws])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
+        model.ir_version = 10
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        y = float(sess.run(None, {"x": np.ones((1, k), np.float32)})[0][0, 0])
+        _SATURATES = abs(y - 127.0 * k) > 0.01 * 127 * k
+        if _SATURATES:
+            log.info("ONNX Runtime's int8 kernel saturates on this CPU (no AVX-VNNI): %.0f instead of %d", y, 127 * k)
+    return _SATURATES
 
 
 def op_histogram(proto) -> dict[str, int]:
@@ -798,6 +918,10 @@ def export_fused_onnx(model: nn.Module, tokenizer, path: str | Path, *, config: 
     was_training = model.training
     model.eval()
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    config = config or FusedConfig()
+    if config.unpad and getattr(tokenizer, "padding_side", "right") == "left":
+        log.info("the tokenizer pads on the left: the fused graph keeps the padded layout (unpad=False)")
+        config = replace(config, unpad=False)
     try:
         proto = build_fused_graph(model, config)
         import onnx
