@@ -12,7 +12,10 @@ Rows (all ONNX Runtime, CPU, 2 threads):
          fused int8 (the variant's own int8 weights as DynamicQuantizeMatMul + 8-bit embeddings),
          and the same with ONNX Runtime's LayerNorm kernels;
          fused GPFQ 4-bit (its own codes as MatMulNBits, accuracy_level 4) + 8-bit embeddings;
-         the same + the task's vocabulary only (prune_vocab on the training texts)
+         the same + the task's vocabulary only (prune_vocab on the training texts);
+         fp32, int8 and GPFQ 4-bit + vocabulary again in the padded layout
+         (FusedConfig(unpad=False, cls_only=False): every position through every layer, as
+         before unpadding), each paired with its default (packed tokens, [CLS]-only last layer)
 
 Accuracy on the test split; latency interleaved across all rows in one call
 (axlab.core.measure.compare_latency: per-round medians, their spread, and "within noise"
@@ -28,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -66,6 +70,7 @@ def build(bundle, splits, out: Path, n_calibration: int) -> dict:
     from axlab.deploy.fused_onnx import FusedConfig, export_fused_onnx
     from axlab.deploy.onnx_export import export_onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    PADDED = FusedConfig(unpad=False, cls_only=False)
 
     model, tok = bundle.model, bundle.tokenizer
     rows = {}
@@ -91,9 +96,13 @@ def build(bundle, splits, out: Path, n_calibration: int) -> dict:
     kernel_ln = FusedConfig(layernorm="fused")
     rows["axlab fused fp32, ORT LayerNorm kernels"] = (
         export_fused_onnx(model, tok, out / "fused_fp32_ln.onnx", config=kernel_ln).path, "axlab")
+    rows[PADDED_NAME % "fused fp32"] = (
+        export_fused_onnx(model, tok, out / "fused_fp32_padded.onnx", config=PADDED).path, "axlab")
     q8 = int8_dynamic(model, embeddings=True)
     export_fused_onnx(q8, tok, out / "fused_int8.onnx", tolerance=None)
     rows["axlab fused int8 + int8 embeddings"] = (out / "fused_int8.onnx", "axlab")
+    export_fused_onnx(q8, tok, out / "fused_int8_padded.onnx", tolerance=None, config=PADDED)
+    rows[PADDED_NAME % "fused int8 + int8 embeddings"] = (out / "fused_int8_padded.onnx", "axlab")
     export_fused_onnx(q8, tok, out / "fused_int8_ln.onnx", config=kernel_ln, tolerance=None)
     rows["axlab fused int8 + int8 embeddings, ORT LayerNorm kernels"] = (out / "fused_int8_ln.onnx", "axlab")
     texts = calibration_texts(splits, n_calibration, seed=0)
@@ -107,7 +116,28 @@ def build(bundle, splits, out: Path, n_calibration: int) -> dict:
     g4v = gpfq(small, tok, texts, 4, embeddings=True, embedding_bits=8)
     export_fused_onnx(g4v, tok, out / "fused_gpfq4_vocab.onnx", config=nb, tolerance=None)
     rows["axlab fused GPFQ 4-bit + task vocabulary"] = (out / "fused_gpfq4_vocab.onnx", "axlab")
+    export_fused_onnx(g4v, tok, out / "fused_gpfq4_vocab_padded.onnx", tolerance=None,
+                      config=replace(nb, unpad=False, cls_only=False))
+    rows[PADDED_NAME % "fused GPFQ 4-bit + task vocabulary"] = (out / "fused_gpfq4_vocab_padded.onnx", "axlab")
     return rows
+
+
+PADDED_NAME = "axlab %s, padded layout"
+
+
+def padded_pairs(lat_rounds: dict) -> dict:
+    """{default row: {"speedup": median over rounds of padded / default, "range": [lo, hi], "within_noise"}}
+    for every row that has a padded-layout twin; ``lat_rounds``: row -> per-round medians (ms)."""
+    from axlab.core.measure import paired_speedup
+    out = {}
+    for name in lat_rounds:
+        stem = name.removeprefix("axlab ")
+        twin = PADDED_NAME % stem
+        if twin in lat_rounds and twin != name:
+            ps = paired_speedup(lat_rounds[twin], lat_rounds[name])
+            out[name] = {"speedup": round(float(np.median(ps["speedups"])), 3),
+                         "range": [round(x, 3) for x in ps["range"]], "within_noise": ps["within_noise"]}
+    return out
 
 
 def main(argv=None) -> dict:
@@ -122,6 +152,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     import axlab
     from axlab.core.measure import compare_latency, hardware_info
+    from axlab.deploy.fused_onnx import int8_kernel_saturates
 
     bundle = axlab.load_model(args.model)
     splits = axlab.load_dataset(args.dataset)
@@ -141,7 +172,8 @@ def main(argv=None) -> dict:
                                       runs_per_round=runs if not args.quick else max(1, runs // 2))
     peers = [n for n, r in rows.items() if r["kind"] == "peer" and "int8" in n]
     out = {"model": args.model, "dataset": args.dataset, "n_test": len(test), "threads": args.threads,
-           "hardware": hardware_info(), "load_average": os.getloadavg(), "rows": rows, "latency": {}}
+           "hardware": hardware_info(), "int8_kernel_saturates": int8_kernel_saturates(),
+           "load_average": os.getloadavg(), "rows": rows, "latency": {}}
     for bs, res in lat.items():
         ms = {n: res["models"][n]["median_ms"] for n in rows}
         best_peer = min(peers, key=lambda n: ms[n])
@@ -154,6 +186,8 @@ def main(argv=None) -> dict:
             r[f"b{bs}_vs_fastest_int8_peer"] = round(ms[best_peer] / ms[n], 3)
             r[f"b{bs}_within_noise"] = bool(lo_n <= hi_p and lo_p <= hi_n) and n != best_peer
         out["latency"][f"b{bs}_fastest_int8_peer"] = best_peer
+        out["latency"][f"b{bs}_packed_vs_padded"] = padded_pairs(
+            {n: res["models"][n]["round_medians_ms"] for n in rows})
     dest = Path(args.out) / ("deploy_quick.json" if args.quick else "deploy.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=2, default=str))
@@ -164,6 +198,14 @@ def main(argv=None) -> dict:
             ratio = f"{r[f'b{bs}_vs_fastest_int8_peer']:.2f}x" + (" (within noise)" if r[f"b{bs}_within_noise"] else "")
             return f"{r[f'b{bs}_ms']:.2f} [{r[f'b{bs}_spread_ms'][0]:.2f}-{r[f'b{bs}_spread_ms'][1]:.2f}] | {ratio}"
         lines.append(f"| {n} | {r['kind']} | {r['test_accuracy']:.4f} | {r['size_mb']:.1f} | {cell(1)} | {cell(32)} |")
+    lines += ["", "Packed tokens and a [CLS]-only last layer (the default) against the padded layout, "
+              "paired per round:", ""]
+    for bs in (1, 32):
+        for n, p in out["latency"][f"b{bs}_packed_vs_padded"].items():
+            lines.append(f"- {n}, batch {bs}: {p['speedup']:.2f}x [{p['range'][0]:.2f}-{p['range'][1]:.2f}]"
+                         + (" (within noise)" if p["within_noise"] else ""))
+    lines += ["", f"{out['hardware']['cpu']} ({out['hardware'].get('onnxruntime')}); {args.threads} threads; "
+              f"{len(test)} test reviews; ONNX Runtime's int8 kernel saturates here: {out['int8_kernel_saturates']}."]
     dest.with_suffix(".md").write_text("\n".join(lines) + "\n")
     sys.stdout.write("\n".join(lines) + "\n")
     return out

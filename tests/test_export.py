@@ -200,3 +200,34 @@ def test_default_model_round_trip_fresh_process(default_bundle, default_splits, 
     torch.testing.assert_close(fresh, want, atol=1e-5, rtol=0)
     assert (fresh.argmax(-1) == want.argmax(-1)).all()
     assert json.loads((folder / VARIANT_FILE).read_text())["plain"] is False
+
+
+def test_int8_parity_on_a_cpu_that_clips_checks_the_graph_on_7_bit_weights(tokenizer, monkeypatch):
+    """Where ONNX Runtime's int8 kernel clips (no AVX-VNNI), a fused int8 graph further from the int8
+    computation than torch.ao is accepted only when the same writer's graph of the 7-bit twin passes."""
+    import axlab.deploy.fused_onnx as F
+    from axlab.deploy import export as E
+    from axlab.deploy.onnx_export import parity_batches
+    q = quantize.int8_dynamic(tiny_model("bert"))
+    batches = parity_batches(tokenizer)
+    q7 = E.seven_bit_twin(q)
+    codes7 = [m.weight_int8 for m in q7.modules() if hasattr(m, "weight_int8")]
+    assert codes7 and all(int(c.abs().max()) <= 64 for c in codes7)
+    for a, b in zip([m for m in q.modules() if hasattr(m, "weight_int8")], [m for m in q7.modules()
+                                                                           if hasattr(m, "weight_int8")]):
+        assert (a.weight - b.weight).abs().max() <= a.weight_scale.max() + 1e-6      # at most one old step
+    good = F.fused_predictor(F.build_fused_graph(q).SerializeToString())
+    off = lambda b: good(b) + 0.05                                     # noqa: E731  (a clipped-looking result)
+    if not F.int8_kernel_saturates():                                  # a VNNI CPU: the right graph passes as is
+        assert E._int8_parity(q, good, batches) < 0.05
+    monkeypatch.setattr(F, "int8_kernel_saturates", lambda: False)
+    with pytest.raises(ExportError, match="differs from the int8 computation"):
+        E._int8_parity(q, off, batches)                                 # a CPU that does not clip: refused
+    monkeypatch.setattr(F, "int8_kernel_saturates", lambda: True)
+    d7, t7 = E._int8_diffs(q7, F.fused_predictor(F.build_fused_graph(q7).SerializeToString()), batches)
+    assert d7 <= 1.5 * t7 + 1e-3                                       # nothing clips 7-bit weights, on any CPU
+    assert E._int8_parity(q, off, batches) >= 0.05                      # the writer checks out: reported
+    wrong = quantize.int8_dynamic(tiny_model("bert", seed=3))          # a writer that wrote another model
+    monkeypatch.setattr(F, "build_fused_graph", lambda m, cfg=None: F._Writer(wrong, F.FusedConfig()).write())
+    with pytest.raises(ExportError, match="differs from the int8 computation"):
+        E._int8_parity(q, off, batches)
