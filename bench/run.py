@@ -1140,7 +1140,10 @@ def markdown_table(result: dict) -> str:
               f"seed {result['seed']}; {'quick' if result['config']['quick'] else 'full'} mode; "
               f"{result['config']['rounds']} interleaved latency rounds. A ratio's [spread] is its range over the "
               "rounds (each round times both rows back to back); it is marked \"within noise\" when that range "
-              "includes 1x (the two rows swap order in some round).", "",
+              "includes 1x (the two rows swap order in some round)."
+              + (" ONNX Runtime's int8 kernel clips full-range int8 weights on this CPU (no AVX-VNNI): int8 rows "
+                 "score lower here than on a VNNI CPU; k-bit codes are not clipped."
+                 if hw.get("ort_int8_kernel_saturates") else ""), "",
               f"Best axlab row: **{t['best_axlab_row']}**. Dominates every peer at batch 1 (accuracy >=, latency <=, "
               f"size <=): **{'yes' if t['dominates_every_peer_b1'] else 'no'}**"
               + ("" if t["dominates_every_peer_b1"] else f" (not: {', '.join(t['peers_not_dominated'])})") + "."]
@@ -1269,6 +1272,7 @@ def _gpu_info() -> dict | None:
 def run(cfg: BenchConfig, out: Path, say=lambda m: None) -> dict:
     """Build every row, measure them interleaved, write the outputs; returns the result dict."""
     from axlab.core.measure import hardware_info
+    from axlab.deploy.fused_onnx import int8_kernel_saturates
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc)
@@ -1299,7 +1303,8 @@ def run(cfg: BenchConfig, out: Path, say=lambda m: None) -> dict:
         "schema": SCHEMA_VERSION, "model": model_name, "model_source": cfg.model, "dataset": cfg.dataset,
         "n_test": len(test), "n_validation_for_choices": len(splits.validation.head(cfg.n_val)),
         "threads": cfg.threads, "seed": cfg.seed, "config": cfg.to_dict(),
-        "hardware": {**hardware_info(), "threads": cfg.threads, "ort_intra_op_threads": cfg.threads},
+        "hardware": {**hardware_info(), "threads": cfg.threads, "ort_intra_op_threads": cfg.threads,
+                     "ort_int8_kernel_saturates": int8_kernel_saturates()},
         "gpu": _gpu_info(), "versions": _versions(),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
