@@ -1335,6 +1335,9 @@ def main(argv=None) -> int:
     ap.add_argument("--student", action="append", default=None,
                     metavar="layers=0.67,ffn=0.5,heads=0,start=base[,steps=N,augment=N,soup=K]",
                     help="a best-combination student plan (repeat for several; default: DEFAULT_STUDENTS)")
+    ap.add_argument("--no-students", action="store_true",
+                    help="no distilled students among the best-combination candidates (no distillation: a cold run "
+                         "in minutes; the best combination is then chosen from full-depth candidates only)")
     ap.add_argument("--quant-aware-students", action="store_true",
                     help="distil the students through their int8 graph's rounding (axlab.compress.qat; cached apart)")
     ap.add_argument("--no-gpu", action="store_true",
@@ -1346,6 +1349,10 @@ def main(argv=None) -> int:
     for name in ("n_test", "rounds", "student_steps"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    if args.no_students and args.student:
+        ap.error("--no-students and --student exclude each other")
+    if args.no_students:
+        kw["students"] = ()
     if args.student:
         try:
             kw["students"] = tuple(StudentPlan(**{k: v if k == "start" else int(v) if k in ("steps", "augment", "soup")

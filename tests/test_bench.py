@@ -310,6 +310,11 @@ def test_a_plan_may_carry_its_own_distillation_recipe(monkeypatch):
         bench.main(["--student", "layers=0.83,ffn=0.25,start=axformer,steps=4000,augment=8", "--out", "/tmp/x"])
     assert parsed and parsed[0].students == (long,)
     assert isinstance(parsed[0].students[0].steps, int)
+    with pytest.raises(Stop):
+        bench.main(["--no-students", "--out", "/tmp/x"])
+    assert parsed[-1].students == ()
+    with pytest.raises(SystemExit):
+        bench.main(["--no-students", "--student", "layers=0.5", "--out", "/tmp/x"])
     with pytest.raises(ValueError):
         bench.Row("x", "other", "pytorch", predictor=lambda b: b, size_bytes=1)
     assert bench.BenchConfig.quick_defaults().quick
