@@ -88,14 +88,15 @@ def test_fp32_pruned_parity(arch, attention, layernorm, batches, tok, tmp_path):
 @pytest.mark.parametrize("unpad,cls_only", [(True, True), (True, False), (False, True), (False, False)])
 def test_unpadded_rows_parity(arch, unpad, cls_only, tok):
     """Packed tokens between attention blocks and a [CLS]-only last layer give the padded graph's logits,
-    whatever the padding: uneven heads, a layer with no heads, one with no FFN, the last layer dropped."""
+    whatever the padding: uneven heads, a layer with no heads, one with no FFN, the last layer dropped,
+    and a last layer left with neither heads nor FFN."""
     m = _pruned(arch, layers=4)
     texts = ["the film is a quiet , warm and funny story", "flat .", "", "the plot drags " * 12]
     batches = [tok(texts, padding=True, return_tensors="pt"),
                tok(texts[:2], padding="max_length", max_length=40, return_tensors="pt"),     # mostly padding
                tok(texts[1:2], return_tensors="pt")]
     cfg = FusedConfig(unpad=unpad, cls_only=cls_only)
-    for model in (m, drop_layers(m, [3])):
+    for model in (m, drop_layers(m, [3]), drop_layers(m, [2, 3])):
         proto = build_fused_graph(model, cfg)
         assert ("NonZero" in op_histogram(proto)) == unpad
         pred = fused_predictor(proto.SerializeToString())
