@@ -93,6 +93,11 @@ def _int8_diffs(q: nn.Module, predictor, batches: list[dict]) -> tuple[float, fl
     return ort_diff, torch_diff
 
 
+def _within_int8_bar(ort_diff: float, torch_diff: float) -> bool:
+    """ORT no further from the dequantized-weight computation than torch.ao is, plus 1e-3."""
+    return ort_diff <= 1.5 * torch_diff + 1e-3
+
+
 def seven_bit_twin(q: nn.Module) -> nn.Module:
     """A copy of ``q`` whose ``Int8Linear`` weights are halved onto 7 bits (codes in [-64, 64], scales
     doubled): ONNX Runtime's int8 kernel cannot clip them on any CPU (see ``int8_kernel_saturates``)."""
@@ -121,12 +126,12 @@ def _int8_parity(q: nn.Module, predictor, batches: list[dict], config=None) -> f
     """
     from axlab.deploy.fused_onnx import build_fused_graph, fused_predictor, int8_kernel_saturates
     ort_diff, torch_diff = _int8_diffs(q, predictor, batches)
-    if ort_diff <= 1.5 * torch_diff + 1e-3:
+    if _within_int8_bar(ort_diff, torch_diff):
         return ort_diff
     if int8_kernel_saturates():
         q7 = seven_bit_twin(q)
         d7, t7 = _int8_diffs(q7, fused_predictor(build_fused_graph(q7, config).SerializeToString()), batches)
-        if d7 <= 1.5 * t7 + 1e-3:
+        if _within_int8_bar(d7, t7):
             log.warning("this CPU's ONNX Runtime int8 kernel clips full-range int8 weights (no AVX-VNNI): the fused "
                         "int8 graph's logits differ from the int8 computation by %.2e here (torch.ao: %.2e); the same "
                         "graph with 7-bit weights matches (%.2e vs %.2e), so the file is right and computes the int8 "

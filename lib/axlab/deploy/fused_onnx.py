@@ -765,9 +765,9 @@ class _Rows:
         self.g, self.hidden, self.unpad, self.last, self.done = g, hidden, unpad, False, False
         if not unpad:
             return
-        flat = g.op("Reshape", ["attention_mask", g.const("flat", np.array([-1], np.int64))], base="mask_flat")
-        self.idx = g.op("Reshape", [g.op("NonZero", [flat]), g.const("flat", np.array([-1], np.int64))],
-                        base="token_rows")                                                     # (N,)
+        to_1d = g.const("flat", np.array([-1], np.int64))
+        flat = g.op("Reshape", ["attention_mask", to_1d], base="mask_flat")
+        self.idx = g.op("Reshape", [g.op("NonZero", [flat]), to_1d], base="token_rows")            # (N,)
         before = g.op("Sub", [g.op("CumSum", [flat, g.const("axis0", np.array(0, np.int64))]),
                               g.const("one", np.array(1, np.int64))])
         self.inv = g.op("Max", [before, g.const("zero", np.array(0, np.int64))], base="padded_rows")  # (B*S,)
