@@ -14,7 +14,7 @@ Rows (all ONNX Runtime, CPU, 2 threads):
          fused GPFQ 4-bit (its own codes as MatMulNBits, accuracy_level 4) + 8-bit embeddings;
          the same + the task's vocabulary only (prune_vocab on the training texts);
          fp32, int8 and GPFQ 4-bit + vocabulary again in the padded layout
-         (FusedConfig(unpad=False, cls_only=False): every position through every layer, as
+         (``FusedConfig().padded()``: every position through every layer, as
          before unpadding), each paired with its default (packed tokens, [CLS]-only last layer)
 
 Accuracy on the test split; latency interleaved across all rows in one call
@@ -31,7 +31,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -70,7 +69,7 @@ def build(bundle, splits, out: Path, n_calibration: int) -> dict:
     from axlab.deploy.fused_onnx import FusedConfig, export_fused_onnx
     from axlab.deploy.onnx_export import export_onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    PADDED = FusedConfig(unpad=False, cls_only=False)
+    PADDED = FusedConfig().padded()
 
     model, tok = bundle.model, bundle.tokenizer
     rows = {}
@@ -117,7 +116,7 @@ def build(bundle, splits, out: Path, n_calibration: int) -> dict:
     export_fused_onnx(g4v, tok, out / "fused_gpfq4_vocab.onnx", config=nb, tolerance=None)
     rows["axlab fused GPFQ 4-bit + task vocabulary"] = (out / "fused_gpfq4_vocab.onnx", "axlab")
     export_fused_onnx(g4v, tok, out / "fused_gpfq4_vocab_padded.onnx", tolerance=None,
-                      config=replace(nb, unpad=False, cls_only=False))
+                      config=nb.padded())
     rows[PADDED_NAME % "fused GPFQ 4-bit + task vocabulary"] = (out / "fused_gpfq4_vocab_padded.onnx", "axlab")
     return rows
 

@@ -59,9 +59,10 @@ def main(argv=None) -> dict:
     bundle.model.float()
     splits = axlab.load_dataset(args.dataset)
     texts = list(splits.test.texts)
-    layouts = {"padded": FusedConfig(unpad=False, cls_only=False), "packed + [CLS]-only": FusedConfig(),
-               "padded, LayerNorm kernels": FusedConfig(unpad=False, cls_only=False, layernorm="fused"),
-               "packed + [CLS]-only, LayerNorm kernels": FusedConfig(layernorm="fused")}
+    lnk = FusedConfig(layernorm="fused")
+    layouts = {"padded": FusedConfig().padded(), "packed + [CLS]-only": FusedConfig(),
+               "padded, LayerNorm kernels": lnk.padded(),
+               "packed + [CLS]-only, LayerNorm kernels": lnk}
     plan = ((1, 6, 2), (32, 1, 2)) if args.quick else ((1, 60, 9), (32, 4, 7))
     out = {"model": args.model, "threads": args.threads, "hardware": hardware_info(),
            "int8_kernel_saturates": int8_kernel_saturates(), "results": {}}

@@ -10,12 +10,12 @@ from axlab.deploy.fused_onnx import (
     build_fused_graph,
     export_fused_onnx,
     fused_predictor,
-    int8_kernel_saturates,
     int8_twin,
     op_histogram,
     pack_nbits,
 )
 from axlab.deploy.onnx_export import check_parity, parity_batches
+from conftest import skip_if_int8_saturates
 
 UNEVEN = {0: [1, 2], 1: [0, 1, 2, 3], 2: [3]}          # 2, 0 and 3 heads left of 4
 NBITS = FusedConfig(lowbit_kernel="nbits")             # k-bit codes in MatMulNBits (fp32 compute: exact)
@@ -44,14 +44,6 @@ def _pruned(arch, layers=3):
     m = _sharpen(tiny_model(arch, layers=layers))
     m = prune_heads(m, UNEVEN)
     return prune_ffn(m, {0: list(range(0, 128, 3)), 1: list(range(128))})   # 85 neurons left, then none
-
-
-def _skip_if_saturating():
-    """Full-range int8 weights: ONNX Runtime's int8 kernel clips them on CPUs without AVX-VNNI (see
-    :func:`int8_kernel_saturates`), so its logits are legitimately further off there."""
-    if int8_kernel_saturates():
-        pytest.skip("ONNX Runtime's int8 kernel saturates on this CPU (no AVX-VNNI); full-range int8 weights "
-                    "are checked against torch.ao on VNNI CPUs")
 
 
 def _rel(model, pred, batches):
@@ -210,7 +202,7 @@ def test_int8_dynamic_quantize_matmul(arch, batches):
     proto = build_fused_graph(q)
     ops = op_histogram(proto)
     assert ops["com.microsoft:DynamicQuantizeMatMul"] >= 7 and "MatMul" not in ops
-    _skip_if_saturating()
+    skip_if_int8_saturates()
     # ORT and torch.ao both quantize activations at run time, differently: compare each with
     # the dequantized-weight fp32 computation; ORT must be no further from it than torch.ao is
     from axlab.deploy.onnx_export import _export_view
@@ -282,7 +274,7 @@ def test_int8_kernel_runs_kbit_codes(arch, bits, outliers, batches):
     if bits < 8:                      # the file holds k-bit codes: smaller than the same model's int8 graph
         assert proto.ByteSize() < build_fused_graph(int8_dynamic(_pruned(arch))).ByteSize()
     else:
-        _skip_if_saturating()
+        skip_if_int8_saturates()
     _check_int8_kernel(q, fused_predictor(proto.SerializeToString()), batches)
 
 
@@ -296,6 +288,7 @@ def test_int8_twin_and_kernel_choice():
         FusedConfig(lowbit_kernel="fast")
     with pytest.raises(ValueError, match="layernorm"):
         FusedConfig(layernorm="skip")
+    assert NBITS.padded() == FusedConfig(lowbit_kernel="nbits", unpad=False, cls_only=False)   # keeps the rest
     q = rtn(m, 4, outliers=0.01)
     twin = int8_twin(q)
     from axlab.core.qmodules import Int8Linear

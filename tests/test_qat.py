@@ -12,17 +12,15 @@ from axlab.core.data import Splits
 from axlab.core.recipe import RecipeContext
 from axlab.core.qmodules import Int8Linear, QuantEmbedding
 from axlab.core.testing import tiny_model, tiny_split
-from axlab.deploy.fused_onnx import FusedConfig, export_fused_onnx, fused_support, int8_kernel_saturates
-from conftest import logits
+from axlab.deploy.fused_onnx import FusedConfig, export_fused_onnx, fused_support
+from conftest import logits, skip_if_int8_saturates
 
 # the layout fake_quantized emulates: every activation rounded over all (B, S) positions
-PADDED = FusedConfig(unpad=False, cls_only=False)
+PADDED = FusedConfig().padded()
 
 
 def _skip_if_saturating():
-    if int8_kernel_saturates():
-        pytest.skip("ONNX Runtime's int8 kernel saturates on this CPU (no AVX-VNNI): its int8 logits are not "
-                    "the exact rounding fake_quantized emulates; checked on VNNI CPUs")
+    skip_if_int8_saturates("the exact rounding fake_quantized emulates is checked")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

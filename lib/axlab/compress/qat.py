@@ -17,7 +17,7 @@ al. 2019):
   what :func:`axlab.compress.quantize.quantize_rest` stores).
 
 Activations are rounded over every (batch, position) of the tensor, padding included: the
-fused graph written with ``FusedConfig(unpad=False, cls_only=False)``. The default fused
+fused graph written with ``FusedConfig().padded()``. The default fused
 graph rounds them over the real tokens only (and the last layer's over the [CLS] rows), a
 slightly different scale per batch, so its logits differ from this emulation by that
 rounding; on CPUs without AVX-VNNI ONNX Runtime's int8 kernel also clips full-range int8

@@ -132,6 +132,11 @@ class FusedConfig:
         if self.layernorm not in LAYERNORMS:
             raise ValueError(f"layernorm must be one of {LAYERNORMS}, got {self.layernorm!r}")
 
+    def padded(self) -> "FusedConfig":
+        """This config in the padded layout (``unpad`` and ``cls_only`` off): every position
+        through every layer, as the graph was before packing (and as ``fake_quantized`` emulates)."""
+        return replace(self, unpad=False, cls_only=False)
+
 
 # ----------------------------------------------------------------------------------------
 # low-bit containers
