@@ -471,3 +471,33 @@ def test_bench_distils_a_student_on_the_gpu_and_returns_it_on_the_cpu(tokenizer,
     assert not cached and model_device(out).type == "cpu"
     assert model_device(student).type == "cpu" and model_device(base).type == "cpu"     # inputs left where they were
     assert not torch.equal(out.classifier.weight, student.classifier.weight)
+
+
+def test_leads_token_pruning_masks_later_layers_only():
+    """bench_leads' token pruning: keeping every token changes nothing, keeping fewer changes the logits
+    of long rows, the attention function is axlab's again afterwards, and the kept share is counted."""
+    import torch
+    from axlab.core.attention import ATTN_NAME, axlab_attention
+    from axlab.core.testing import tiny_model, tiny_tokenizer
+    from transformers import AttentionInterface
+    spec = importlib.util.spec_from_file_location("axlab_bench_leads", ROOT / "bench" / "bench_leads.py")
+    leads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(leads)
+    tok, m = tiny_tokenizer(), tiny_model("bert", layers=3).eval()
+    batch = tok(["the plot drags on and on " * 3, "flat ."], padding=True, return_tensors="pt")
+    def cls_out():          # the last layer's [CLS] state (a random tiny model's logits barely move)
+        return m(**batch, output_hidden_states=True).hidden_states[-1][:, 0]
+
+    with torch.no_grad():
+        dense = cls_out()
+        kept: list = []
+        with leads.token_pruning(0, 1.0, kept):
+            same = cls_out()
+        with leads.token_pruning(0, 0.3, kept):
+            pruned = cls_out()
+        assert AttentionInterface._global_mapping[ATTN_NAME] is axlab_attention
+        again = cls_out()
+    real = int(batch["attention_mask"].sum())
+    assert torch.allclose(dense, same, atol=1e-6) and torch.allclose(dense, again, atol=1e-6)
+    assert (dense[0] - pruned[0]).abs().max() > 1e-2
+    assert kept[0] == (real, real) and kept[1][0] < real
