@@ -50,9 +50,11 @@ TAUS = (0.9, 0.95)
 PARTS = ("tokens", "exits", "search", "teachers")
 
 
-def linear_macs(layer: nn.Module) -> int:
-    """Multiply-adds per token of the Linear layers in one encoder layer (its FFN and projections)."""
-    return sum(m.in_features * m.out_features for m in layer.modules() if isinstance(m, nn.Linear))
+def layer_macs(model: nn.Module) -> list[int]:
+    """Multiply-adds per token of each encoder layer's Linear layers (its FFN and projections)."""
+    from axlab.core import registry
+    return [sum(m.in_features * m.out_features for m in layer.modules() if isinstance(m, nn.Linear))
+            for layer in registry.layers(model)]
 
 
 @contextlib.contextmanager
@@ -96,11 +98,10 @@ def token_pruning(after: int, keep: float, kept: list):
 
 
 def token_leads(models: dict, tok, val) -> dict:
-    from axlab.core import registry
     from axlab.core.measure import predict_logits, scores
     out = {}
     for name, m in models.items():
-        macs = [linear_macs(lay) for lay in registry.layers(m)]
+        macs = layer_macs(m)
         dense = scores(predict_logits(m, tok, val.inputs, 64), val.labels)
         out[name] = {"dense": {"accuracy": dense["accuracy"], "loss": dense["loss"]}}
         for after in TOKEN_LAYERS:
@@ -136,13 +137,14 @@ def _cls_states(model, tok, split):
 
 
 def exit_leads(model, tok, train, val, epochs: int = 50, seed: int = 0) -> dict:
+    from axlab.compress.distill import kd_loss
     from axlab.core import registry
     torch.manual_seed(seed)
     s_tr, f_tr = _cls_states(model, tok, train)
     s_va, f_va = _cls_states(model, tok, val)
     y_tr, y_va = torch.as_tensor(train.labels), torch.as_tensor(val.labels)
     final = f_va.argmax(-1)
-    macs = [linear_macs(lay) for lay in registry.layers(model)]
+    macs = layer_macs(model)
     probs = []
     out: dict = {"final_accuracy": float((final == y_va).float().mean())}
     for k in range(len(s_tr) - 1):
@@ -161,10 +163,7 @@ def exit_leads(model, tok, train, val, epochs: int = 50, seed: int = 0) -> dict:
             perm = torch.randperm(len(y_tr))
             for s in range(0, len(perm), 256):
                 i = perm[s:s + 256]
-                lg = head(s_tr[k][i])
-                kd = nn.functional.kl_div((lg / 2).log_softmax(-1), (f_tr[i] / 2).log_softmax(-1),
-                                          reduction="batchmean", log_target=True) * 4
-                loss = 0.5 * kd + 0.5 * nn.functional.cross_entropy(lg, y_tr[i])
+                loss = kd_loss(head(s_tr[k][i]), f_tr[i], y_tr[i], temperature=2.0, alpha=0.5)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -188,17 +187,15 @@ def exit_leads(model, tok, train, val, epochs: int = 50, seed: int = 0) -> dict:
 
 def search_leads(base, tok, splits) -> dict:
     from axlab.compress.axformer import SearchConfig, search
-    from axlab.core import registry
     from axlab.core.measure import evaluate
     variants = {"calibrated loss, tolerance 0.01": dict(criterion="calibrated_loss", tolerance=0.01),
                 "loss under the base's, accuracy guard": dict(tolerance=1e-3, accuracy_guard=True)}
-    out = {"base_macs_per_token": sum(linear_macs(lay) for lay in registry.layers(base))}
+    out = {"base_macs_per_token": sum(layer_macs(base))}
     for name, kw in variants.items():
         t0 = time.time()
-        res = search(base, tok, splits, config=SearchConfig(
-            ffn_groups=4, stages=("ffn_block", "ffn_groups", "attention_block", "heads"), **kw))
+        res = search(base, tok, splits, hard_attention=False, config=SearchConfig(ffn_groups=4, **kw))
         ev = evaluate(res.model, tok, splits.validation)
-        out[name] = {"macs_per_token": sum(linear_macs(lay) for lay in registry.layers(res.model)),
+        out[name] = {"macs_per_token": sum(layer_macs(res.model)),
                      "accuracy": ev["accuracy"], "loss": ev["loss"], "seconds": round(time.time() - t0),
                      "recipe": res.recipe}
         sys.stdout.write(f"search {name}: {out[name]['macs_per_token'] / 1e6:.2f} M MACs/token, "
