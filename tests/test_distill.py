@@ -211,3 +211,241 @@ def test_soup_refuses_what_it_cannot_average_or_record(tokenizer):
         soup([distill(student, teacher, tokenizer, sp, seed=0, soup=2, **kw), b])
     with pytest.raises(ValueError):
         DistillConfig(soup=0)
+
+
+# ----------------------------------------------------------------------------- teachers with their own tokenizer
+
+NAMES = ["neg", "pos"]
+
+
+def _named(model, names=NAMES):
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    return model
+
+
+def _reversed(model):
+    """A copy of ``model`` computing the same function with its classes in reverse order."""
+    import copy
+    out = copy.deepcopy(model)
+    head = out.classifier if hasattr(out, "classifier") else out.score
+    with torch.no_grad():
+        head.weight.copy_(head.weight.flip(0))
+        if head.bias is not None:
+            head.bias.copy_(head.bias.flip(0))
+    names = [out.config.id2label[i] for i in range(out.config.num_labels)]
+    return _named(out, names[::-1])
+
+
+def _bpe_tokenizer(pad: bool = False):
+    """A byte-level BPE tokenizer learnt from the tiny split's words: other ids, other lengths than the
+    student's WordPiece; without a padding token unless ``pad`` (as Llama-style tokenizers)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["<s>", "</s>"] + (["<pad>"] if pad else [])
+    tk.train_from_iterator(tiny_split(64).texts, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                   **({"pad_token": "<pad>"} if pad else {}))
+
+
+def _llama_teacher(pad_token_id=1, seed=1):
+    """A tiny Llama-style sequence classifier (last-token pooling by pad id) with spread logits, labels NAMES.
+    Its vocabulary is the student's size so the student's ids are valid (wrong) inputs for it too."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, num_labels=2,
+                      pad_token_id=pad_token_id)
+    model = LlamaForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        model.score.weight *= 30
+    return _named(model)
+
+
+def _named_split(n=48, seed=3):
+    sp = tiny_split(n, seed=seed)
+    return type(sp)(list(sp.texts), list(sp.labels), list(NAMES))
+
+
+def _params_close(a, b, atol=1e-6):
+    return all(torch.allclose(p, q, atol=atol, rtol=0) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_teacher_tokenizer_same_as_students_changes_nothing(tokenizer, monkeypatch):
+    """teacher_tokenizer = the student's (or an equal one): the student's weights are those of plain distillation,
+    and so are they when the own-tokenizer path is forced (its cache: the same keys and logits)."""
+    from axlab.compress import distill as D
+    from axlab.core.testing import tiny_tokenizer
+    teacher = _named(tiny_model("bert", seed=0))
+    with torch.no_grad():
+        teacher.classifier.weight *= 30
+    student, sp = prune.prune_heads(teacher, {0: [0]}), _named_split()
+    kw = dict(steps=4, batch_size=16, lr=1e-3)
+    plain = distill(student, teacher, tokenizer, sp, **kw)
+    for tt in (tokenizer, tiny_tokenizer()):
+        same = distill(student, teacher, tokenizer, sp, teacher_tokenizer=tt, **kw)
+        assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), same.parameters()))
+    # one tokenization: hidden states line up, so hidden-state matching is allowed and unchanged too
+    hidden = distill(student, teacher, tokenizer, sp, hidden_weight=1.0, **kw)
+    same = distill(student, teacher, tokenizer, sp, hidden_weight=1.0, teacher_tokenizer=tiny_tokenizer(), **kw)
+    assert all(torch.equal(p, q) for p, q in zip(hidden.parameters(), same.parameters()))
+    cfg = DistillConfig()
+    ref = D._teacher_cache(teacher, tokenizer, sp, cfg)
+    own = D._foreign_teacher_cache(teacher, tokenizer, tiny_tokenizer(), sp, cfg)
+    assert own.keys() == ref.keys() and all(torch.allclose(own[k], ref[k], atol=1e-5) for k in ref)
+    monkeypatch.setattr(D, "_same_tokens", lambda *a, **k: False)
+    forced = distill(student, teacher, tokenizer, sp, teacher_tokenizer=tiny_tokenizer(), **kw)
+    assert _params_close(plain, forced)
+
+
+def test_teacher_reads_texts_through_its_own_tokenizer(tokenizer, monkeypatch):
+    from axlab.compress import distill as D
+    from axlab.core.data import Split
+    from axlab.core.measure import encode
+    teacher, bpe = _llama_teacher(), _bpe_tokenizer()
+    assert bpe.pad_token is None
+    reader = D._teacher_reader(bpe, teacher)
+    assert bpe.pad_token is None and reader.pad_token == "</s>"            # a copy pads; the caller's is unchanged
+    long = " ".join(["good film"] * 20)                                     # the student reads 22 of its 40 words
+    sp = Split(list(tiny_split(20, seed=5).texts) + [long], [0] * 21, list(NAMES))
+    cfg = DistillConfig(max_length=24)                                      # the others: <= 19 words, read whole
+    cache = D._foreign_teacher_cache(teacher, tokenizer, reader, sp, cfg)
+    assert len(cache) == 21
+    seen = {t: t for t in sp.texts}
+    seen[long] = " ".join(["good film"] * 11)
+    for text in sp.texts:
+        s = encode(tokenizer, [text], 24)
+        key = D._row_key(s["input_ids"][0], s["attention_mask"][0])
+        with torch.no_grad():                  # the teacher alone on its own encoding (no padding, no pad id needed)
+            want = teacher(**bpe([seen[text]], return_tensors="pt")).logits[0]
+        torch.testing.assert_close(cache[key], want, atol=1e-5, rtol=0)
+    # mutation: the teacher fed the student's token ids gives other logits
+    wrong = D._teacher_cache(teacher, tokenizer, sp, cfg)
+    assert wrong.keys() == cache.keys()
+    assert max((wrong[k] - cache[k]).abs().max().item() for k in cache) > 0.1
+    # distillation with it runs, and leaves the caller's tokenizer as it was
+    out = distill(_named(tiny_model("bert", seed=3)), teacher, tokenizer, sp, steps=2, batch_size=16,
+                  teacher_tokenizer=bpe, max_length=24)
+    assert out.axlab_distill_stats["steps"] == 2 and bpe.pad_token is None
+    # a text whose logits were not computed is never read by the teacher from the student's ids
+    monkeypatch.setattr(D, "_foreign_teacher_cache", lambda *a, **k: {})
+    with pytest.raises(RuntimeError, match="not computed"):
+        distill(out, teacher, tokenizer, sp, steps=2, batch_size=16, teacher_tokenizer=bpe)
+
+
+def _shuffled_vocabulary(tokenizer, model):
+    """A WordPiece tokenizer giving every non-special token another id, and a copy of ``model`` whose
+    word table is permuted to match: on its own tokens it computes exactly what ``model`` does on the student's."""
+    import copy
+    from transformers import BertTokenizer
+    vocab = tokenizer.get_vocab()
+    specials = set(tokenizer.all_special_ids)
+    movable = sorted(i for i in vocab.values() if i not in specials)
+    perm = torch.randperm(len(movable), generator=torch.Generator().manual_seed(0)).tolist()
+    new_id = dict(zip(movable, [movable[p] for p in perm]))
+    shuffled = BertTokenizer(vocab={t: new_id.get(i, i) for t, i in vocab.items()}, do_lower_case=True)
+    out = copy.deepcopy(model)
+    table = out.bert.embeddings.word_embeddings.weight
+    where = torch.tensor([new_id.get(i, i) for i in range(table.shape[0])])
+    with torch.no_grad():
+        table[where] = model.bert.embeddings.word_embeddings.weight.clone()
+    return shuffled, out
+
+
+def test_teacher_with_a_shuffled_vocabulary_teaches_as_the_original(tokenizer, batch):
+    """A teacher reading its own (shuffled) ids through its own tokenizer gives the student the original teacher's
+    lessons: the same student as distilling from the original, closer to it than before. Fed the student's ids
+    instead (no teacher_tokenizer), it teaches something else."""
+    teacher = _named(tiny_model("bert", seed=0))
+    with torch.no_grad():
+        teacher.classifier.weight *= 30
+    shuffled_tok, shuffled = _shuffled_vocabulary(tokenizer, teacher)
+    text = ["the plot was very boring ."]
+    assert shuffled_tok(text)["input_ids"] != tokenizer(text)["input_ids"]
+    torch.testing.assert_close(logits(shuffled, dict(shuffled_tok(text, return_tensors="pt"))),
+                               logits(teacher, dict(tokenizer(text, return_tensors="pt"))), atol=1e-5, rtol=0)
+    student = prune.prune_heads(teacher, {0: [0, 1], 1: [2]})
+    with torch.no_grad():
+        student.classifier.weight.copy_(torch.randn_like(student.classifier.weight) * 3)
+    train = _named_split(64, seed=7)
+    kw = dict(steps=12, batch_size=16, alpha=1.0, lr=1e-3)
+    direct = distill(student, teacher, tokenizer, train, **kw)
+    own = distill(student, shuffled, tokenizer, train, teacher_tokenizer=shuffled_tok, **kw)
+    assert _params_close(own, direct, atol=1e-5)
+    gap = lambda m: (logits(m, batch) - logits(teacher, batch)).pow(2).mean()  # noqa: E731
+    assert gap(own) < gap(student)
+    misread = distill(student, shuffled, tokenizer, train, **kw)
+    assert not _params_close(misread, direct, atol=1e-4)
+
+
+def test_classes_are_matched_by_name(tokenizer, batch):
+    """A teacher with its classes in another order teaches the same student (cached logits, logits computed on the
+    fly with hidden-state matching, and a teacher with its own tokenizer); a student in another order learns the
+    same function, its labels aligned by name too."""
+    teacher = _named(tiny_model("bert", seed=0))
+    with torch.no_grad():
+        teacher.classifier.weight *= 30
+    student, sp = prune.prune_heads(teacher, {0: [0]}), _named_split()
+    for extra in ({}, {"hidden_weight": 1.0}):
+        kw = dict(steps=4, batch_size=16, lr=1e-3, **extra)
+        a = distill(student, teacher, tokenizer, sp, **kw)
+        b = distill(student, _reversed(teacher), tokenizer, sp, **kw)
+        assert _params_close(a, b)
+        assert not torch.equal(a.classifier.weight, student.classifier.weight)
+    kw = dict(steps=4, batch_size=16, lr=1e-3, alpha=0.5, augment=1)     # augmented texts carry no label names
+    a = distill(student, teacher, tokenizer, sp, **kw)
+    r = distill(_reversed(student), teacher, tokenizer, sp, **kw)
+    assert r.config.id2label == {0: "pos", 1: "neg"}
+    torch.testing.assert_close(logits(r, batch).flip(-1), logits(a, batch), atol=1e-5, rtol=0)
+    llama, bpe = _llama_teacher(), _bpe_tokenizer()
+    bert = _named(tiny_model("bert", seed=3))
+    a = distill(bert, llama, tokenizer, sp, teacher_tokenizer=bpe, **kw)
+    b = distill(bert, _reversed(llama), tokenizer, sp, teacher_tokenizer=bpe, **kw)
+    assert _params_close(a, b)
+
+
+def test_teacher_errors_the_user_can_fix(tokenizer):
+    from axlab.core.testing import tiny_image_split, tiny_vision_model
+    teacher, bpe, sp = _llama_teacher(), _bpe_tokenizer(), _named_split(16)
+    student = _named(tiny_model("bert", seed=3))
+    with pytest.raises(AxlabError, match="different labels") as e:
+        distill(_named(tiny_model("bert"), ["bad", "good"]), teacher, tokenizer, sp, steps=1,
+                teacher_tokenizer=bpe)
+    assert "bad" in e.value.message and "neg" in e.value.message and "same labels" in e.value.hint
+    with pytest.raises(AxlabError, match="Hidden-state matching"):
+        distill(student, teacher, tokenizer, sp, steps=1, hidden_weight=1.0, teacher_tokenizer=bpe)
+    no_pad = _llama_teacher(pad_token_id=None)
+    with pytest.raises(AxlabError, match="pad_token_id") as e:
+        distill(student, no_pad, tokenizer, sp, steps=1, teacher_tokenizer=bpe)
+    assert "pad_token_id = 1" in e.value.hint and no_pad.config.pad_token_id is None
+    assert bpe.pad_token is None
+    vit = tiny_vision_model()
+    with pytest.raises(AxlabError, match="images"):
+        distill(vit, vit, None, tiny_image_split(8), steps=1, teacher_tokenizer=bpe)
+    with pytest.raises(AxlabError, match="numbers of labels"):
+        distill(tiny_model("bert", num_labels=3), teacher, tokenizer, sp, steps=1, teacher_tokenizer=bpe)
+
+
+def test_replay_loads_a_teacher_source_with_its_own_tokenizer(tokenizer, batch, tmp_path):
+    """A recipe step whose teacher is a model source replays with that model's own tokenizer."""
+    import copy
+    from axlab.core.loading import load_model
+    teacher = _named(tiny_model("bert", seed=4))
+    with torch.no_grad():
+        teacher.classifier.weight *= 30
+    teacher.save_pretrained(tmp_path, safe_serialization=True)
+    _bpe_tokenizer(pad=True).save_pretrained(tmp_path)
+    bundle = load_model(str(tmp_path))
+    student, sp = _named(prune.prune_heads(teacher, {1: [0]})), _named_split(32)
+    out = distill(student, bundle.model, tokenizer, sp, steps=3, batch_size=16, lr=1e-3,
+                  teacher_tokenizer=bundle.tokenizer, teacher_source=str(tmp_path))
+    assert out.axlab_recipe[-1]["params"]["teacher"] == str(tmp_path)
+    ctx = RecipeContext(tokenizer=tokenizer, splits=Splits("t", NAMES, sp, sp, sp, 0, "x", "x"))
+    replay = apply_step(copy.deepcopy(student), out.axlab_recipe[-1], ctx)
+    torch.testing.assert_close(logits(replay, batch), logits(out, batch), atol=1e-6, rtol=0)
+    plain = distill(student, bundle.model, tokenizer, sp, steps=3, batch_size=16, lr=1e-3)   # reading WordPiece ids
+    assert (logits(plain, batch) - logits(out, batch)).abs().max() > 1e-4

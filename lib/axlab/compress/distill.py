@@ -19,6 +19,13 @@ soup" (Wortsman et al. 2022): students fine-tuned from one initialisation stay i
 the average is a working model that costs nothing more to run and forgets the luck of any one
 seed. :func:`soup` averages students distilled apart (e.g. cached one by one).
 
+Classes are matched by name: the teacher's logit columns are put in the student's class order
+(``config.id2label``), and the labels in the student's. A teacher with its own tokenizer
+(``teacher_tokenizer``, e.g. a fine-tuned Llama-style classifier teaching a BERT student) reads
+each text of the transfer set through it, up to where the student's truncation stops reading;
+its logits are computed once and looked up by the student's tokens of the same text. Only the
+logits travel across tokenizers: hidden-state matching needs one tokenization.
+
 Training is bounded (``steps`` batches drawn from the split, AdamW with a linear schedule via
 :func:`axlab.default_model.train_classifier`), so it stays affordable on 2 CPU cores. Weights
 that an unstructured pruning set to zero stay zero (their gradients are masked).
@@ -36,8 +43,8 @@ import torch
 from torch import nn
 
 from axlab.core import registry
-from axlab.core.data import Split, align_labels
-from axlab.core.measure import forward, is_images
+from axlab.core.data import Split, _is_generic, align_labels, model_label_names
+from axlab.core.measure import forward, is_images, iter_batches
 from axlab.core.errors import AxlabError
 from axlab.core.progress import Progress
 from axlab.core.recipe import RecipeContext, Step, register_transform
@@ -50,6 +57,7 @@ __all__ = ["DistillConfig", "distill", "kd_loss", "augment_texts", "IGNORE_LABEL
 log = logging.getLogger(__name__)
 
 IGNORE_LABEL = -100                    # label of an augmented text: learnt from the teacher only
+TEACHER_LENGTH_FACTOR = 4              # a foreign teacher reads at most this many times max_length of its tokens
 
 
 @dataclass
@@ -127,7 +135,8 @@ def hidden_slots(student: nn.Module, teacher: nn.Module) -> list[int]:
     """The layer slots whose outputs hidden-state matching compares: those where neither model
     has an emptied (dropped) layer."""
     from axlab.core.surgery import is_skipped
-    return [i for i in range(len(registry.layers(student))) if not is_skipped(student, i) and not is_skipped(teacher, i)]
+    return [i for i in range(len(registry.layers(student)))
+            if not is_skipped(student, i) and not is_skipped(teacher, i)]
 
 
 def _keep_zeros(model: nn.Module) -> list:
@@ -189,24 +198,115 @@ def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
     return ids[mask.bool()].cpu().numpy().astype(np.int64).tobytes()
 
 
-def _teacher_cache(teacher: nn.Module, tokenizer, split: Split, cfg: "DistillConfig") -> dict | None:
+def _teacher_cache(teacher: nn.Module, tokenizer, split: Split, cfg: "DistillConfig",
+                   columns: list[int] | None = None) -> dict | None:
     """The teacher's logits for every distinct text of ``split``, keyed by its token ids.
 
     Training walks the split for several epochs; the teacher is frozen, so its logits are
     computed once (one pass, in eval mode) instead of at every step. Text only (image
     batches call the teacher as they come); the logits do not depend on the padding.
+    ``columns``: the teacher's logit column of each student class (None: the same order).
     """
-    from axlab.core.measure import iter_batches
     if is_images(split.inputs):
         return None
     texts = list(dict.fromkeys(split.texts))
     cache: dict = {}
     with torch.no_grad():
         for _, batch in iter_batches(tokenizer, texts, 64, cfg.max_length):
-            logits = forward(teacher, batch).logits
+            logits = forward(teacher, batch).logits                                   # (B, C)
+            if columns is not None:
+                logits = logits[:, columns]
             for ids, mask, lg in zip(batch["input_ids"], batch["attention_mask"], logits):
                 cache[_row_key(ids, mask)] = lg.clone()
     return cache
+
+
+def _visible_texts(tokenizer, texts: list[str], max_length: int) -> list[str]:
+    """Each text as far as the student reads it: cut after its last token when truncation at
+    ``max_length`` drops words, whole otherwise (and whole for a tokenizer without offsets)."""
+    if not getattr(tokenizer, "is_fast", False):
+        log.info("the student's tokenizer gives no character offsets: the teacher reads every text whole")
+        return list(texts)
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True,
+                    return_special_tokens_mask=True)
+    out = []
+    for text, offsets, special in zip(texts, enc["offset_mapping"], enc["special_tokens_mask"]):
+        end = max((int(e) for (_, e), sp in zip(offsets, special) if not sp), default=0)
+        out.append(text if not text[end:].strip() else text[:end])
+    return out
+
+
+def _teacher_reader(teacher_tokenizer, teacher: nn.Module):
+    """``teacher_tokenizer`` ready to pad batches for ``teacher``: a copy padding with the token
+    the teacher's config names (else its end-of-text token) when it has no padding token."""
+    tok, borrowed = teacher_tokenizer, None
+    pad_id = getattr(teacher.config, "pad_token_id", None)
+    if tok.pad_token is None:
+        borrowed = (tok.convert_ids_to_tokens(int(pad_id)) if pad_id is not None else None) or tok.eos_token
+        if borrowed is None:
+            raise AxlabError("The teacher's tokenizer has no padding token and no end-of-text token to pad with.",
+                             "Give it one before distilling: teacher_tokenizer.pad_token = <a token of its "
+                             "vocabulary>, and set teacher.config.pad_token_id to that token's id.")
+        tok = copy.deepcopy(tok)                 # the caller's tokenizer is not changed
+        tok.pad_token = borrowed
+        log.info("the teacher's tokenizer has no padding token; a copy pads with %r", borrowed)
+    if pad_id is None:
+        raise AxlabError("The teacher's config has no pad_token_id, so a decoder classifier (Llama, SmolLM2, ...) "
+                         "cannot find each text's last token in a padded batch.",
+                         f"Set teacher.config.pad_token_id = {tok.pad_token_id} (the id its tokenizer pads with"
+                         + (", its end-of-text token, as it has no padding token" if borrowed else "")
+                         + ") before distilling.")
+    if int(pad_id) != tok.pad_token_id:
+        log.warning("the teacher's config.pad_token_id (%s) is not the id its tokenizer pads with (%s); a classifier "
+                    "that reads the last token by the pad id will read the wrong one", pad_id, tok.pad_token_id)
+    return tok
+
+
+def _same_tokens(tokenizer, teacher_tokenizer, texts: list[str], max_length: int) -> bool:
+    """True when the teacher's tokenizer turns every text into the student's token ids."""
+    if teacher_tokenizer is tokenizer:
+        return True
+    a = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    b = teacher_tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return [list(x) for x in a] == [list(x) for x in b]
+
+
+def _foreign_teacher_cache(teacher: nn.Module, tokenizer, teacher_tokenizer, split: Split, cfg: "DistillConfig",
+                           columns: list[int] | None = None) -> dict:
+    """A teacher with its own tokenizer: its logits for every distinct text of ``split``, read
+    through ``teacher_tokenizer`` (as far as the student reads the text: :func:`_visible_texts`),
+    keyed by the student's token ids of that text, so :func:`_cached_logits` finds every batch row.
+
+    Texts that the student's tokenizer cannot tell apart (one key) get the mean of their logits.
+    """
+    texts = list(dict.fromkeys(split.texts))
+    keys: list = [None] * len(texts)
+    for ix, batch in iter_batches(tokenizer, texts, 64, cfg.max_length):
+        for i, ids, mask in zip(ix, batch["input_ids"], batch["attention_mask"]):
+            keys[int(i)] = _row_key(ids, mask)
+    limit = int(min(TEACHER_LENGTH_FACTOR * cfg.max_length,
+                    getattr(teacher_tokenizer, "model_max_length", None) or 1 << 30,
+                    getattr(teacher.config, "max_position_embeddings", None) or 1 << 30))
+    sums: dict = {}
+    counts: dict = {}
+    full, dtype = 0, torch.float32
+    with torch.no_grad():
+        for ix, batch in iter_batches(teacher_tokenizer, _visible_texts(tokenizer, texts, cfg.max_length), 64, limit):
+            logits = forward(teacher, batch).logits                                   # (B, C)
+            dtype = logits.dtype
+            if columns is not None:
+                logits = logits[:, columns]
+            full += int((batch["attention_mask"].sum(-1) >= limit).sum())
+            for i, lg in zip(ix, logits):
+                k = keys[int(i)]
+                sums[k] = sums[k] + lg.float() if k in sums else lg.float()
+                counts[k] = counts.get(k, 0) + 1
+    if full:
+        log.warning("the teacher's tokenizer cut %d of %d texts at %d tokens", full, len(texts), limit)
+    shared = sum(c > 1 for c in counts.values())
+    if shared:
+        log.info("%d token rows of the student stand for several texts; their teacher logits are averaged", shared)
+    return {k: (s / counts[k]).to(dtype) for k, s in sums.items()}
 
 
 def _cached_logits(cache: dict, batch: dict) -> torch.Tensor | None:
@@ -217,20 +317,75 @@ def _cached_logits(cache: dict, batch: dict) -> torch.Tensor | None:
     return None if any(r is None for r in rows) else torch.stack(rows)
 
 
+def _teacher_columns(student: nn.Module, teacher: nn.Module, own_tokenizer: bool = False) -> list[int] | None:
+    """The teacher's logit column of each student class, matched by label name (``config.id2label``,
+    ignoring case and spaces); None when they are already in the student's order.
+
+    Generic names (``LABEL_0``, ...) on either side: the same order is assumed (a warning, unless
+    both sides have the very same names and one tokenizer, as a pruned copy of its teacher has).
+    Different names raise :class:`AxlabError`.
+    """
+    s_names, t_names = model_label_names(student), model_label_names(teacher)
+    if s_names is None or t_names is None or _is_generic(s_names) or _is_generic(t_names):
+        if s_names != t_names or own_tokenizer:
+            log.warning("the student's labels (%s) or the teacher's (%s) have no names: their classes are taken to "
+                        "be in the same order", s_names, t_names)
+        return None
+    s_keys, t_keys = [n.strip().casefold() for n in s_names], [n.strip().casefold() for n in t_names]
+    if len(set(s_keys)) < len(s_keys) or len(set(t_keys)) < len(t_keys):
+        log.warning("repeated label names (student %s, teacher %s): their classes are taken to be in the same order",
+                    s_names, t_names)
+        return None
+    if set(s_keys) != set(t_keys):
+        only_s = [n for n, k in zip(s_names, s_keys) if k not in t_keys]
+        only_t = [n for n, k in zip(t_names, t_keys) if k not in s_keys]
+        raise AxlabError(f"The student and the teacher predict different labels: the student's {only_s} are not the "
+                         f"teacher's, the teacher's {only_t} are not the student's (student: {s_names}, teacher: "
+                         f"{t_names}).",
+                         "Distil from a teacher fine-tuned on the same labels (their order may differ: classes are "
+                         "matched by name). If the names only differ in spelling, set one model's config.id2label "
+                         "to the other's names.")
+    columns = [t_keys.index(k) for k in s_keys]
+    if columns == list(range(len(columns))):
+        return None
+    log.info("the teacher's classes %s are put in the student's order %s", t_names, s_names)
+    return columns
+
+
 def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, cfg: DistillConfig,
-              progress: Progress = None) -> dict:
+              progress: Progress = None, teacher_tokenizer=None) -> dict:
     from axlab.core.train import train_classifier
 
     if len(split) == 0:
         raise AxlabError("Distillation needs training examples.", "Pass the training split (splits.train).")
-    split = align_labels(split, teacher)        # labels matched to the model's by name
     if student.config.num_labels != teacher.config.num_labels:
         raise AxlabError("Student and teacher predict different numbers of labels.",
                          "Distil a variant of the same fine-tuned model.")
+    if teacher_tokenizer is not None and is_images(split.inputs):
+        raise AxlabError("teacher_tokenizer is for text; this distillation reads images.",
+                         "Leave teacher_tokenizer out: an image teacher reads the student's pixel batches.")
+    columns = _teacher_columns(student, teacher, teacher_tokenizer is not None)
+    split = align_labels(split, student)        # labels matched to the student's classes by name (the CE term)
+    split = _transfer_set(split, cfg)
+    subset = _bounded_subset(split, cfg.steps * cfg.batch_size, cfg.seed)
+    if teacher_tokenizer is not None and _same_tokens(tokenizer, teacher_tokenizer, list(dict.fromkeys(subset.texts)),
+                                                      cfg.max_length):
+        log.info("the teacher's tokenizer reads the texts as the student's: the teacher reads the student's batches")
+        teacher_tokenizer = None
+    if teacher_tokenizer is not None and cfg.hidden_weight > 0:
+        raise AxlabError("Hidden-state matching needs the teacher to read the student's tokens, but the teacher's "
+                         "tokenizer splits the texts differently.",
+                         "Set hidden_weight=0: the logits are distilled across tokenizers.")
     if cfg.hidden_weight > 0 and len(registry.layers(student)) != len(registry.layers(teacher)):
         raise AxlabError("Hidden-state matching needs the same number of layers in student and teacher.",
                          "Set hidden_weight=0, or drop layers with drop_layers (it keeps the layer slots).")
     teacher = teacher.eval()
+    if teacher_tokenizer is not None:
+        cached = _foreign_teacher_cache(teacher, tokenizer, _teacher_reader(teacher_tokenizer, teacher), subset, cfg,
+                                        columns)
+    else:
+        cached = _teacher_cache(teacher, tokenizer, subset, cfg, columns) if cfg.hidden_weight == 0 else None
+    own_tokens = teacher_tokenizer is not None
     s_states: list = []
     t_states: list = []
     handles = []
@@ -241,17 +396,17 @@ def _distill_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, c
     for p in student.parameters():
         p.requires_grad_(True)
 
-    split = _transfer_set(split, cfg)
-    subset = _bounded_subset(split, cfg.steps * cfg.batch_size, cfg.seed)
-    cached = _teacher_cache(teacher, tokenizer, subset, cfg) if cfg.hidden_weight == 0 else None
-
     def loss_fn(model, batch, labels):
         s_states.clear()
         t_states.clear()
         t_logits = _cached_logits(cached, batch) if cached is not None else None
         if t_logits is None:
+            if own_tokens:                      # never feed the student's token ids to a teacher of other tokens
+                raise RuntimeError("A training batch holds a text whose teacher logits were not computed.")
             with torch.no_grad():
                 t_logits = forward(teacher, batch).logits
+            if columns is not None:
+                t_logits = t_logits[:, columns]
         s_logits = model(**batch).logits
         t_logits = t_logits.to(s_logits.device)        # the teacher may sit on another device
         loss = kd_loss(s_logits, t_logits, labels, cfg.temperature, cfg.alpha)
@@ -282,7 +437,7 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, *, 
             temperature: float = 2.0, alpha: float = 0.5, hidden_weight: float = 0.0, lr: float = 5e-5,
             batch_size: int = 32, max_length: int = 64, seed: int = 0, augment: int = 0,
             quant_aware: bool = False, quant_embedding_bits: int = 8, soup: int = 1,
-            teacher_source: str = "base", progress: Progress = None) -> nn.Module:
+            teacher_source: str = "base", teacher_tokenizer=None, progress: Progress = None) -> nn.Module:
     """A copy of ``student`` fine-tuned for ``steps`` batches of ``split`` to match ``teacher``.
 
     ``augment``: perturbed copies of every training text (see :func:`augment_texts`) added
@@ -295,11 +450,20 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, *, 
     their uniform weight average (:func:`soup`); ``soup`` times the training time.
     ``teacher_source`` is what the recipe step records to find the teacher on replay:
     ``"base"`` (the model the recipe starts from) or a model source for ``load_model``.
+    ``teacher_tokenizer``: the teacher's own tokenizer, where it splits texts unlike the student's
+    (e.g. a fine-tuned SmolLM2 classifier teaching a MiniLM student): the teacher reads each text
+    through it once, before training (as far as the student reads the text, at most
+    ``4 * max_length`` of its tokens); only logits are distilled (``hidden_weight=0``) and
+    ``teacher.config.pad_token_id`` must be set. Classes are matched by label name either way.
+    A replay loads a teacher source with its own tokenizer; ``"base"`` reads the student's.
     """
     cfg = DistillConfig(steps, temperature, alpha, hidden_weight, lr, batch_size, max_length, seed, augment,
                         quant_aware, quant_embedding_bits, soup)
+    if teacher_tokenizer is not None and teacher_tokenizer is not tokenizer and teacher_source == "base":
+        log.warning("the recipe step records the teacher as 'base', which a replay reads with the student's "
+                    "tokenizer; if the teacher is not the recipe's base model, pass teacher_source")
     out = copy.deepcopy(student)
-    out.axlab_distill_stats = _distill_soup_(out, teacher, tokenizer, split, cfg, progress)
+    out.axlab_distill_stats = _distill_soup_(out, teacher, tokenizer, split, cfg, progress, teacher_tokenizer)
     out.axlab_recipe = list(getattr(student, "axlab_recipe", [])) + [cfg.step(teacher_source)]
     return out
 
@@ -308,31 +472,36 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, *, 
 def _op_distill(model, ctx: RecipeContext, teacher: str = "base", **params):
     cfg = DistillConfig(**params)
     splits = ctx.require_splits("distill")
+    t_tokenizer = None
     if teacher == "base":
         t_model = getattr(ctx, "base", None)
         if t_model is None:
             raise AxlabError("Step 'distill' needs its teacher, the recipe's base model, which this context lacks.",
                              "Replay with a RecipeContext that carries the base model, or record the teacher as a "
                              "model source (distill(..., teacher_source='default')).")
-    else:
+    else:                                       # a model source: the teacher reads the texts with its own tokenizer
         from axlab.core.loading import load_model
-        t_model = load_model(teacher).model
+        bundle = load_model(teacher)
+        t_model = bundle.model
+        if not is_images(splits.train.inputs):
+            t_tokenizer = bundle.tokenizer
     if ctx.tokenizer is None:
         raise AxlabError("Step 'distill' needs the tokenizer.", "Pass tokenizer= to apply_recipe.")
-    _distill_soup_(model, t_model, ctx.tokenizer, splits.train, cfg, ctx.progress)
+    _distill_soup_(model, t_model, ctx.tokenizer, splits.train, cfg, ctx.progress, t_tokenizer)
     return model
 
 
 def _distill_soup_(student: nn.Module, teacher: nn.Module, tokenizer, split: Split, cfg: DistillConfig,
-                   progress: Progress = None) -> dict:
+                   progress: Progress = None, teacher_tokenizer=None) -> dict:
     """:func:`_distill_` (in place); with ``cfg.soup > 1``, that many students from ``student``'s
     weights, seeds ``cfg.seed + i``, averaged into ``student``. Returns the stats (a soup's: per member)."""
     if cfg.soup == 1:
-        return _distill_(student, teacher, tokenizer, split, cfg, progress)
+        return _distill_(student, teacher, tokenizer, split, cfg, progress, teacher_tokenizer)
     members, stats = [], []
     for i in range(cfg.soup):
         m = copy.deepcopy(student)
-        stats.append(_distill_(m, teacher, tokenizer, split, replace(cfg, seed=cfg.seed + i, soup=1), progress))
+        stats.append(_distill_(m, teacher, tokenizer, split, replace(cfg, seed=cfg.seed + i, soup=1), progress,
+                               teacher_tokenizer))
         members.append(m)
     student.load_state_dict(_mean_state(members))
     student.eval()
