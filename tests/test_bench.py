@@ -3,6 +3,7 @@
 The full benchmark (default model, all test reviews) is run by hand; see bench/README.md.
 Nothing here asserts a timing: only that every row was measured and the outputs are well formed.
 """
+import copy
 import importlib.util
 import json
 import math
@@ -40,7 +41,11 @@ def quick_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, str(RUN), "--quick", "--model", "tiny", "--threads", "1",
-                           "--n-test", "24", "--student-steps", "2", "--rounds", "2", "--no-gpu", "--out", str(out)],
+                           "--n-test", "24", "--student-steps", "2", "--rounds", "2", "--no-gpu", "--out", str(out),
+                           # a student from the base, one from the AxFormer result, one taught by the cached
+                           # SmolLM2 table (made for the full training split: refused on the tiny world's slice)
+                           "--student", "layers=0.5", "--student", "layers=0.67,ffn=0.25,start=axformer",
+                           "--student", "layers=0.67,ffn=0.25,teacher=smollm2"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, json.loads((out / "latest.json").read_text()), proc
@@ -109,7 +114,7 @@ def test_quick_run_sizes_follow_the_transforms(quick_result):
 
 def test_quick_run_deploys_what_it_compresses(quick_result):
     """The fused rows carry one attention node per layer; GPFQ's file is k-bit, below the int8 graph's."""
-    _, res, _ = quick_result
+    _, res, proc = quick_result
     by = {r["name"]: r for r in res["rows"]}
     n_layers = 2                                                          # the tiny BERT
     assert by["axlab fused fp32 (ONNX Runtime)"]["attention_nodes"] == n_layers
@@ -153,6 +158,7 @@ def test_quick_run_deploys_what_it_compresses(quick_result):
     # every quantized fused row stores its position table in 8 bits (two GatherBlockQuantized: words, positions)
     assert by["GPFQ 4-bit"]["ops"]["com.microsoft:GatherBlockQuantized"] == 2
     assert any(c["candidate"].startswith("L0.50") for c in cands)          # a student with half the layers
+    assert "student L0.67-ffn25-smollm2: skipped (teacher smollm2: " in proc.stdout + proc.stderr
     if "AxFormer + GPFQ 4-bit" in by:             # the AxFormer result without top-k: fused, and a candidate structure
         ag = by["AxFormer + GPFQ 4-bit"]
         assert ag["runtime"] == "onnxruntime" and "com.microsoft:DynamicQuantizeMatMul" in ag["ops"]
@@ -296,7 +302,11 @@ def test_a_plan_may_carry_its_own_distillation_recipe(monkeypatch):
     assert long.recipe(bench.BenchConfig(student_steps=0)) == (0, 2)           # no distillation stays none
     assert "steps" not in bench.StudentPlan(layers=0.83).cache_fields()
     assert long.cache_fields()["steps"] == 4000 and long.cache_fields()["augment"] == 8
-    assert any(p.steps for p in bench.DEFAULT_STUDENTS)
+    taught = bench.StudentPlan(layers=0.67, ffn=0.25, teacher="smollm2", soup=3)
+    assert taught.key == "L0.67-ffn25-smollm2-soup3" and taught.cache_fields()["teacher"] == "smollm2"
+    assert "teacher" not in bench.StudentPlan(layers=0.67).cache_fields()          # older entries stay valid
+    with pytest.raises(ValueError):
+        bench.StudentPlan(teacher="bert-large")
     parsed = []
 
     class Stop(Exception):
@@ -310,6 +320,9 @@ def test_a_plan_may_carry_its_own_distillation_recipe(monkeypatch):
         bench.main(["--student", "layers=0.83,ffn=0.25,start=axformer,steps=4000,augment=8", "--out", "/tmp/x"])
     assert parsed and parsed[0].students == (long,)
     assert isinstance(parsed[0].students[0].steps, int)
+    with pytest.raises(Stop):
+        bench.main(["--student", "layers=0.67,ffn=0.25,teacher=smollm2,soup=3", "--out", "/tmp/x"])
+    assert parsed[-1].students == (taught,)
     with pytest.raises(Stop):
         bench.main(["--no-students", "--out", "/tmp/x"])
     assert parsed[-1].students == ()
@@ -501,3 +514,83 @@ def test_leads_token_pruning_masks_later_layers_only():
     assert torch.allclose(dense, same, atol=1e-6) and torch.allclose(dense, again, atol=1e-6)
     assert (dense[0] - pruned[0]).abs().max() > 1e-2
     assert kept[0] == (real, real) and kept[1][0] < real
+
+
+def _teacher_table(folder, splits, tok, teacher, name="big"):
+    """bench/teacher.py's files for ``teacher`` (a model reading the student's tokenizer) over ``splits``."""
+    import numpy as np
+    from axlab.core.measure import predict_logits
+    T = bench._teacher_module()
+    blocks = T.transfer_texts(splits)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / f"{name}.npz", **{b: predict_logits(teacher, tok, texts, 64, max_length=64).numpy()
+                                         for b, texts in blocks.items()})
+    card = {"label_names": list(splits.label_names), "blocks": list(blocks), "texts_hash": T.texts_hash(blocks),
+            "accuracy": {"validation": 0.5, "test": 0.5}}
+    (folder / f"{name}.json").write_text(json.dumps(card))
+    return T
+
+
+def test_a_larger_teacher_teaches_through_its_cached_logits(tmp_path, monkeypatch):
+    """A student distilled from the teacher's cached logits (bench/teacher.py's table, looked up by the
+    student's token ids) matches one distilled from the teacher itself, and not one from the base; a plan
+    with teacher=... uses the table, keys its cache entry by the logits, and a stale or missing table is refused."""
+    import torch
+    from axlab.compress.distill import distill
+    from axlab.compress.prune import drop_layers
+    from axlab.core.data import Splits
+    from axlab.core.testing import tiny_model, tiny_split, tiny_tokenizer
+
+    monkeypatch.setenv("AXLAB_HOME", str(tmp_path))
+    base, big, tok = tiny_model("bert", layers=3), tiny_model("bert", layers=3, seed=7), tiny_tokenizer()
+    with torch.no_grad():
+        big.classifier.weight *= 20                       # a teacher with opinions of its own
+    small = Splits(name="t", label_names=["0", "1"], train=tiny_split(24, seed=1), validation=tiny_split(8, seed=2),
+                   test=tiny_split(8, seed=3), seed=0, file_hash="x", source_file="x")
+    base.config.id2label = big.config.id2label = {0: "0", 1: "1"}
+    base.config.label2id = big.config.label2id = {"0": 0, "1": 1}
+    T = _teacher_table(tmp_path / "teachers", small, tok, big)
+    table, card = T.load_table("big", small, tok, base.config, folder=tmp_path / "teachers")
+    student = drop_layers(base, [1])
+    kw = dict(steps=3, lr=1e-3, seed=2, augment=2, batch_size=8)
+    from_table = distill(student, table, tok, small.train, **kw)
+    from_big = distill(student, big, tok, small.train, **kw)
+    from_base = distill(student, base, tok, small.train, **kw)
+    for (k, a), (_, b) in zip(from_table.state_dict().items(), from_big.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=k)
+    assert (from_table.classifier.weight - from_base.classifier.weight).abs().max() > 1e-3
+    with pytest.raises(KeyError, match="does not hold"):      # a 9th perturbed copy is not in the table
+        distill(student, table, tok, small.train, **{**kw, "augment": 9})
+
+    # the bench's plan: same student as distilling from the table, cached under a key of the logits
+    monkeypatch.setattr(T, "TEACHERS", tmp_path / "teachers")
+    monkeypatch.setitem(bench.STUDENT_TEACHERS, "big", "a bigger model")
+    plan = bench.StudentPlan(layers=0.67, teacher="big")
+    cfg = bench.BenchConfig(student_steps=3, student_augment=2, gpu=False, seed=2)
+    path = bench._student_cache_path(base, small, cfg, plan, [1])
+    assert path != bench._student_cache_path(base, small, cfg, bench.StudentPlan(layers=0.67), [1])
+    got, cached = bench._distilled(student, base, tok, small, cfg, path, plan)
+    ref = distill(student, table, tok, small.train, steps=3, lr=cfg.student_lr, seed=2, augment=2,
+                  quant_embedding_bits=bench.STUDENT_QAT_EMBEDDING_BITS)
+    assert not cached and path.exists()
+    for (k, a), (_, b) in zip(got.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+    assert got.axlab_recipe[-1]["params"]["teacher"] == "bench/teachers/big.npz"
+    _teacher_table(tmp_path / "teachers", small, tok, base)                        # the teacher remade
+    assert bench._student_cache_path(base, small, cfg, plan, [1]) != path
+
+    # refused: other texts, other labels, no table
+    other = Splits(name="t", label_names=["0", "1"], train=tiny_split(24, seed=9), validation=small.validation,
+                   test=small.test, seed=0, file_hash="y", source_file="x")
+    with pytest.raises(ValueError, match="other training texts"):
+        T.load_table("big", other, tok, base.config)
+    named = copy.deepcopy(base.config)
+    named.id2label = {0: "neg", 1: "pos"}
+    with pytest.raises(ValueError, match="predicts"):
+        T.load_table("big", small, tok, named)
+    with pytest.raises(FileNotFoundError, match="bench/teacher.py"):
+        T.load_table("none", small, tok, base.config)
+    said = []
+    built = bench.build_students(base, tok, other, bench.BenchConfig(student_steps=1, students=(plan,), gpu=False),
+                                 said.append)
+    assert built == [] and "skipped (teacher big" in said[-1]
