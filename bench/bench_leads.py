@@ -3,6 +3,7 @@
     python bench/bench_leads.py                          # default model -> bench/results/leads.json (4 min, 2 cores)
     python bench/bench_leads.py --parts tokens,exits,search  # + two AxFormer search variants (about 13 min more)
     python bench/bench_leads.py --parts teachers         # teacher ensembles (needs CUDA: 4 fine-tunes, 4 students)
+    python bench/bench_leads.py --parts bigteacher       # SmolLM2-135M as teacher (bench/teacher.py's table; a GPU)
 
 Each lead keeps the model's depth and weights, or asks whether a better teacher exists; none trains
 the model itself except ``teachers``. Validation only (test is not read):
@@ -22,6 +23,11 @@ the model itself except ``teachers``. Validation only (test is not read):
 4. ``teachers``: four MiniLM fine-tunes (seeds 0-3, the default recipe) and their logit
    average, then the bench's student (layer 2 dropped, FFN -25%, 1,500 steps, 2 perturbed copies)
    distilled from teacher 0 alone and from the average of four, seeds 0 and 1.
+5. ``bigteacher``: a larger teacher, SmolLM2-135M fine-tuned (bench/teacher.py, its logits cached in
+   bench/teachers/smollm2.npz), against the base as teacher: students L0.83-ffn25 and L0.67-ffn25
+   (layers dropped greedily on validation loss, FFN -25% by magnitude; 1,500 steps, 2 perturbed copies,
+   seeds 0 and 1), then at 4,000 steps and 8 copies (L0.67-ffn25 seeds 0-2 and their soup, L0.83-ffn25
+   seed 0). Accuracy in fp32 PyTorch. About 12 min on an H200; hours on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KEEP_SHARES = (0.5, 0.7)
 TOKEN_LAYERS = (1, 2)
 TAUS = (0.9, 0.95)
-PARTS = ("tokens", "exits", "search", "teachers")
+PARTS = ("tokens", "exits", "search", "teachers", "bigteacher")
 
 
 def layer_macs(model: nn.Module) -> list[int]:
@@ -251,13 +257,54 @@ def teacher_leads(splits) -> dict:
     return out
 
 
+def bigteacher_leads(base, tok, splits) -> dict:
+    from axlab.compress.distill import distill, soup
+    from axlab.compress.prune import drop_layers, ffn_by_budget, prune_ffn
+    from axlab.core.measure import predict_logits, scores
+    from run import _layer_drop_order, _teacher_module
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    base = base.cpu()
+    table, card = _teacher_module().load_table("smollm2", splits, tok, base.config)
+    val = splits.validation
+
+    def acc(m):
+        with torch.no_grad():
+            return scores(predict_logits(m.to(dev).eval(), tok, val.inputs, 128).float().cpu(), val.labels)["accuracy"]
+
+    out = {"base": acc(base), "teacher smollm2": card["accuracy"]["validation"], "device": dev}
+    base = base.cpu()
+    order = _layer_drop_order(base, tok, val, 2)
+    out["drop_order"] = order
+    cut = {"L0.83-ffn25": sorted(order[:1]), "L0.67-ffn25": sorted(order[:2])}
+
+    def student(name):
+        m = drop_layers(base, cut[name])
+        return prune_ffn(m, ffn_by_budget(m, 0.25))
+
+    def run_one(name, teacher, label, steps, augment, seed):
+        st = distill(copy.deepcopy(student(name)).to(dev), copy.deepcopy(teacher).to(dev), tok, splits.train,
+                     steps=steps, lr=1e-4, seed=seed, augment=augment)
+        out[f"{name} from {label}, {steps} steps aug{augment}, seed {seed}"] = acc(st)
+        sys.stdout.write(f"bigteacher: {name} from {label}, {steps} steps aug{augment}, seed {seed}: {acc(st):.4f}\n")
+        return st.cpu()
+
+    for name in cut:
+        for label, teacher in (("base", base), ("smollm2", table)):
+            for seed in (0, 1):
+                run_one(name, teacher, label, 1500, 2, seed)
+    members = [run_one("L0.67-ffn25", table, "smollm2", 4000, 8, seed) for seed in (0, 1, 2)]
+    out["L0.67-ffn25 from smollm2, 4000 steps aug8, soup of seeds 0-2"] = acc(soup(members))
+    run_one("L0.83-ffn25", table, "smollm2", 4000, 8, 0)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--dataset", default="rotten_tomatoes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parts", default="tokens,exits",
-                    help="comma-separated, of: tokens, exits, search (slow), teachers (CUDA)")
+                    help="comma-separated, of: tokens, exits, search (slow), teachers (CUDA), bigteacher (a GPU)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -276,7 +323,7 @@ def main(argv=None) -> dict:
     splits = axlab.load_dataset(args.dataset)
     out = {"model": args.model, "dataset": args.dataset, "threads": args.threads, "hardware": hardware_info(),
            "split": "validation", "n": len(splits.validation)}
-    if {"tokens", "exits", "search"} & set(parts):          # the teachers lead trains its own models
+    if {"tokens", "exits", "search", "bigteacher"} & set(parts):    # the teachers lead trains its own models
         bundle = axlab.load_model(args.model)
         base, tok = bundle.model.float().eval(), bundle.tokenizer
         val = align_labels(splits.validation, base)
@@ -291,7 +338,11 @@ def main(argv=None) -> dict:
         out["axformer_budget"] = search_leads(base, tok, splits)
     if "teachers" in parts:
         out["teacher_ensembles"] = teacher_leads(splits)
-    dest = Path(args.out) / ("leads.json" if parts != ["teachers"] else "leads_teachers.json")
+    if "bigteacher" in parts:
+        out["larger_teacher"] = bigteacher_leads(base, tok, splits)
+    own = {("teachers",): "leads_teachers.json", ("bigteacher",): "leads_bigteacher.json"}
+    name = own.get(tuple(parts), "leads.json")
+    dest = Path(args.out) / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=1, default=str))
     return out
