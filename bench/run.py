@@ -178,6 +178,8 @@ class StudentPlan:
 # students at 4000 steps and 8 copies 0.836 / 0.848 / 0.843 and their soup 0.847 (bench/README.md, "A larger
 # teacher"). The students taught by the base (the plans of the runs before 2026-12-01: best 0.836 on validation,
 # -0.90 points against fp32 on test) are left out: fewer candidates, a smaller winner's curse, a shorter cold run.
+# On test the validation gain has not shown yet: the one full run with such a student (L0.67-ffn25, seed 0, AMD,
+# 2026-12-01, results/amd-smollm2) scored -0.60 +- 0.74 points against fp32 (validation: +1.5).
 DEFAULT_STUDENTS = (StudentPlan(layers=0.67, ffn=0.25, teacher="smollm2", soup=3),
                     StudentPlan(layers=0.83, ffn=0.25, teacher="smollm2"),
                     StudentPlan(layers=0.67, ffn=0.5, teacher="smollm2"))
