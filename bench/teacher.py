@@ -74,9 +74,10 @@ class LogitTable(nn.Module):
                       for ids, lg in zip(enc["input_ids"], logits)}
 
     def forward(self, input_ids, attention_mask, **kw):
+        from axlab.compress.distill import _row_key      # distill's own key of a batch row
         rows = []
         for ids, mask in zip(input_ids, attention_mask):
-            row = self.table.get(ids[mask.bool()].cpu().numpy().astype(np.int64).tobytes())
+            row = self.table.get(_row_key(ids, mask))
             if row is None:
                 raise KeyError("a text the teacher table does not hold: the table covers the training texts and "
                                f"augment_texts(train, {COPIES}, seed) for seeds {list(SEEDS)}; rerun bench/teacher.py "
@@ -205,8 +206,8 @@ def main(argv=None) -> dict:
     t0 = time.time()
     model, tok = load_smollm2(gguf, list(splits.label_names))
     model, history, epoch = fine_tune(model, tok, splits, device, lr=args.lr, epochs=args.epochs, say=log.info)
-    blocks = {**transfer_texts(splits), "validation": list(splits.validation.texts),
-              "test": list(splits.test.texts)}
+    transfer = transfer_texts(splits)
+    blocks = {**transfer, "validation": list(splits.validation.texts), "test": list(splits.test.texts)}
     arrays = {b: predict(model, tok, texts, device).astype(np.float32) for b, texts in blocks.items()}
     acc = {s: float((arrays[s].argmax(-1) == np.asarray(getattr(splits, s).labels)).mean())
            for s in ("validation", "test")}
@@ -218,7 +219,7 @@ def main(argv=None) -> dict:
             "label_names": list(splits.label_names), "recipe": {"lr": args.lr, "epochs": args.epochs,
                                                                  "batch_size": 32, "seed": 0, "max_length": 96},
             "epochs_log": history, "chosen_epoch": epoch, "chosen_on": "validation accuracy",
-            "accuracy": acc, "blocks": list(transfer_texts(splits)), "texts_hash": texts_hash(transfer_texts(splits)),
+            "accuracy": acc, "blocks": list(transfer), "texts_hash": texts_hash(transfer),
             "device": device, "hardware": hardware_info(), "seconds": round(time.time() - t0),
             "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
     (out / f"{args.name}.json").write_text(json.dumps(card, indent=1))
