@@ -4,6 +4,7 @@
     python bench/bench_leads.py --parts tokens,exits,search  # + two AxFormer search variants (about 13 min more)
     python bench/bench_leads.py --parts teachers         # teacher ensembles (needs CUDA: 4 fine-tunes, 4 students)
     python bench/bench_leads.py --parts bigteacher       # SmolLM2-135M as teacher (bench/teacher.py's table; a GPU)
+    python bench/bench_leads.py --parts depth            # depth against width under that teacher, val AND test (a GPU)
 
 Each lead keeps the model's depth and weights, or asks whether a better teacher exists; none trains
 the model itself except ``teachers``. Validation only (test is not read):
@@ -28,6 +29,12 @@ the model itself except ``teachers``. Validation only (test is not read):
    (layers dropped greedily on validation loss, FFN -25% by magnitude; 1,500 steps, 2 perturbed copies,
    seeds 0 and 1), then at 4,000 steps and 8 copies (L0.67-ffn25 seeds 0-2 and their soup, L0.83-ffn25
    seed 0). Accuracy in fp32 PyTorch. About 12 min on an H200; hours on 2 CPU cores.
+6. ``depth``: the one part that reads **test** too, as a diagnosis, not a choice: why the SmolLM2-taught
+   students' validation gains did not show on test. Depth-cut students (L0.67-ffn25: 3 seeds, KD weight
+   alpha 0.5 and 1.0, their soups, and as deployed: int8 weights with 4- or 8-bit embeddings emulated by
+   ``fake_quantized``, GPFQ 4-bit in PyTorch; 4,000 steps and 8 copies; started from a full-depth
+   SmolLM2-taught model) against full-depth ones (all layers; FFN -25% / -50%, heads -25%; seed 0),
+   accuracy and agreement with the teacher on validation and test. About 25 min on an H200.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KEEP_SHARES = (0.5, 0.7)
 TOKEN_LAYERS = (1, 2)
 TAUS = (0.9, 0.95)
-PARTS = ("tokens", "exits", "search", "teachers", "bigteacher")
+PARTS = ("tokens", "exits", "search", "teachers", "bigteacher", "depth")
 
 
 def layer_macs(model: nn.Module) -> list[int]:
@@ -298,13 +305,88 @@ def bigteacher_leads(base, tok, splits) -> dict:
     return out
 
 
+def depth_leads(base, tok, splits) -> dict:
+    """Part 6 (see the module doc): depth-cut against full-depth students of SmolLM2, validation and test."""
+    import numpy as np
+
+    from axlab.analysis.importance import head_importance
+    from axlab.compress import prune
+    from axlab.compress import quantize as Q
+    from axlab.compress.distill import distill, soup
+    from axlab.compress.qat import fake_quantized
+    from axlab.core.data import align_labels
+    from axlab.core.measure import predict_logits, scores
+    from run import _layer_drop_order, _lowbit, _task_vocab, _teacher_module
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    base = base.cpu()
+    table = _teacher_module().load_table("smollm2", splits, tok, base.config)[0]
+    ev_splits = {"val": align_labels(splits.validation, base), "test": align_labels(splits.test, base)}
+    logits = np.load(_teacher_module().table_path("smollm2"))
+    teacher_pred = {"val": logits["validation"].argmax(-1), "test": logits["test"].argmax(-1)}
+    calib = Q.calibration_texts(splits, 512, seed=0)
+
+    def ev(m, where=dev) -> dict:
+        r = {}
+        for name, sp in ev_splits.items():
+            with torch.no_grad():
+                lg = predict_logits(m.to(where).eval(), tok, sp.inputs, 128).float().cpu()
+            r[name] = scores(lg, sp.labels)["accuracy"]
+            r[name + "_agreement_with_teacher"] = float((lg.argmax(-1).numpy() == teacher_pred[name][:len(lg)]).mean())
+        m.cpu()
+        return r
+
+    def deployed(m) -> dict:
+        small = _task_vocab(m.cpu(), tok, splits)
+        r = {}
+        for bits in (4, 8):
+            with fake_quantized(small, embedding_bits=bits, position_bits=8):
+                r[f"int8-emb{bits}"] = ev(small)
+        r["gpfq4"] = ev(_lowbit("gpfq", small, tok, calib, 4), "cpu")
+        return r
+
+    def taught(m, teacher=table, **kw):
+        kw = {"steps": 1500, "lr": 1e-4, "augment": 2, "seed": 0, **kw}
+        return distill(copy.deepcopy(m).to(dev), copy.deepcopy(teacher).to(dev), tok, splits.train,
+                       teacher_source="smollm2", progress=False, **kw).cpu()
+
+    out = {"base": ev(base), "device": dev}
+    cut = prune.drop_layers(base, sorted(_layer_drop_order(base, tok, splits.validation, 2)))
+    small = prune.prune_ffn(cut, prune.ffn_by_budget(cut, 0.25))
+
+    def record(name, model, **extra):
+        out[name] = {"fp32": ev(model), **extra}
+        sys.stdout.write(f"depth: {name}: {out[name]['fp32']}\n")
+
+    for alpha in (0.5, 1.0):
+        members = [taught(small, alpha=alpha, seed=seed) for seed in (0, 1, 2)]
+        for seed, m in enumerate(members):
+            record(f"L0.67-ffn25, alpha {alpha}, seed {seed}", m, **({"deployed": deployed(m)} if seed == 0 else {}))
+        sp = soup(members)
+        record(f"L0.67-ffn25, alpha {alpha}, soup of seeds 0-2", sp, deployed=deployed(sp))
+    record("L0.67-ffn25, 4000 steps, 8 copies", taught(small, steps=4000, augment=8))
+    for lr in (5e-5, 1e-4):
+        record(f"L1.00 (the whole model), lr {lr:g}", taught(base, lr=lr))
+    full = taught(base)                     # a full-depth student as the start of the cut one
+    cut_full = prune.drop_layers(full, sorted(_layer_drop_order(base, tok, splits.validation, 2)))
+    from_full = prune.prune_ffn(cut_full, prune.ffn_by_budget(cut_full, 0.25))
+    record("L0.67-ffn25 started from the L1.00 student, taught by SmolLM2", taught(from_full))
+    record("L0.67-ffn25 started from the L1.00 student, taught by it", taught(from_full, teacher=full))
+    imp = head_importance(base, tok, splits.validation, method="gradient", progress=False, cache_results=False)
+    for ffn, heads in ((0.75, None), (0.5, 0.25), (0.5, None)):
+        m = prune.prune_heads(base, prune.heads_by_budget(imp, heads)) if heads else base
+        name = f"L1.00-ffn{int(ffn * 100)}" + (f"-heads{int(heads * 100)}" if heads else "")
+        record(name, taught(prune.prune_ffn(m, prune.ffn_by_budget(m, ffn))))
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--dataset", default="rotten_tomatoes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parts", default="tokens,exits",
-                    help="comma-separated, of: tokens, exits, search (slow), teachers (CUDA), bigteacher (a GPU)")
+                    help="comma-separated, of: tokens, exits, search (slow), teachers (CUDA), bigteacher, depth "
+                         "(a GPU)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -323,7 +405,9 @@ def main(argv=None) -> dict:
     splits = axlab.load_dataset(args.dataset)
     out = {"model": args.model, "dataset": args.dataset, "threads": args.threads, "hardware": hardware_info(),
            "split": "validation", "n": len(splits.validation)}
-    if {"tokens", "exits", "search", "bigteacher"} & set(parts):    # the teachers lead trains its own models
+    if "depth" in parts:
+        out.update(split="validation and test (a diagnosis: see part 6)", n_test=len(splits.test))
+    if {"tokens", "exits", "search", "bigteacher", "depth"} & set(parts):    # the teachers lead trains its own models
         bundle = axlab.load_model(args.model)
         base, tok = bundle.model.float().eval(), bundle.tokenizer
         val = align_labels(splits.validation, base)
@@ -340,7 +424,10 @@ def main(argv=None) -> dict:
         out["teacher_ensembles"] = teacher_leads(splits)
     if "bigteacher" in parts:
         out["larger_teacher"] = bigteacher_leads(base, tok, splits)
-    own = {("teachers",): "leads_teachers.json", ("bigteacher",): "leads_bigteacher.json"}
+    if "depth" in parts:
+        out["depth_against_width"] = depth_leads(base, tok, splits)
+    own = {("teachers",): "leads_teachers.json", ("bigteacher",): "leads_bigteacher.json",
+           ("depth",): "leads_depth.json"}
     name = own.get(tuple(parts), "leads.json")
     dest = Path(args.out) / name
     dest.parent.mkdir(parents=True, exist_ok=True)
