@@ -350,8 +350,13 @@ def depth_leads(base, tok, splits) -> dict:
                        teacher_source="smollm2", progress=False, **kw).cpu()
 
     out = {"base": ev(base), "device": dev}
-    cut = prune.drop_layers(base, sorted(_layer_drop_order(base, tok, splits.validation, 2)))
-    small = prune.prune_ffn(cut, prune.ffn_by_budget(cut, 0.25))
+    dropped = sorted(_layer_drop_order(base, tok, splits.validation, 2))      # chosen once, on the base
+
+    def l067_ffn25(m):
+        cut = prune.drop_layers(m, dropped)
+        return prune.prune_ffn(cut, prune.ffn_by_budget(cut, 0.25))
+
+    small = l067_ffn25(base)
 
     def record(name, model, **extra):
         out[name] = {"fp32": ev(model), **extra}
@@ -367,8 +372,7 @@ def depth_leads(base, tok, splits) -> dict:
     for lr in (5e-5, 1e-4):
         record(f"L1.00 (the whole model), lr {lr:g}", taught(base, lr=lr))
     full = taught(base)                     # a full-depth student as the start of the cut one
-    cut_full = prune.drop_layers(full, sorted(_layer_drop_order(base, tok, splits.validation, 2)))
-    from_full = prune.prune_ffn(cut_full, prune.ffn_by_budget(cut_full, 0.25))
+    from_full = l067_ffn25(full)
     record("L0.67-ffn25 started from the L1.00 student, taught by SmolLM2", taught(from_full))
     record("L0.67-ffn25 started from the L1.00 student, taught by it", taught(from_full, teacher=full))
     imp = head_importance(base, tok, splits.validation, method="gradient", progress=False, cache_results=False)
