@@ -192,7 +192,10 @@ class BenchConfig:
     seed: int = 0
     n_test: int | None = None         # first N test examples (None = all)
     n_val: int | None = None          # first N validation examples for choices (None = all)
-    rounds: int = 7                   # interleaved latency rounds
+    rounds: int = 7                   # interleaved latency rounds (batch 32)
+    # batch-1 rounds (None: 3 x rounds). A batch-1 call costs about 1/50 of a batch-32 one and its figure is the
+    # noisiest (a few ms, so a burst of load on a shared machine moves it most): it is sampled more
+    rounds_b1: int | None = None
     runs_b1: int = 30                 # timed batch-1 calls per row per round
     runs_b32: int = 4                 # timed batch-32 calls per row per round
     calibration: int = 512            # GPFQ calibration texts (training split)
@@ -218,6 +221,8 @@ class BenchConfig:
         for name in ("rounds", "runs_b1", "runs_b32", "calibration"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.rounds_b1 is not None and self.rounds_b1 < 1:
+            raise ValueError("rounds_b1 must be >= 1 or None (3 x rounds)")
         if not 0 < self.head_fraction < 1:
             raise ValueError("head_fraction must be in (0, 1)")
         self.students = tuple(StudentPlan(**p) if isinstance(p, dict) else p for p in self.students)
@@ -236,6 +241,11 @@ class BenchConfig:
                     student_steps=10)
         base.update(kw)
         return cls(**base)
+
+    @property
+    def b1_rounds(self) -> int:
+        """Interleaved rounds at batch 1 (``rounds_b1``, or 3 x ``rounds``)."""
+        return self.rounds_b1 or 3 * self.rounds
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -325,32 +335,35 @@ def _predictions(predictor, tok, split) -> tuple:
     return split, logits, (logits.argmax(-1).numpy() == np.asarray(split.labels)).astype(float)
 
 
-def interleaved_latency(predictors: dict, tok, texts: list[str], cfg: BenchConfig, n_rounds: int,
+def interleaved_latency(predictors: dict, tok, texts: list[str], cfg: BenchConfig, n_rounds: dict,
                         runs: dict, say=lambda m: None) -> dict:
     """{name: {batch size: [(median ms, p90 ms) per round]}} for batch sizes 1 and 32.
 
     Each round visits every predictor once per batch size (round-robin, the starting one
-    rotating), so drift on the machine hits them alike. ``runs``: timed calls per batch size.
+    rotating), so drift on the machine hits them alike. ``n_rounds`` / ``runs``: rounds and
+    timed calls per round, per batch size (a batch size with fewer rounds sits out the last ones).
     """
     from axlab.core.measure import latency
     per = {name: {1: [], 32: []} for name in predictors}
     names = list(predictors)
-    for r in range(n_rounds):
+    total = max(n_rounds.values())
+    for r in range(total):
         order = names[r % len(names):] + names[:r % len(names)]
-        for bs in (1, 32):
+        for bs in (b for b in (1, 32) if r < n_rounds[b]):
             for name in order:
                 lat = latency(predictors[name], tok, texts, bs, n_runs=runs[bs], warmup=2 if bs == 1 else 1,
                               seed=cfg.seed * 1000 + r, threads=cfg.threads)
                 per[name][bs].append((lat["median_ms"], lat["p90_ms"]))
-        say(f"latency round {r + 1}/{n_rounds} done")
+        say(f"latency round {r + 1}/{total} done")
     return per
 
 
 def _val_latency(predictors: dict, tok, texts: list[str], cfg: BenchConfig) -> dict:
     """{name: {1: b1 ms, 32: b32 ms, "geo": sqrt(b1 x b32)}} on validation texts, interleaved rounds
-    (median of round medians)."""
-    per = interleaved_latency(predictors, tok, texts, cfg, max(1, min(cfg.rounds, 3)),
-                              {1: max(1, cfg.runs_b1 // 2), 32: max(1, cfg.runs_b32 // 2)})
+    (median of round medians): as many batch-1 rounds as the test measurement (batch 1 is cheap, and
+    the speed goal at batch 1 is the one near its bar), at most 3 at batch 32."""
+    per = interleaved_latency(predictors, tok, texts, cfg, {1: cfg.b1_rounds, 32: max(1, min(cfg.rounds, 3))},
+                              {1: cfg.runs_b1, 32: max(1, cfg.runs_b32 // 2)})
     out = {}
     for n, v in per.items():
         b1, b32 = (statistics.median(m for m, _ in v[bs]) for bs in (1, 32))
@@ -953,7 +966,8 @@ def measure_rows(rows: list[Row], tok, test, cfg: BenchConfig, say=lambda m: Non
         row.results["accuracy_delta_se_points"] = round(100 * pm["se"], 3)
 
     def rounds(predictors: dict, prefix: str) -> None:
-        per = interleaved_latency(predictors, tok, test.texts, cfg, cfg.rounds, {1: cfg.runs_b1, 32: cfg.runs_b32},
+        per = interleaved_latency(predictors, tok, test.texts, cfg, {1: cfg.b1_rounds, 32: cfg.rounds},
+                                  {1: cfg.runs_b1, 32: cfg.runs_b32},
                                   lambda m: say(f"{m} ({prefix.strip('_') or 'cpu'})"))
         for row in rows:
             if row.name not in per:
@@ -1137,6 +1151,14 @@ def targets(rows: list[dict], ref_name: str = REFERENCE_ROW) -> dict:
 
 # ----------------------------------------------------------------------------- reporting
 
+def _rounds_text(config: dict) -> str:
+    """'45 interleaved latency rounds at batch 1, 15 at batch 32' (older results: one count for both)."""
+    r32 = config["rounds"]
+    r1 = (config["rounds_b1"] or 3 * r32) if "rounds_b1" in config else r32
+    return (f"{r32} interleaved latency rounds" if r1 == r32
+            else f"{r1} interleaved latency rounds at batch 1, {r32} at batch 32")
+
+
 def _fmt(x, spec: str) -> str:
     return format(x, spec) if _finite(x) else "n/a"
 
@@ -1181,7 +1203,7 @@ def markdown_table(result: dict) -> str:
     lines += ["", f"Test split: {result['n_test']} examples; {result['threads']} threads; {hw.get('cpu')}; "
               f"torch {hw.get('torch')}, transformers {hw.get('transformers')}, onnxruntime {hw.get('onnxruntime')}; "
               f"seed {result['seed']}; {'quick' if result['config']['quick'] else 'full'} mode; "
-              f"{result['config']['rounds']} interleaved latency rounds. A ratio's [spread] is its range over the "
+              f"{_rounds_text(result['config'])}. A ratio's [spread] is its range over the "
               "rounds (each round times both rows back to back); it is marked \"within noise\" when that range "
               "includes 1x (the two rows swap order in some round)."
               + (" ONNX Runtime's int8 kernel clips full-range int8 weights on this CPU (no AVX-VNNI): int8 rows "
@@ -1372,7 +1394,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-test", type=int, default=None, help="first N test examples (default: all; quick: 200)")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (default 7; quick 2)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved latency rounds at batch 32 (default 7; quick 2)")
+    ap.add_argument("--rounds-b1", type=int, default=None, help="interleaved latency rounds at batch 1 "
+                    "(default 3 x --rounds: batch-1 calls are cheap and their figure the noisiest)")
     ap.add_argument("--student-steps", type=int, default=None,
                     help="distillation steps per best-combination student (default 1500; quick 10)")
     ap.add_argument("--student", action="append", default=None,
@@ -1389,7 +1414,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     kw = {"model": args.model, "dataset": args.dataset, "threads": args.threads, "seed": args.seed,
           "gpu": not args.no_gpu, "student_quant_aware": args.quant_aware_students}
-    for name in ("n_test", "rounds", "student_steps"):
+    for name in ("n_test", "rounds", "rounds_b1", "student_steps"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.no_students and args.student:

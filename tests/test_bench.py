@@ -41,7 +41,7 @@ def quick_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, str(RUN), "--quick", "--model", "tiny", "--threads", "1",
-                           "--n-test", "24", "--student-steps", "2", "--rounds", "2", "--no-gpu", "--out", str(out),
+                           "--n-test", "24", "--student-steps", "2", "--rounds", "2", "--rounds-b1", "3", "--no-gpu", "--out", str(out),
                            # a student from the base, one from the AxFormer result, one taught by the cached
                            # SmolLM2 table (made for the full training split: refused on the tiny world's slice)
                            "--student", "layers=0.5", "--student", "layers=0.67,ffn=0.25,start=axformer",
@@ -59,6 +59,7 @@ def test_quick_run_writes_every_output(quick_result):
     html = (out / "latest.html").read_text()
     for r in res["rows"]:
         assert r["name"] in md
+    assert "3 interleaved latency rounds at batch 1, 2 at batch 32" in md
     assert "Pareto front" in html and "<script src=\"http" not in html     # plotly inlined, works offline
     assert "| row |" in proc.stdout                                       # the table is printed too
 
@@ -86,7 +87,9 @@ def test_quick_run_schema_and_every_row_measured(quick_result):
         se = r["accuracy_delta_se_points"]
         assert se >= 0 and (r["name"] != "fp32 PyTorch" or se == 0)
         assert r["latency_b1_p90_ms"] >= r["latency_b1_ms"] * 0.5
-        assert len(r["latency_b1_rounds_ms"]) == res["config"]["rounds"]
+        # batch 1 sampled in more rounds than batch 32 (--rounds-b1 3, --rounds 2)
+        assert len(r["latency_b1_rounds_ms"]) == res["config"]["rounds_b1"] == 3
+        assert len(r["latency_b32_rounds_ms"]) == res["config"]["rounds"] == 2
         assert r["n_test"] == res["n_test"] == 24
     fp32 = next(r for r in res["rows"] if r["name"] == "fp32 PyTorch")
     assert fp32["speedup_b1"] == pytest.approx(1.0) and fp32["compression"] == pytest.approx(1.0)
