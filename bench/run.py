@@ -1063,12 +1063,20 @@ def speed_ratio(a: dict, b: dict, bs: int) -> dict:
         ps = paired_speedup(rb, ra)                     # the library's paired rule: b's time over a's, per round
         out["round_spread"] = [round(x, 3) for x in ps["range"]]
         out["within_noise"] = ps["within_noise"]
+        out["paired_median"] = round(ps["median"], 3)
+        if ps["interval"]:                              # 95% bootstrap interval of the median per-round ratio
+            out["interval95"] = [round(x, 3) for x in ps["interval"]]
     return out
 
 
-def _ratio_text(r: dict) -> str:
+def _ratio_text(r: dict, interval: bool = False) -> str:
+    """'1.58x [0.93-2.70] (within noise)', and with ``interval`` the paired median and its 95% interval."""
     spread = f" [{r['round_spread'][0]:.2f}-{r['round_spread'][1]:.2f}]" if r.get("round_spread") else ""
-    return f"{r['ratio']:.2f}x{spread}" + (" (within noise)" if r["within_noise"] else "")
+    text = f"{r['ratio']:.2f}x{spread}" + (" (within noise)" if r["within_noise"] else "")
+    if interval and r.get("interval95"):
+        lo, hi = r["interval95"]
+        text += f" (median of the paired round ratios {r['paired_median']:.2f}x, 95% interval {lo:.2f}-{hi:.2f}x)"
+    return text
 
 
 def targets(rows: list[dict], ref_name: str = REFERENCE_ROW) -> dict:
@@ -1103,6 +1111,8 @@ def targets(rows: list[dict], ref_name: str = REFERENCE_ROW) -> dict:
                 d[f"speedup_b{bs}_vs_fastest_int8_peer"] = r["ratio"]
                 d[f"speedup_b{bs}_within_noise"] = r["within_noise"]
                 d[f"speedup_b{bs}_round_spread"] = r.get("round_spread")
+                d[f"speedup_b{bs}_paired_median"] = r.get("paired_median")
+                d[f"speedup_b{bs}_interval95"] = r.get("interval95")
             d["compression_vs_fastest_int8_peer"] = fastest[1]["size_bytes"] / a["size_bytes"]
         return d
 
@@ -1122,8 +1132,10 @@ def targets(rows: list[dict], ref_name: str = REFERENCE_ROW) -> dict:
     if fastest:
         out.update({"fastest_int8_peer_b1": fastest[1]["name"], "fastest_int8_peer_b32": fastest[32]["name"],
                     **{k: d[k] for k in ("speedup_b1_vs_fastest_int8_peer", "speedup_b1_within_noise",
-                                         "speedup_b1_round_spread", "speedup_b32_vs_fastest_int8_peer",
+                                         "speedup_b1_round_spread", "speedup_b1_paired_median",
+                                         "speedup_b1_interval95", "speedup_b32_vs_fastest_int8_peer",
                                          "speedup_b32_within_noise", "speedup_b32_round_spread",
+                                         "speedup_b32_paired_median", "speedup_b32_interval95",
                                          "compression_vs_fastest_int8_peer")},
                     "goal_1.5x_latency_b1": d["speedup_b1_vs_fastest_int8_peer"] >= SPEED_GOAL,
                     "goal_1.5x_latency_b32": d["speedup_b32_vs_fastest_int8_peer"] >= SPEED_GOAL,
@@ -1214,10 +1226,12 @@ def markdown_table(result: dict) -> str:
               + ("" if t["dominates_every_peer_b1"] else f" (not: {', '.join(t['peers_not_dominated'])})") + "."]
     if "fastest_int8_peer_b1" in t:
         b1, b32 = ({"ratio": t[f"speedup_b{bs}_vs_fastest_int8_peer"], "within_noise": t[f"speedup_b{bs}_within_noise"],
-                    "round_spread": t.get(f"speedup_b{bs}_round_spread")} for bs in (1, 32))
+                    "round_spread": t.get(f"speedup_b{bs}_round_spread"),
+                    "paired_median": t.get(f"speedup_b{bs}_paired_median"),
+                    "interval95": t.get(f"speedup_b{bs}_interval95")} for bs in (1, 32))
         lines.append(f"Against the fastest ONNX Runtime int8 peer ({t['fastest_int8_peer_b1']} at batch 1, "
-                     f"{t['fastest_int8_peer_b32']} at batch 32): {_ratio_text(b1)} faster at batch 1, "
-                     f"{_ratio_text(b32)} at batch 32 (goal 1.5x each), "
+                     f"{t['fastest_int8_peer_b32']} at batch 32): {_ratio_text(b1, True)} faster at batch 1, "
+                     f"{_ratio_text(b32, True)} at batch 32 (goal 1.5x each), "
                      f"{t['compression_vs_fastest_int8_peer']:.2f}x smaller (goal 2.5x); test accuracy "
                      f"{'>=' if t['accuracy_at_least_fp32'] else '<'} fp32's "
                      f"({_delta_text(per.get(t['best_axlab_row'], {}))} points). All goals met: "
@@ -1231,7 +1245,7 @@ def markdown_table(result: dict) -> str:
     if t.get("fused_fp32_vs_unfused"):
         f = t["fused_fp32_vs_unfused"]
         lines.append(f"Fused fp32 graph ({f['attention_nodes']} attention nodes) against the unfused export: "
-                     f"{_ratio_text(f['b1'])} at batch 1, {_ratio_text(f['b32'])} at batch 32.")
+                     f"{_ratio_text(f['b1'], True)} at batch 1, {_ratio_text(f['b32'], True)} at batch 32.")
     sc = ((result.get("notes") or {}).get("best_combination") or {}).get("selection_check")
     if sc:
         lines.append(f"Selection check (validation only, {sc['splits']:,} random half splits): the most accurate of "
@@ -1312,6 +1326,15 @@ def write_outputs(result: dict, out: Path) -> dict:
         fig.write_html(tmp, include_plotlyjs=True, full_html=True)
         tmp.replace(paths["html"])
     return {k: str(v) for k, v in paths.items()}
+
+
+def rerender(result: dict, out: Path) -> dict:
+    """A finished run's ``result`` with its targets recomputed from its rows (by this code), its outputs
+    rewritten in ``out``; the measurements are not touched."""
+    result = {k: v for k, v in result.items() if k != "outputs"}
+    result["targets"] = targets(result["rows"])
+    result["outputs"] = write_outputs(result, out)
+    return result
 
 
 # ----------------------------------------------------------------------------- the one command
@@ -1410,7 +1433,15 @@ def main(argv=None) -> int:
                     help="distil the students through their int8 graph's rounding (axlab.compress.qat; cached apart)")
     ap.add_argument("--no-gpu", action="store_true",
                     help="no GPU latency columns and no distillation on the GPU, even if CUDA is present")
+    ap.add_argument("--rerender", metavar="JSON", default=None,
+                    help="no measuring: recompute the targets of a run's JSON with this code and rewrite its "
+                         "outputs (latest.*, its dated copy) in --out (default: the JSON's folder)")
     args = ap.parse_args(argv)
+    if args.rerender:
+        src = Path(args.rerender)
+        result = rerender(json.loads(src.read_text()), Path(args.out) if args.out else src.parent)
+        sys.stdout.write(markdown_table(result))
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     kw = {"model": args.model, "dataset": args.dataset, "threads": args.threads, "seed": args.seed,
           "gpu": not args.no_gpu, "student_quant_aware": args.quant_aware_students}

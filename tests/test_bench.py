@@ -41,7 +41,8 @@ def quick_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, str(RUN), "--quick", "--model", "tiny", "--threads", "1",
-                           "--n-test", "24", "--student-steps", "2", "--rounds", "2", "--rounds-b1", "3", "--no-gpu", "--out", str(out),
+                           "--n-test", "24", "--student-steps", "2", "--rounds", "2", "--rounds-b1", "3", "--no-gpu",
+                           "--out", str(out),
                            # a student from the base, one from the AxFormer result, one taught by the cached
                            # SmolLM2 table (made for the full training split: refused on the tiny world's slice)
                            "--student", "layers=0.5", "--student", "layers=0.67,ffn=0.25,start=axformer",
@@ -62,6 +63,22 @@ def test_quick_run_writes_every_output(quick_result):
     assert "3 interleaved latency rounds at batch 1, 2 at batch 32" in md
     assert "Pareto front" in html and "<script src=\"http" not in html     # plotly inlined, works offline
     assert "| row |" in proc.stdout                                       # the table is printed too
+
+
+def test_rerender_rewrites_the_outputs_from_the_json_alone(quick_result, tmp_path):
+    """--rerender recomputes the targets from a run's rows and writes the same outputs, measuring nothing."""
+    out, res, proc = quick_result
+    changed = json.loads(json.dumps(res))
+    changed["targets"] = {"stale": True}
+    src = tmp_path / "old.json"
+    src.write_text(json.dumps(changed))
+    done = subprocess.run([sys.executable, str(RUN), "--rerender", str(src), "--out", str(tmp_path / "new")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = json.loads((tmp_path / "new" / "latest.json").read_text())
+    assert again["targets"] == res["targets"] and again["rows"] == res["rows"]
+    assert (tmp_path / "new" / "latest.md").read_text() == (out / "latest.md").read_text() == done.stdout
+    assert [p.name for p in (tmp_path / "new").glob("bench-*.json")] == [p.name for p in out.glob("bench-*.json")]
 
 
 def test_quick_run_schema_and_every_row_measured(quick_result):
@@ -218,6 +235,12 @@ def test_speed_ratio_pairs_the_rounds():
     assert bench.speed_ratio(a, b, 1)["within_noise"]
     b["latency_b1_rounds_ms"] = [2.1, 2.3]                                  # rounds that do not pair: unpaired rule
     assert bench.speed_ratio(a, b, 1)["within_noise"] and "round_spread" not in bench.speed_ratio(a, b, 1)
+    a["latency_b1_rounds_ms"] = [2.0] * 44 + [3.5]                           # 45 rounds, one burst of load
+    b["latency_b1_rounds_ms"] = [3.0] * 45
+    r = bench.speed_ratio(a, b, 1)
+    assert r["within_noise"] and r["paired_median"] == pytest.approx(1.5) and r["interval95"] == [1.5, 1.5]
+    assert bench._ratio_text(r, True).endswith("(within noise) (median of the paired round ratios 1.50x, "
+                                               "95% interval 1.50-1.50x)")
 
 
 def test_targets_beat_the_fastest_int8_peer():

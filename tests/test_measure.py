@@ -137,3 +137,20 @@ def test_paired_speedup_is_judged_round_by_round():
     assert swapped["within_noise"] is True and swapped["range"] == [10.0 / 11.0, 1.25]
     assert paired_speedup([10.0], [5.0])["within_noise"] is None           # one round says nothing about noise
     assert paired_speedup([10.0, 10.0], [0.0, 5.0])["speedups"] == [2.0]    # a zero time is left out
+
+
+def test_paired_speedup_interval_narrows_where_the_range_widens():
+    """One slow round among many makes the range include 1x; the bootstrap interval of the median
+    per-round ratio stays near the typical round's ratio, and is wide when the rounds scatter."""
+    from axlab.core.measure import paired_speedup
+    base = [3.0] * 44 + [3.0]
+    other = [2.0] * 44 + [3.5]                                               # 1.5x, and one round slower
+    r = paired_speedup(base, other)
+    assert r["within_noise"] and r["median"] == pytest.approx(1.5)
+    assert r["interval"] == [pytest.approx(1.5), pytest.approx(1.5)]
+    rng = np.random.default_rng(1)
+    scattered = paired_speedup(list(3.0 * rng.uniform(0.6, 1.4, 45)), [2.0] * 45)
+    lo, hi = scattered["interval"]
+    assert lo < scattered["median"] < hi and hi - lo > 0.1                  # the median is not known to 0.1x
+    assert paired_speedup([3.0] * 4, [2.0] * 4)["interval"] is None         # too few rounds for an interval
+    assert paired_speedup([3.0] * 4, [2.0] * 4, min_rounds_for_interval=4)["interval"] is not None

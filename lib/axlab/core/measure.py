@@ -333,7 +333,7 @@ def compare_latency(models: dict, processor, inputs, batch_size: int = 1, rounds
             "runs_per_round": runs_per_round, "threads": threads or old}
 
 
-def paired_speedup(base_rounds, other_rounds) -> dict:
+def paired_speedup(base_rounds, other_rounds, min_rounds_for_interval: int = 5) -> dict:
     """How many times faster ``other`` is than ``base``, round by round (rounds paired by index:
     each timed both back to back), and whether that is within noise.
 
@@ -341,10 +341,21 @@ def paired_speedup(base_rounds, other_rounds) -> dict:
     1x, i.e. the two swap order in some round (with 7 rounds, all on one side by chance alone
     has probability 2 / 2**7 = 1.6%); None with fewer than two rounds. ``speedups``: the
     per-round values (rounds where ``other`` took no time are left out).
+    ``median``: the median per-round speed-up; ``interval``: a 95% bootstrap interval of that
+    median (rounds resampled with replacement, 2,000 times, fixed seed), None with fewer than
+    ``min_rounds_for_interval`` rounds. The range only widens as rounds are added (one burst of
+    load in 45 rounds makes a ratio "within noise"); the interval narrows, and says how far the
+    typical round's ratio is known.
     """
     sp = [b / o for b, o in zip(base_rounds, other_rounds) if o > 0]
+    interval = None
+    if len(sp) >= min_rounds_for_interval:
+        arr = np.asarray(sp)
+        boot = np.median(np.random.default_rng(0).choice(arr, (2000, len(arr))), axis=1)
+        interval = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
     return {"speedups": sp, "range": [min(sp), max(sp)] if sp else None,
-            "within_noise": bool(min(sp) <= 1.0 <= max(sp)) if len(sp) > 1 else None}
+            "within_noise": bool(min(sp) <= 1.0 <= max(sp)) if len(sp) > 1 else None,
+            "median": float(np.median(sp)) if sp else None, "interval": interval}
 
 
 def describe_speedup(ratio: dict | None) -> str:
