@@ -620,3 +620,33 @@ def test_a_larger_teacher_teaches_through_its_cached_logits(tmp_path, monkeypatc
     built = bench.build_students(base, tok, other, bench.BenchConfig(student_steps=1, students=(plan,), gpu=False),
                                  said.append)
     assert built == [] and "skipped (teacher big" in said[-1]
+
+
+def test_onnx_files_timed_side_by_side_from_tokens_alone(tmp_path):
+    """bench_onnx_files.py times ONNX files from pre-tokenized texts (no dataset, no tokenizer there):
+    every file in every round, ratios against the first file, bad --file refused before anything runs."""
+    import numpy as np
+    from axlab.core.testing import tiny_model, tiny_tokenizer
+    from axlab.deploy.fused_onnx import export_fused_onnx
+    spec = importlib.util.spec_from_file_location("axlab_bench_onnx_files", ROOT / "bench" / "bench_onnx_files.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tok = tiny_tokenizer()
+    small, large = tiny_model("bert", layers=1), tiny_model("bert", layers=4, hidden=128, intermediate=512)
+    for name, m in (("small", small), ("large", large)):
+        export_fused_onnx(m, tok, tmp_path / f"{name}.onnx")
+    enc = tok(["a short review", "a somewhat longer review of a film that went on", "ok"] * 20,
+              padding="max_length", max_length=32, return_tensors="np")
+    np.savez(tmp_path / "tok.npz", input_ids=enc["input_ids"].astype(np.int32),
+             attention_mask=enc["attention_mask"].astype(np.int8))
+    res = mod.time_files({"large": tmp_path / "large.onnx", "small": tmp_path / "small.onnx"}, tmp_path / "tok.npz",
+                         rounds_b1=6, rounds_b32=2, runs={1: 3, 32: 1}, threads=1)
+    assert [len(res["rounds_ms"][bs]["small"]) for bs in (1, 32)] == [6, 2]
+    assert set(res["vs_base"][1]) == {"small"}                                # the base is not compared with itself
+    r1 = res["vs_base"][1]["small"]
+    assert r1["ratio_of_medians"] == pytest.approx(res["latency_ms"][1]["large"] / res["latency_ms"][1]["small"])
+    assert r1["interval95"] is not None and res["vs_base"][32]["small"]["interval95"] is None   # 6 rounds vs 2
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_onnx_files.py"), "time", "--tokens",
+                          str(tmp_path / "tok.npz"), "--file", "a=" + str(tmp_path / "small.onnx"), "--file",
+                          "b=" + str(tmp_path / "missing.onnx")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "NAME=PATH with an existing .onnx file" in bad.stderr
