@@ -6,7 +6,9 @@
 Rows (all ONNX Runtime, CPU, 2 threads):
   peers  ort fp32 (dynamo export); ort dynamic int8; ort dynamic int8 per-channel;
          ort transformer optimizer (model_type bert) + dynamic int8 per-channel
-  axlab  fused fp32 (one Attention node per layer, LayerNorm as elementwise steps);
+  axlab  fused fp32 (one Attention node per layer, the default LayerNorm form: residual Add +
+         LayerNormalization since 2026-12-01; results/deploy.* were measured before, with the
+         9 elementwise steps);
          the same with ONNX Runtime's LayerNorm kernels (EmbedLayerNormalization,
          SkipLayerNormalization: FusedConfig(layernorm="fused"));
          fused int8 (the variant's own int8 weights as DynamicQuantizeMatMul + 8-bit embeddings),

@@ -867,8 +867,8 @@ def build_rows(base, tok, splits, cfg: BenchConfig, folder: Path, say=lambda m: 
     # --- axlab: the fused graph
     t0 = time.perf_counter()
     add(_fused_row("axlab fused fp32 (ONNX Runtime)", "axlab", base, tok, folder, "fused_fp32", cfg,
-                   "the base model as axlab's fused graph: one Attention node per layer, LayerNorm as vectorised "
-                   "elementwise steps, BiasGelu (parity <= 1e-4)", t0, tolerance=1e-4))
+                   "the base model as axlab's fused graph: one Attention node per layer, residual Add + "
+                   "LayerNormalization, BiasGelu (parity <= 1e-4)", t0, tolerance=1e-4))
     t0 = time.perf_counter()
     add(_fused_row("axlab fused int8 (ONNX Runtime)", "axlab", _int8(base, 8), tok, folder, "fused_int8", cfg,
                    "int8 per-channel weights (DynamicQuantizeMatMul) + 8-bit embeddings, fused graph", t0))

@@ -59,6 +59,7 @@ def _ops(model, cfg=None):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("attention,layernorm", [("attention", "elementwise"), ("mha", "elementwise"),
+                                                 ("attention", "standard"), ("mha", "standard"),
                                                  ("attention", "fused"), ("mha", "fused")])
 def test_fp32_pruned_parity(arch, attention, layernorm, batches, tok, tmp_path):
     m = _pruned(arch)
@@ -71,6 +72,9 @@ def test_fp32_pruned_parity(arch, attention, layernorm, batches, tok, tmp_path):
         assert res.ops["com.microsoft:EmbedLayerNormalization"] == 1
         assert res.ops["com.microsoft:SkipLayerNormalization"] == 4   # 0-head attention and 0-width FFN: Add + LayerNorm
         assert res.ops["LayerNormalization"] == 2
+    elif layernorm == "standard":                                 # 7 LayerNorms, each one opset-17 node
+        assert res.ops["LayerNormalization"] == 7 and "ReduceMean" not in res.ops
+        assert not [k for k in res.ops if k.startswith("com.microsoft:") and "LayerNormalization" in k]
     else:                                                         # 7 LayerNorms, each two ReduceMeans, no LN kernel
         assert res.ops["ReduceMean"] == 14
         assert not [k for k in res.ops if "LayerNormalization" in k]
@@ -121,7 +125,8 @@ def test_logits_are_not_trivial(arch, batches):
 
 def test_no_embed_layernorm_and_dropped_layer(batches):
     m = drop_layers(_pruned("roberta", layers=4), [3])
-    for cfg in (FusedConfig(), FusedConfig(layernorm="fused", embed_layernorm=False)):
+    for cfg in (FusedConfig(), FusedConfig(layernorm="elementwise"), FusedConfig(layernorm="fused",
+                                                                                  embed_layernorm=False)):
         diff, _ = _rel(m, fused_predictor(build_fused_graph(m, cfg).SerializeToString()), batches)
         assert diff <= 1e-4
 
@@ -130,7 +135,8 @@ def test_no_embed_layernorm_and_dropped_layer(batches):
 def test_pruned_vocabulary(arch, tok, batches):
     texts = ["the film is a quiet , warm and funny story", "the plot drags and the ending is flat ."]
     m, _ = prune_vocab(_pruned(arch), tok, texts)
-    for cfg in (FusedConfig(), FusedConfig(layernorm="fused"), FusedConfig(layernorm="fused", embed_layernorm=False)):
+    for cfg in (FusedConfig(), FusedConfig(layernorm="elementwise"), FusedConfig(layernorm="fused"),
+                FusedConfig(layernorm="fused", embed_layernorm=False)):
         p = fused_predictor(build_fused_graph(m, cfg).SerializeToString())
         assert max(check_parity(m, p, batches).values()) <= 1e-4
 

@@ -13,13 +13,14 @@ layers through the registry), not traced, so every layer can have its own shape:
   token-type-0 row is folded into the position table; RoBERTa's padding-aware
   positions are computed in the graph and passed as ``position_ids``), else a gather
   (``com.microsoft.GatherBlockQuantized`` for a quantized table) + ``SkipLayerNormalization``;
-* residual + LayerNorm written as its elementwise steps (Add, ReduceMean, Sub, Mul,
-  Sqrt, Div; ``FusedConfig.layernorm="elementwise"``, the default): ONNX Runtime's CPU
-  ``SkipLayerNormalization`` and ``LayerNormalization`` kernels are scalar loops, about
-  3x slower here than the same steps on its vectorised elementwise kernels at batch 32
-  and 1.5x at batch 1; ``layernorm="fused"`` writes ``com.microsoft.SkipLayerNormalization``
-  (projection bias folded in) instead. The FFN activation as ``BiasGelu`` (exact erf GELU) or
-  ``FastGelu`` (tanh GELU), matching the model's own activation;
+* residual + LayerNorm as ``Add`` + the standard ``LayerNormalization`` (opset 17;
+  ``FusedConfig.layernorm="standard"``, the default): with ONNX Runtime 1.32 its CPU kernel
+  beat the same LayerNorm written as 9 elementwise nodes (``"elementwise"``, the default
+  until 2026-12-01) by 1.12-1.15x at batch 1 and 1.05-1.10x at batch 32 on a whole student
+  graph, on an Intel CPU with AVX-VNNI and on an AMD one with AVX2 (``bench/README.md``);
+  ``layernorm="fused"`` writes ``com.microsoft.SkipLayerNormalization`` (projection bias
+  folded in), whose CPU kernel was the slowest of the three. The FFN activation as
+  ``BiasGelu`` (exact erf GELU) or ``FastGelu`` (tanh GELU), matching the model's own activation;
 * weights as stored: ``nn.Linear`` -> ``MatMul``; ``QuantLinear`` (k-bit codes +
   scales) -> ``com.microsoft.MatMulNBits`` with the same codes (2 bits natively; 3 bits
   in a 4-bit container; 5-7 bits in an 8-bit container; never re-rounded), its fp16
@@ -71,7 +72,7 @@ NBITS_KERNEL = (2, 4, 8)        # bit widths the CPU MatMulNBits kernel executes
 GBQ_BITS = (2, 4, 8)            # bit widths GatherBlockQuantized accepts for uint8 data
 FUSED_TYPES = ("bert", "roberta", "distilbert", "electra")     # architectures the writer knows
 LOWBIT_KERNELS = ("auto", "int8", "nbits")  # how k-bit codes run: see FusedConfig.lowbit_kernel
-LAYERNORMS = ("elementwise", "fused")        # how LayerNorm is written: see FusedConfig.layernorm
+LAYERNORMS = ("elementwise", "standard", "fused")   # how LayerNorm is written: see FusedConfig.layernorm
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 
 
@@ -95,11 +96,12 @@ class FusedConfig:
     outliers are folded into the int8 weights on their column's grid where they fit, the
     rest added exactly at run time. "auto" (default): "int8" for per-channel codes,
     "nbits" for grouped ones.
-    ``layernorm``: "elementwise" (default) writes every LayerNorm (and the residual add in
-    front of it) as its elementwise steps, which ONNX Runtime's CPU runs on vectorised
-    kernels; "fused" writes ``SkipLayerNormalization`` / ``LayerNormalization`` (and lets
-    ``embed_layernorm`` apply), whose CPU kernels are scalar loops (slower here, see
-    ``bench/bench_deploy.py``). Same numbers either way (parity 1e-4).
+    ``layernorm``: "standard" (default) writes the residual ``Add`` and the standard
+    ``LayerNormalization`` (opset 17); "elementwise" writes every LayerNorm as its 9
+    elementwise steps (ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div, Mul, Add; faster
+    than the LayerNorm kernels of older ONNX Runtime versions, slower with 1.32);
+    "fused" writes ``com.microsoft.SkipLayerNormalization`` / ``LayerNormalization`` (and
+    lets ``embed_layernorm`` apply). Same numbers every way (parity 1e-4).
     ``unpad``: between attention blocks the tokens are packed, padding dropped: the output
     projections, LayerNorms and FFNs run on the batch's real tokens only (at batch 32 of
     reviews padded to the longest, about half the positions are padding); each attention
@@ -116,7 +118,7 @@ class FusedConfig:
     accuracy_level: int = 0
     embed_layernorm: bool = True
     lowbit_kernel: str = "auto"
-    layernorm: str = "elementwise"
+    layernorm: str = "standard"
     unpad: bool = True
     cls_only: bool = True
 
@@ -540,7 +542,7 @@ class _Writer:
     def skip_ln(self, x: str, skip: str, bias: np.ndarray | None, ln: nn.LayerNorm, tag: str) -> str:
         """LayerNorm(x + skip + bias): one SkipLayerNormalization, or its elementwise steps."""
         g = self.g
-        if self.cfg.layernorm == "elementwise":
+        if self.cfg.layernorm != "fused":
             s = g.op("Add", [x, skip])
             return self.bias_ln(s, bias, ln, tag)
         gamma, beta, eps = self._ln_params(ln, tag)
@@ -553,7 +555,7 @@ class _Writer:
         gamma, beta, eps = self._ln_params(ln, tag)
         if bias is not None:
             x = g.op("Add", [x, g.const(f"{tag}_bias", bias)])
-        if self.cfg.layernorm == "fused":
+        if self.cfg.layernorm in ("standard", "fused"):
             return g.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps, base=tag)
         # (x - mean) / sqrt(var + eps) * gamma + beta, var the biased variance as in torch; the
         # square is Mul(d, d) (ONNX Runtime's LayerNormFusion looks for Pow and would put the
