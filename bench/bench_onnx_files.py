@@ -15,7 +15,7 @@ file on them back to back, the starting file rotating; a file's latency is the m
 medians; a ratio is the base's round median over the file's, per round: its median, range and 95%
 bootstrap interval (axlab.core.measure.paired_speedup). Batch 1 gets 3x the rounds of batch 32.
 Results of 2026-12-01 (the chosen row of `results/latest.json` against ONNX Runtime dynamic int8 on
-the device host's Intel Xeon with AVX-VNNI and AMX): `results/vnni_check.json`.
+the device host's Intel Xeon with AVX-VNNI and AMX): `results/vnni_check*.json`.
 """
 
 from __future__ import annotations
