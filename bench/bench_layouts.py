@@ -1,5 +1,6 @@
 """The fused graph's layouts side by side: padded, packed tokens + [CLS]-only last layer, and each with
-ONNX Runtime's LayerNorm kernels (interleaved latency, paired per round, 2 threads).
+ONNX Runtime's LayerNorm kernels; the packed one also with the 9-node elementwise LayerNorm, against the
+default Add + LayerNormalization (interleaved latency, paired per round, 2 threads).
 
     python bench/bench_layouts.py                  # default model -> bench/results/layouts.json
     python bench/bench_layouts.py --model DIR      # any supported text classifier folder
@@ -52,7 +53,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     import axlab
-    from axlab.core.measure import compare_latency, hardware_info
+    from axlab.core.measure import compare_latency, hardware_info, paired_speedup
     from axlab.deploy.fused_onnx import FusedConfig, build_fused_graph, fused_predictor, int8_kernel_saturates
 
     bundle = axlab.load_model(args.model)
@@ -61,6 +62,7 @@ def main(argv=None) -> dict:
     texts = list(splits.test.texts)
     lnk = FusedConfig(layernorm="fused")
     layouts = {"padded": FusedConfig().padded(), "packed + [CLS]-only": FusedConfig(),
+               "packed + [CLS]-only, elementwise LayerNorm": FusedConfig(layernorm="elementwise"),
                "padded, LayerNorm kernels": lnk.padded(),
                "packed + [CLS]-only, LayerNorm kernels": lnk}
     plan = ((1, 6, 2), (32, 1, 2)) if args.quick else ((1, 60, 9), (32, 4, 7))
@@ -76,6 +78,13 @@ def main(argv=None) -> dict:
                    "vs_padded": {n: {"speedup": round(v["speedup"], 3), "range": [round(x, 3) for x in
                                                                                   v["speedup_range"]],
                                      "within_noise": v["within_noise"]} for n, v in r["ratios"].items()}}
+            # the default LayerNorm form (Add + LayerNormalization) against the 9-node elementwise one, paired
+            ps = paired_speedup(r["models"]["packed + [CLS]-only, elementwise LayerNorm"]["round_medians_ms"],
+                                r["models"]["packed + [CLS]-only"]["round_medians_ms"])
+            res["standard_vs_elementwise_layernorm"] = {"paired_median": round(ps["median"], 3),
+                                                        "range": [round(x, 3) for x in ps["range"]],
+                                                        "interval95": ps["interval"] and [round(x, 3)
+                                                                                          for x in ps["interval"]]}
             out["results"][f"{mname}, batch {bs}"] = res
             sys.stdout.write(f"{mname}, batch {bs}: " + ", ".join(
                 f"{n} {v['speedup']:.2f}x [{v['range'][0]:.2f}-{v['range'][1]:.2f}]"
