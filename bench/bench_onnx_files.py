@@ -5,7 +5,7 @@ AVX-VNNI: carry the .onnx files a full run wrote, the test texts already tokeniz
 
     # here: the test split tokenized with the model's tokenizer (needs axlab and the dataset)
     python bench/bench_onnx_files.py tokens --out /tmp/test_tok.npz
-    # there: numpy, onnxruntime and axlab's lib/ on PYTHONPATH (for paired_speedup)
+    # there: numpy, torch, onnxruntime and axlab's lib/ on PYTHONPATH
     PYTHONPATH=lib python bench/bench_onnx_files.py time --tokens test_tok.npz \\
         --file "ONNX Runtime dynamic int8=base_int8.onnx" --file "best=best.onnx" --out result.json
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -48,24 +47,19 @@ def make_tokens(out: Path, model: str = "default", dataset: str = "rotten_tomato
 def time_files(files: dict, tokens: Path, rounds_b1: int, rounds_b32: int, runs: dict, threads: int,
                seed: int = 0) -> dict:
     """{"latency_ms": {bs: {name: median}}, "rounds_ms": ..., "vs_base": {bs: {name: ratio}}} for ``files``
-    ({name: path}; the first is the base), timed interleaved on 2 ``threads``."""
-    import onnxruntime as ort
-
+    ({name: path}; the first is the base), timed interleaved on ``threads`` threads, each file run as the
+    bench runs its ONNX Runtime rows (:func:`axlab.deploy.fused_onnx.fused_predictor`)."""
     from axlab.core.measure import paired_speedup
+    from axlab.deploy.fused_onnx import fused_predictor
     d = np.load(tokens)
     ids, mask = d["input_ids"].astype(np.int64), d["attention_mask"].astype(np.int64)
-    sessions = {}
-    for name, path in files.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    predictors = {name: fused_predictor(path, threads) for name, path in files.items()}
 
     def batch(ix):
         n = int(mask[ix].sum(1).max())
         return {"input_ids": ids[ix, :n], "attention_mask": mask[ix, :n]}
 
-    names = list(sessions)
+    names = list(predictors)
     per = {bs: {n: [] for n in names} for bs in (1, 32)}
     n_rounds = {1: rounds_b1, 32: rounds_b32}
     for r in range(max(n_rounds.values())):
@@ -76,7 +70,7 @@ def time_files(files: dict, tokens: Path, rounds_b1: int, rounds_b32: int, runs:
                 times = []
                 for i, b in enumerate(batches):
                     t0 = time.perf_counter()
-                    sessions[name].run(None, b)
+                    predictors[name](b)
                     if i >= 2:                                      # two warm-up calls
                         times.append((time.perf_counter() - t0) * 1e3)
                 per[bs][name].append(statistics.median(times))
@@ -121,26 +115,17 @@ def main(argv=None) -> int:
         files[name] = path
     if len(files) < 2:
         ap.error("give at least two --file: the base and one to compare with it")
-    import onnxruntime as ort
+    from axlab.core.measure import hardware_info
+    from axlab.deploy.fused_onnx import int8_kernel_saturates
     res = time_files(files, Path(args.tokens), 3 * args.rounds, args.rounds,
                      {1: args.runs_b1, 32: args.runs_b32}, args.threads)
-    res.update(files=files, threads=args.threads, onnxruntime=ort.__version__, cpu=_cpu(), machine=platform.machine())
+    res.update(files=files, threads=args.threads, hardware=hardware_info(),
+               ort_int8_kernel_saturates=int8_kernel_saturates())
     text = json.dumps(res, indent=1, default=float)
     if args.out:
         Path(args.out).write_text(text)
     sys.stdout.write(text + "\n")
     return 0
-
-
-def _cpu() -> dict:
-    """The CPU's model name and its int8 dot-product extensions (from /proc/cpuinfo, Linux)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor()}
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    return {"model": name, "int8_extensions": sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx2"})}
 
 
 if __name__ == "__main__":
