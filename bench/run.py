@@ -1069,6 +1069,14 @@ def speed_ratio(a: dict, b: dict, bs: int) -> dict:
     return out
 
 
+def _peer_ratio(d: dict, bs: int) -> dict:
+    """The speed-up against the fastest int8 peer at batch ``bs`` as :func:`speed_ratio` gives it, from a
+    ``targets`` record (the whole targets or one of its ``per_row`` entries)."""
+    return {"ratio": d[f"speedup_b{bs}_vs_fastest_int8_peer"], "within_noise": d[f"speedup_b{bs}_within_noise"],
+            "round_spread": d.get(f"speedup_b{bs}_round_spread"),
+            "paired_median": d.get(f"speedup_b{bs}_paired_median"), "interval95": d.get(f"speedup_b{bs}_interval95")}
+
+
 def _ratio_text(r: dict, interval: bool = False) -> str:
     """'1.58x [0.93-2.70] (within noise)', and with ``interval`` the paired median and its 95% interval."""
     spread = f" [{r['round_spread'][0]:.2f}-{r['round_spread'][1]:.2f}]" if r.get("round_spread") else ""
@@ -1225,10 +1233,7 @@ def markdown_table(result: dict) -> str:
               f"size <=): **{'yes' if t['dominates_every_peer_b1'] else 'no'}**"
               + ("" if t["dominates_every_peer_b1"] else f" (not: {', '.join(t['peers_not_dominated'])})") + "."]
     if "fastest_int8_peer_b1" in t:
-        b1, b32 = ({"ratio": t[f"speedup_b{bs}_vs_fastest_int8_peer"], "within_noise": t[f"speedup_b{bs}_within_noise"],
-                    "round_spread": t.get(f"speedup_b{bs}_round_spread"),
-                    "paired_median": t.get(f"speedup_b{bs}_paired_median"),
-                    "interval95": t.get(f"speedup_b{bs}_interval95")} for bs in (1, 32))
+        b1, b32 = (_peer_ratio(t, bs) for bs in (1, 32))
         lines.append(f"Against the fastest ONNX Runtime int8 peer ({t['fastest_int8_peer_b1']} at batch 1, "
                      f"{t['fastest_int8_peer_b32']} at batch 32): {_ratio_text(b1, True)} faster at batch 1, "
                      f"{_ratio_text(b32, True)} at batch 32 (goal 1.5x each), "
@@ -1260,9 +1265,7 @@ def markdown_table(result: dict) -> str:
                   "| axlab row | acc vs fp32 (points, ± paired SE) | peers dominated | b1 speed-up vs it | "
                   "b32 speed-up vs it | compression vs it |", "|---|---|---|---|---|---|"]
         for name, d in per.items():
-            sp = [_ratio_text({"ratio": d[f"speedup_b{bs}_vs_fastest_int8_peer"],
-                               "within_noise": d[f"speedup_b{bs}_within_noise"],
-                               "round_spread": d.get(f"speedup_b{bs}_round_spread")}) for bs in (1, 32)]
+            sp = [_ratio_text(_peer_ratio(d, bs)) for bs in (1, 32)]
             lines.append(f"| {name} | {_delta_text(d)} | {len(d['dominated_peers'])} of "
                          f"{len(d['dominated_peers']) + len(d['peers_not_dominated'])} | {sp[0]} | {sp[1]} | "
                          f"{d['compression_vs_fastest_int8_peer']:.2f}x |")

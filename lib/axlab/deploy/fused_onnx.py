@@ -12,7 +12,7 @@ layers through the registry), not traced, so every layer can have its own shape:
 * embeddings: ``com.microsoft.EmbedLayerNormalization`` for an fp32 word table (the
   token-type-0 row is folded into the position table; RoBERTa's padding-aware
   positions are computed in the graph and passed as ``position_ids``), else a gather
-  (``com.microsoft.GatherBlockQuantized`` for a quantized table) + ``SkipLayerNormalization``;
+  (``com.microsoft.GatherBlockQuantized`` for a quantized table) + the LayerNorm form below;
 * residual + LayerNorm as ``Add`` + the standard ``LayerNormalization`` (opset 17;
   ``FusedConfig.layernorm="standard"``, the default): with ONNX Runtime 1.32 its CPU kernel
   beat the same LayerNorm written as 9 elementwise nodes (``"elementwise"``, the default
@@ -540,7 +540,7 @@ class _Writer:
         return self.g.const(f"{tag}_gamma", _np(ln.weight)), self.g.const(f"{tag}_beta", _np(ln.bias)), float(ln.eps)
 
     def skip_ln(self, x: str, skip: str, bias: np.ndarray | None, ln: nn.LayerNorm, tag: str) -> str:
-        """LayerNorm(x + skip + bias): one SkipLayerNormalization, or its elementwise steps."""
+        """LayerNorm(x + skip + bias): one SkipLayerNormalization ("fused"), else Add + :meth:`bias_ln`."""
         g = self.g
         if self.cfg.layernorm != "fused":
             s = g.op("Add", [x, skip])
@@ -558,8 +558,8 @@ class _Writer:
         if self.cfg.layernorm in ("standard", "fused"):
             return g.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps, base=tag)
         # (x - mean) / sqrt(var + eps) * gamma + beta, var the biased variance as in torch; the
-        # square is Mul(d, d) (ONNX Runtime's LayerNormFusion looks for Pow and would put the
-        # scalar kernel back; ReduceSumSquare, one op fewer, measured slower here at batch 1)
+        # square is Mul(d, d) (ONNX Runtime's LayerNormFusion looks for Pow and would turn the steps
+        # back into its LayerNorm kernel; ReduceSumSquare, one op fewer, measured slower at batch 1)
         d = g.op("Sub", [x, g.op("ReduceMean", [x], axes=[-1], keepdims=1)])
         var = g.op("ReduceMean", [g.op("Mul", [d, d])], axes=[-1], keepdims=1)
         std = g.op("Sqrt", [g.op("Add", [var, g.const(f"{tag}_eps", np.array(eps, np.float32))])])
